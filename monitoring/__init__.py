@@ -1,0 +1,1 @@
+"""Reference profiles, drift statistics, prediction capture and metric definitions."""

@@ -1,0 +1,1 @@
+"""Makes and judges models: contract, data intake, tuning, gate, registry, retrain cycle, CLI."""

@@ -1,0 +1,282 @@
+"""The ML contract (`champion.toml`) and the deployment settings (environment variables)."""
+
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.errors import ConfigError
+
+Task = Literal["classification", "regression"]
+
+# Metric name -> (task it applies to, greater is better).
+METRICS: dict[str, tuple[Task, bool]] = {
+    "accuracy": ("classification", True),
+    "balanced_accuracy": ("classification", True),
+    "precision": ("classification", True),
+    "recall": ("classification", True),
+    "f1": ("classification", True),
+    "roc_auc": ("classification", True),
+    "log_loss": ("classification", False),
+    "rmse": ("regression", False),
+    "mae": ("regression", False),
+    "r2": ("regression", True),
+}
+
+FAMILIES: dict[Task, tuple[str, ...]] = {
+    "classification": ("logistic", "random_forest", "hist_gradient_boosting"),
+    "regression": ("linear", "random_forest", "hist_gradient_boosting"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSection(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+
+
+class DataSection(_Strict):
+    landing_zone: Path
+    quarantine: Path
+    manifest: Path
+    max_null_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    min_rows: int = Field(default=20, ge=1)
+    max_duplicate_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class Feature(_Strict):
+    type: Literal["numeric", "categorical"]
+    values: tuple[str, ...] | None = None
+    nullable: bool = True
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _values_only_for_categorical(self) -> Feature:
+        if self.values is not None and self.type != "categorical":
+            raise ValueError("'values' is only allowed for categorical features")
+        return self
+
+
+class MetricsSection(_Strict):
+    primary: str
+    guardrails: dict[str, float] = Field(default_factory=dict)
+
+
+class WindowSection(_Strict):
+    max_rows: int | None = Field(default=None, ge=1)
+    max_days: float | None = Field(default=None, gt=0)
+
+
+class Range(_Strict):
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError("'low' must be below 'high'")
+        if self.log and self.low <= 0:
+            raise ValueError("'low' must be positive on a log scale")
+        return self
+
+
+class Choice(_Strict):
+    choices: tuple[float | int | str | bool | None, ...] = Field(min_length=1)
+
+
+Param = Annotated[Range | Choice, Field(union_mode="left_to_right")]
+
+
+class SearchSection(_Strict):
+    strategy: Literal["grid", "random", "bayes"] = "bayes"
+    max_trials: int = Field(default=20, ge=1)
+    max_seconds: float = Field(default=300.0, gt=0)
+    seed: int = 42
+    grid_points: int = Field(default=3, ge=2)
+    families: tuple[str, ...] | None = None
+    n_jobs: int = Field(default=1, ge=1)
+    space: dict[str, dict[str, Param]] = Field(default_factory=dict)
+
+
+class CVSection(_Strict):
+    scheme: Literal["auto", "stratified", "kfold", "time"] = "auto"
+    folds: int = Field(default=5, ge=2)
+    repeats: int = Field(default=2, ge=1)
+
+
+class GateSection(_Strict):
+    min_delta: float = Field(default=0.0, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    method: Literal["corrected_t", "bootstrap"] = "corrected_t"
+    floor: float
+    bootstrap_samples: int = Field(default=2000, ge=100)
+
+
+class ScheduleSection(_Strict):
+    cron: str | None = None
+    interval_minutes: float | None = Field(default=None, gt=0)
+    misfire_grace_seconds: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleSection:
+        if (self.cron is None) == (self.interval_minutes is None):
+            raise ValueError("set exactly one of 'cron' or 'interval_minutes'")
+        return self
+
+
+class Contract(_Strict):
+    """The parsed `champion.toml`: everything that derives features, data checks and the gate."""
+
+    project: ProjectSection
+    data: DataSection
+    task: Task
+    target: str
+    timestamp: str | None = None
+    features: dict[str, Feature] = Field(min_length=1)
+    metrics: MetricsSection
+    window: WindowSection = WindowSection()
+    search: SearchSection = SearchSection()
+    cv: CVSection = CVSection()
+    gate: GateSection
+    schedule: ScheduleSection
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Contract:
+        primary = self.metrics.primary
+        if primary not in METRICS:
+            raise ValueError(
+                f"metrics.primary: unknown metric {primary!r}; known: {sorted(METRICS)}"
+            )
+        for name in [primary, *self.metrics.guardrails]:
+            if name not in METRICS:
+                raise ValueError(f"metrics.guardrails: unknown metric {name!r}")
+            if METRICS[name][0] != self.task:
+                raise ValueError(f"metrics: {name!r} does not apply to task {self.task!r}")
+        if self.target in self.features:
+            raise ValueError(f"target: {self.target!r} is also declared as a feature")
+        if self.timestamp is not None and self.timestamp in self.features:
+            raise ValueError(f"timestamp: {self.timestamp!r} is also declared as a feature")
+        known = FAMILIES[self.task]
+        for family in [*(self.search.families or ()), *self.search.space]:
+            if family not in known and family != "reduction":
+                raise ValueError(
+                    f"search: unknown family {family!r} for {self.task}; known: {list(known)}"
+                )
+        if self.cv.scheme == "time" and self.timestamp is None:
+            raise ValueError("cv.scheme: 'time' needs a 'timestamp' column")
+        if self.cv.scheme == "stratified" and self.task != "classification":
+            raise ValueError("cv.scheme: 'stratified' applies to classification only")
+        return self
+
+    @property
+    def numeric(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.type == "numeric"]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.type == "categorical"]
+
+    @property
+    def greater_is_better(self) -> bool:
+        return METRICS[self.metrics.primary][1]
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return self.search.families or FAMILIES[self.task]
+
+    @property
+    def cv_scheme(self) -> Literal["stratified", "kfold", "time"]:
+        if self.cv.scheme != "auto":
+            return self.cv.scheme
+        if self.timestamp is not None:
+            return "time"
+        return "stratified" if self.task == "classification" else "kfold"
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_contract(
+    raw: dict[str, Any], *, source: str = "champion.toml", base: Path | None = None
+) -> Contract:
+    """Validate a raw TOML mapping; relative data paths resolve against `base`."""
+    try:
+        contract = Contract.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid:\n{_format_errors(exc)}") from None
+    if base is not None:
+        data = contract.data
+        resolved = {
+            key: (
+                getattr(data, key)
+                if getattr(data, key).is_absolute()
+                else base / getattr(data, key)
+            )
+            for key in ("landing_zone", "quarantine", "manifest")
+        }
+        contract = contract.model_copy(update={"data": data.model_copy(update=resolved)})
+    return contract
+
+
+def load_contract(path: Path) -> Contract:
+    """Read and validate `champion.toml`, failing with a message that names the key at fault."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"project file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_contract(raw, source=str(path), base=path.resolve().parent)
+
+
+class Settings(BaseSettings):
+    """Deployment facts from the environment; MLflow reads its own `MLFLOW_*` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CHAMPION_", extra="ignore")
+
+    project_file: Path = Path("champion.toml")
+    home: Path = Path("var")
+    lease_timeout_seconds: float = Field(default=30.0, ge=0)
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: str = "INFO"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.jsonl"
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def default_tracking_uri(self) -> str:
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.home / "mlartifacts").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

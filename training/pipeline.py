@@ -1,0 +1,134 @@
+"""The one scikit-learn Pipeline (encode → optional PCA → estimator) that is tuned, registered and served."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from training.config import Contract
+
+MISSING_CATEGORY = "__missing__"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space: an estimator family, its parameters, and PCA components."""
+
+    family: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    components: int = 0
+
+    def to_json(self) -> str:
+        body = {"family": self.family, "params": dict(self.params), "components": self.components}
+        return json.dumps(body, sort_keys=True, default=_jsonable)
+
+    @classmethod
+    def from_json(cls, text: str) -> Candidate:
+        raw = json.loads(text)
+        return cls(raw["family"], dict(raw.get("params", {})), int(raw.get("components", 0)))
+
+    def label(self) -> str:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
+        pca = f", pca={self.components}" if self.components else ""
+        return f"{self.family}({params}{pca})"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {value!r}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _estimator(contract: Contract, candidate: Candidate, seed: int) -> Any:
+    params = dict(candidate.params)
+    classification = contract.task == "classification"
+    match candidate.family:
+        case "logistic":
+            return LogisticRegression(max_iter=2000, random_state=seed, **params)
+        case "linear":
+            return Ridge(random_state=seed, **params)
+        case "random_forest":
+            cls = RandomForestClassifier if classification else RandomForestRegressor
+            return cls(random_state=seed, n_jobs=1, **params)
+        case "hist_gradient_boosting":
+            hgb = (
+                HistGradientBoostingClassifier if classification else HistGradientBoostingRegressor
+            )
+            return hgb(random_state=seed, **params)
+    raise ValueError(f"unknown estimator family {candidate.family!r}")
+
+
+def build_pipeline(contract: Contract, candidate: Candidate, *, seed: int) -> Pipeline:
+    """Build the unfitted pipeline for one candidate; seeds are fixed so fits are repeatable."""
+    declared = [n for n in contract.categorical if contract.features[n].values is not None]
+    learned = [n for n in contract.categorical if contract.features[n].values is None]
+    transformers: list[tuple[str, Any, list[str]]] = []
+    if contract.numeric:
+        numeric = Pipeline(
+            [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+        )
+        transformers.append(("numeric", numeric, contract.numeric))
+    # Missing values become their own level; declared domains keep the encoded width stable
+    # across retrains, and unknown levels encode as all zeros instead of failing.
+    for name, cols, categories in (
+        ("declared", declared, [list(contract.features[n].values or ()) for n in declared]),
+        ("learned", learned, "auto"),
+    ):
+        if cols:
+            encode = Pipeline(
+                [
+                    ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),
+                    (
+                        "onehot",
+                        OneHotEncoder(
+                            categories=categories, handle_unknown="ignore", sparse_output=False
+                        ),
+                    ),
+                ]
+            )
+            transformers.append((name, encode, cols))
+    features = ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
+    reduce: Any = (
+        PCA(n_components=candidate.components, random_state=seed)
+        if candidate.components
+        else "passthrough"
+    )
+    return Pipeline(
+        [
+            ("features", features),
+            ("reduce", reduce),
+            ("model", _estimator(contract, candidate, seed)),
+        ]
+    )
+
+
+def prepare_features(frame: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """Select the contract's features in order with the dtypes the pipeline was fitted on."""
+    out = pd.DataFrame(index=frame.index)
+    for name in contract.numeric:
+        out[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    for name in contract.categorical:
+        col = frame[name].astype("object")
+        out[name] = col.where(col.notna(), np.nan)
+    return out[list(contract.features)]

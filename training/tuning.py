@@ -1,0 +1,351 @@
+"""Hyperparameter search (grid, random, Optuna TPE) over estimator families, scored by CV."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+from tqdm import tqdm
+
+from training.config import Choice, Contract, Param, Range
+from training.metrics import compute, model_outputs, oriented
+from training.pipeline import Candidate, build_pipeline
+
+log = logging.getLogger(__name__)
+
+Split = tuple[np.ndarray, np.ndarray]
+
+# Shipped defaults; a family declared in champion.toml replaces its default space entirely.
+DEFAULT_SPACES: dict[str, dict[str, Param]] = {
+    "logistic": {"C": Range(low=0.01, high=100.0, log=True)},
+    "linear": {"alpha": Range(low=1e-3, high=100.0, log=True)},
+    "random_forest": {
+        "n_estimators": Choice(choices=(100, 200)),
+        "max_depth": Choice(choices=(8, 16, None)),
+        "min_samples_leaf": Range(low=1, high=20, integer=True, log=True),
+        "max_features": Choice(choices=("sqrt", 0.5)),
+    },
+    "hist_gradient_boosting": {
+        "learning_rate": Range(low=0.02, high=0.3, log=True),
+        "max_leaf_nodes": Range(low=8, high=64, integer=True, log=True),
+        "min_samples_leaf": Range(low=5, high=60, integer=True, log=True),
+        "l2_regularization": Range(low=1e-4, high=1.0, log=True),
+    },
+}
+REDUCTION = "reduction"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One evaluated candidate: fold scores of the primary metric (natural units)."""
+
+    number: int
+    candidate: Candidate
+    fold_scores: tuple[float, ...]
+    guardrail_scores: Mapping[str, tuple[float, ...]]
+    seconds: float
+    source: str
+    error: str | None = None
+
+    @property
+    def mean(self) -> float:
+        finite = [s for s in self.fold_scores if math.isfinite(s)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    @property
+    def std(self) -> float:
+        finite = [s for s in self.fold_scores if math.isfinite(s)]
+        return float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    best: TrialResult
+    trials: tuple[TrialResult, ...]
+    stopped_by: str
+    seconds: float
+
+
+def splits(contract: Contract, y: np.ndarray, *, repeats: int = 1, seed: int) -> list[Split]:
+    """CV splits by the contract's scheme; rows must already be in time order for 'time'."""
+    idx = np.arange(len(y))
+    scheme = contract.cv_scheme
+    folds = contract.cv.folds
+    if scheme == "time":
+        return list(TimeSeriesSplit(n_splits=folds).split(idx))
+    out: list[Split] = []
+    for r in range(repeats):
+        if scheme == "stratified":
+            counts = np.unique(y, return_counts=True)[1]
+            k = int(min(folds, counts.min())) if len(counts) else folds
+            splitter: Any = StratifiedKFold(n_splits=max(k, 2), shuffle=True, random_state=seed + r)
+            out.extend(splitter.split(idx, y))
+        else:
+            out.extend(KFold(n_splits=folds, shuffle=True, random_state=seed + r).split(idx))
+    return out
+
+
+def metric_names(contract: Contract) -> list[str]:
+    return [contract.metrics.primary, *contract.metrics.guardrails]
+
+
+def classes_of(contract: Contract, y: np.ndarray) -> list[Any] | None:
+    return sorted(np.unique(y).tolist()) if contract.task == "classification" else None
+
+
+def _fit_score(
+    pipeline: Any,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    split: Split,
+    names: list[str],
+    classes: list[Any] | None,
+) -> dict[str, float]:
+    train, test = split
+    model = clone(pipeline).fit(X.iloc[train], y[train])
+    pred, proba = model_outputs(model, X.iloc[test])
+    if proba is not None and classes is not None and list(model.classes_) != classes:
+        # A fold missing a class: widen the probabilities to the full class list.
+        full = np.zeros((len(test), len(classes)))
+        for j, c in enumerate(model.classes_):
+            full[:, classes.index(c)] = proba[:, j]
+        proba = full
+    return compute(names, y_true=y[test], y_pred=pred, proba=proba, classes=classes)
+
+
+def cross_validate(
+    contract: Contract,
+    candidate: Candidate,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    folds: Sequence[Split],
+    *,
+    seed: int,
+    n_jobs: int = 1,
+) -> dict[str, tuple[float, ...]]:
+    """Per-fold values of the primary and guardrail metrics for one candidate."""
+    pipeline = build_pipeline(contract, candidate, seed=seed)
+    names = metric_names(contract)
+    classes = classes_of(contract, y)
+    jobs = (delayed(_fit_score)(pipeline, X, y, s, names, classes) for s in folds)
+    results = (
+        Parallel(n_jobs=n_jobs)(jobs)
+        if n_jobs > 1
+        else [_fit_score(pipeline, X, y, s, names, classes) for s in folds]
+    )
+    return {n: tuple(r[n] for r in results) for n in names}
+
+
+def spaces_for(contract: Contract) -> dict[str, dict[str, Param]]:
+    spaces = {
+        f: dict(contract.search.space.get(f, DEFAULT_SPACES.get(f, {}))) for f in contract.families
+    }
+    return spaces
+
+
+def _reduction_choices(contract: Contract) -> list[int]:
+    space = contract.search.space.get(REDUCTION, {})
+    param = space.get("components")
+    if param is None:
+        return [0]
+    if isinstance(param, Choice):
+        return [int(c or 0) for c in param.choices]
+    return _grid_values(param, 3)  # type: ignore[return-value]
+
+
+def _grid_values(param: Param, points: int) -> list[Any]:
+    if isinstance(param, Choice):
+        return list(param.choices)
+    if param.log:
+        values = np.geomspace(param.low, param.high, points)
+    else:
+        values = np.linspace(param.low, param.high, points)
+    if param.integer:
+        return sorted({int(round(v)) for v in values})
+    return [float(v) for v in values]
+
+
+def _sample(param: Param, rng: np.random.Generator) -> Any:
+    if isinstance(param, Choice):
+        return param.choices[int(rng.integers(len(param.choices)))]
+    if param.log:
+        value = float(np.exp(rng.uniform(np.log(param.low), np.log(param.high))))
+    else:
+        value = float(rng.uniform(param.low, param.high))
+    return int(round(value)) if param.integer else value
+
+
+def _grid(contract: Contract) -> Iterator[Candidate]:
+    points = contract.search.grid_points
+    for family, space in spaces_for(contract).items():
+        names = sorted(space)
+        axes = [_grid_values(space[n], points) for n in names]
+        for components in _reduction_choices(contract):
+            for combo in itertools.product(*axes):
+                yield Candidate(family, dict(zip(names, combo, strict=True)), components)
+
+
+def _random(contract: Contract, seed: int) -> Iterator[Candidate]:
+    rng = np.random.default_rng(seed)
+    spaces = spaces_for(contract)
+    families = sorted(spaces)
+    reductions = _reduction_choices(contract)
+    while True:
+        family = families[int(rng.integers(len(families)))]
+        params = {n: _sample(p, rng) for n, p in sorted(spaces[family].items())}
+        yield Candidate(family, params, reductions[int(rng.integers(len(reductions)))])
+
+
+def _suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
+    if isinstance(param, Choice):
+        return trial.suggest_categorical(name, list(param.choices))  # type: ignore[arg-type]
+    if param.integer:
+        return trial.suggest_int(name, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(name, param.low, param.high, log=param.log)
+
+
+def _bayes_candidate(trial: optuna.Trial, contract: Contract) -> Candidate:
+    spaces = spaces_for(contract)
+    family = str(trial.suggest_categorical("family", sorted(spaces)))
+    params = {n: _suggest(trial, f"{family}.{n}", p) for n, p in sorted(spaces[family].items())}
+    reductions = _reduction_choices(contract)
+    components = (
+        int(trial.suggest_categorical("components", reductions))
+        if len(reductions) > 1
+        else reductions[0]
+    )
+    return Candidate(family, params, components)
+
+
+def tune(
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    contract: Contract,
+    baseline: Candidate | None = None,
+    on_trial: Callable[[TrialResult], None] | None = None,
+    progress: bool | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> TuneResult:
+    """Search the contract's space within its trial and time budget; the baseline goes first.
+
+    The same data, contract and seed give the same trials, unless the time budget cuts the
+    search short (then fewer trials run, each still repeatable).
+    """
+    search = contract.search
+    seed = search.seed
+    folds = splits(contract, y, seed=seed)
+    primary = contract.metrics.primary
+    started = clock()
+    trials: list[TrialResult] = []
+    seen: set[str] = set()
+    study: optuna.Study | None = None
+    grid: Iterator[Candidate] | None = None
+    if search.strategy == "bayes":
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
+        )
+    else:
+        grid = _grid(contract) if search.strategy == "grid" else _random(contract, seed)
+
+    def evaluate(candidate: Candidate, source: str) -> TrialResult:
+        t0 = clock()
+        try:
+            scores = cross_validate(
+                contract, candidate, X, y, folds, seed=seed, n_jobs=search.n_jobs
+            )
+            error = None
+        except (
+            Exception
+        ) as exc:  # a candidate that cannot fit is a failed trial, not a failed cycle
+            scores = {n: (math.nan,) for n in metric_names(contract)}
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("trial failed", extra={"candidate": candidate.label(), "error": error})
+        result = TrialResult(
+            number=len(trials),
+            candidate=candidate,
+            fold_scores=scores[primary],
+            guardrail_scores={k: v for k, v in scores.items() if k != primary},
+            seconds=clock() - t0,
+            source=source,
+            error=error,
+        )
+        trials.append(result)
+        if on_trial is not None:
+            on_trial(result)
+        return result
+
+    stopped_by = "trials"
+    with tqdm(
+        total=search.max_trials,
+        desc="tuning",
+        unit="trial",
+        disable=None if progress is None else not progress,
+    ) as bar:
+
+        def best_text() -> str:
+            ok = [t for t in trials if math.isfinite(t.mean)]
+            if not ok:
+                return "-"
+            best = max(ok, key=lambda t: oriented(primary, t.mean))
+            return f"{best.mean:.4f}"
+
+        if baseline is not None and baseline.family in spaces_for(contract):
+            evaluate(baseline, "champion")
+            seen.add(baseline.to_json())
+            bar.update(1)
+            bar.set_postfix_str(f"best {primary}={best_text()}")
+        while len(trials) < search.max_trials:
+            if clock() - started >= search.max_seconds:
+                stopped_by = "time"
+                break
+            if study is not None:
+                trial = study.ask()
+                candidate = _bayes_candidate(trial, contract)
+                if candidate.to_json() in seen:
+                    # TPE re-proposed a point already scored: tell it the known score, move on.
+                    known = next(t for t in trials if t.candidate.to_json() == candidate.to_json())
+                    study.tell(trial, _objective(primary, known))
+                    if len(study.trials) > search.max_trials * 5:
+                        stopped_by = "exhausted"
+                        break
+                    continue
+                result = evaluate(candidate, "search")
+                study.tell(trial, _objective(primary, result))
+            else:
+                assert grid is not None
+                candidate = next(grid, None)  # type: ignore[arg-type]
+                if candidate is None:
+                    stopped_by = "exhausted"
+                    break
+                if candidate.to_json() in seen:
+                    continue
+                evaluate(candidate, "search")
+            seen.add(candidate.to_json())
+            bar.update(1)
+            bar.set_postfix_str(f"best {primary}={best_text()}")
+    ok = [t for t in trials if math.isfinite(t.mean)]
+    if not ok:
+        errors = "; ".join(sorted({t.error or "no finite score" for t in trials}))
+        raise RuntimeError(f"every trial failed: {errors}")
+    # Ties go to the earlier trial, so the champion's own parameters win a draw.
+    best = max(ok, key=lambda t: (oriented(primary, t.mean), -t.number))
+    return TuneResult(
+        best=best, trials=tuple(trials), stopped_by=stopped_by, seconds=clock() - started
+    )
+
+
+def _objective(primary: str, result: TrialResult) -> float:
+    return oriented(primary, result.mean) if math.isfinite(result.mean) else -1e12
