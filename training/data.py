@@ -1,4 +1,4 @@
-"""Landing-zone intake: validate batches against the contract, quarantine bad ones, keep a manifest."""
+"""Landing-zone intake: validate batches, quarantine bad ones, keep a manifest."""
 
 from __future__ import annotations
 
@@ -366,7 +366,7 @@ def fingerprint(data: TrainingData, contract: Contract) -> dict[str, Any]:
     digest = hashlib.sha256(np.ascontiguousarray(hashed).tobytes()).hexdigest()
     result: dict[str, Any] = {
         "sha256": digest,
-        "rows": int(len(frame)),
+        "rows": len(frame),
         "batches": list(data.batch_ids),
         "new_batches": list(data.new_batch_ids),
     }

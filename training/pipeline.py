@@ -1,4 +1,4 @@
-"""The one scikit-learn Pipeline (encode → optional PCA → estimator) that is tuned, registered and served."""
+"""The one scikit-learn Pipeline (encode, optional PCA, estimator): tuned, registered, served."""
 
 from __future__ import annotations
 

@@ -77,10 +77,17 @@ class TuneResult:
     seconds: float
 
 
-def splits(contract: Contract, y: np.ndarray, *, repeats: int = 1, seed: int) -> list[Split]:
-    """CV splits by the contract's scheme; rows must already be in time order for 'time'."""
+def splits(
+    contract: Contract, y: np.ndarray, *, repeats: int = 1, seed: int, shuffled: bool = False
+) -> list[Split]:
+    """CV splits by the contract's scheme; rows must already be in time order for 'time'.
+
+    `shuffled` asks for (stratified) shuffled folds even when the scheme is 'time'.
+    """
     idx = np.arange(len(y))
     scheme = contract.cv_scheme
+    if shuffled and scheme == "time":
+        scheme = "stratified" if contract.task == "classification" else "kfold"
     folds = contract.cv.folds
     if scheme == "time":
         return list(TimeSeriesSplit(n_splits=folds).split(idx))
@@ -161,7 +168,7 @@ def _reduction_choices(contract: Contract) -> list[int]:
         return [0]
     if isinstance(param, Choice):
         return [int(c or 0) for c in param.choices]
-    return _grid_values(param, 3)  # type: ignore[return-value]
+    return [int(v) for v in _grid_values(param, 3)]
 
 
 def _grid_values(param: Param, points: int) -> list[Any]:
@@ -172,7 +179,7 @@ def _grid_values(param: Param, points: int) -> list[Any]:
     else:
         values = np.linspace(param.low, param.high, points)
     if param.integer:
-        return sorted({int(round(v)) for v in values})
+        return sorted({round(v) for v in values})
     return [float(v) for v in values]
 
 
@@ -183,7 +190,7 @@ def _sample(param: Param, rng: np.random.Generator) -> Any:
         value = float(np.exp(rng.uniform(np.log(param.low), np.log(param.high))))
     else:
         value = float(rng.uniform(param.low, param.high))
-    return int(round(value)) if param.integer else value
+    return round(value) if param.integer else value
 
 
 def _grid(contract: Contract) -> Iterator[Candidate]:
@@ -209,7 +216,7 @@ def _random(contract: Contract, seed: int) -> Iterator[Candidate]:
 
 def _suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
     if isinstance(param, Choice):
-        return trial.suggest_categorical(name, list(param.choices))  # type: ignore[arg-type]
+        return trial.suggest_categorical(name, list(param.choices))
     if param.integer:
         return trial.suggest_int(name, int(param.low), int(param.high), log=param.log)
     return trial.suggest_float(name, param.low, param.high, log=param.log)
@@ -326,10 +333,11 @@ def tune(
                 study.tell(trial, _objective(primary, result))
             else:
                 assert grid is not None
-                candidate = next(grid, None)  # type: ignore[arg-type]
-                if candidate is None:
+                proposed = next(grid, None)
+                if proposed is None:
                     stopped_by = "exhausted"
                     break
+                candidate = proposed
                 if candidate.to_json() in seen:
                     continue
                 evaluate(candidate, "search")

@@ -1,0 +1,81 @@
+"""Manual interventions on the champion (promote a version, roll back), recorded in the ledger."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from training.config import Settings
+from training.cycle import actor
+from training.errors import ChampionError, RegistryError
+from training.lease import REGISTRY, lease
+from training.ledger import Ledger
+from training.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def _require_reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise ChampionError("a reason is required (--reason TEXT); it goes into the ledger")
+    return reason
+
+
+def promote(
+    version: str, *, reason: str, registry: Registry, ledger: Ledger, settings: Settings
+) -> dict[str, Any]:
+    """Make `version` the champion after checking it loads; the old one becomes `previous`."""
+    reason = _require_reason(reason)
+    ref = registry.version(version)
+    with tempfile.TemporaryDirectory() as tmp:
+        registry.load(ref, cache_dir=Path(tmp))  # refuses a model whose digest does not match
+    with lease(settings.lock_dir, REGISTRY, timeout=settings.lease_timeout_seconds):
+        current = registry.alias("champion")
+        before = current.version if current else None
+        if before == ref.version:
+            raise ChampionError(f"v{ref.version} is already the champion")
+        if not registry.move_champion(expected=before, new=ref.version):
+            raise RegistryError("the champion alias moved during the promotion; try again")
+        entry = ledger.append(
+            {
+                "event": "manual_promote",
+                "reason": reason,
+                "who": actor(),
+                "champion_before": before,
+                "champion_after": ref.version,
+            }
+        )
+    log.info("manual promotion", extra={"from": before, "to": ref.version, "reason": reason})
+    return entry
+
+
+def rollback(
+    *, reason: str, registry: Registry, ledger: Ledger, settings: Settings
+) -> dict[str, Any]:
+    """Swap `champion` and `previous`, so a second rollback undoes the first."""
+    reason = _require_reason(reason)
+    with lease(settings.lock_dir, REGISTRY, timeout=settings.lease_timeout_seconds):
+        current = registry.alias("champion")
+        previous = registry.alias("previous")
+        if current is None or previous is None:
+            raise ChampionError("nothing to roll back to: there is no 'previous' version")
+        if previous.version == current.version:
+            raise ChampionError(f"'previous' is the champion itself (v{current.version})")
+        with tempfile.TemporaryDirectory() as tmp:
+            registry.load(previous, cache_dir=Path(tmp))
+        if not registry.move_champion(expected=current.version, new=previous.version):
+            raise RegistryError("the champion alias moved during the rollback; try again")
+        entry = ledger.append(
+            {
+                "event": "rollback",
+                "reason": reason,
+                "who": actor(),
+                "champion_before": current.version,
+                "champion_after": previous.version,
+            }
+        )
+    log.info("rollback", extra={"from": current.version, "to": previous.version, "reason": reason})
+    return entry

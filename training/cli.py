@@ -1,0 +1,261 @@
+"""The `champion` command line: a thin Typer layer over the retraining core."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from training.config import Contract, Settings, get_settings, load_contract
+from training.errors import ChampionError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="champion: the right model, always serving, never silently worse.",
+)
+
+
+class Wiring:
+    """Settings, contract, registry and ledger, built once per command."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        from training import logs
+
+        self.settings = settings or get_settings()
+        logs.configure(level=self.settings.log_level, fmt=self.settings.log_format)
+        self.contract: Contract = load_contract(self.settings.project_file)
+        # MLflow reads its own variables; we only supply the local default.
+        os.environ.setdefault("MLFLOW_TRACKING_URI", self.settings.default_tracking_uri)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ["MLFLOW_TRACKING_URI"]
+
+    def registry(self) -> Any:
+        from training.registry import Registry
+
+        return Registry(
+            tracking_uri=self.tracking_uri,
+            model_name=self.contract.project.name,
+            artifact_root=self.settings.artifact_root,
+        )
+
+    def ledger(self) -> Any:
+        from training.ledger import Ledger
+
+        return Ledger(self.settings.ledger_path)
+
+
+def _fail(exc: ChampionError) -> typer.Exit:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    return typer.Exit(exc.exit_code)
+
+
+@app.command()
+def retrain(
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while tuning.")] = True,
+) -> None:
+    """Run one retrain cycle (bootstraps a champion when there is none)."""
+    from training.cycle import Context, run_cycle
+
+    try:
+        w = Wiring()
+        ctx = Context(w.contract, w.settings, w.registry(), w.ledger(), progress=progress or None)
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    result = run_cycle(ctx, trigger="cli")
+    color = {"PROMOTE": typer.colors.GREEN, "FAILED": typer.colors.RED}.get(result.verdict.value)
+    typer.secho(f"{result.verdict.value}: {result.reason}", fg=color)
+    if result.version:
+        typer.echo(f"challenger v{result.version}; champion: {result.champion_after or 'none'}")
+    typer.echo(f"{result.trials} trials in {result.seconds:.1f}s")
+    raise typer.Exit(result.exit_code)
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    at = entry.get("at", "")[:19].replace("T", " ")
+    event = entry.get("event", "?")
+    verdict = entry.get("verdict")
+    head = verdict if event == "cycle" else event.replace("_", " ").upper()
+    if event == "cycle_interrupted":
+        head = "FAILED"
+    moved = ""
+    if "champion_after" in entry:
+        before, after = entry.get("champion_before"), entry.get("champion_after")
+        moved = f" v{before} → v{after}" if before != after else f" (champion v{after})"
+        moved = moved.replace("vNone", "none")
+    version = (
+        f" challenger v{entry['challenger_version']}" if entry.get("challenger_version") else ""
+    )
+    who = entry.get("who", "")
+    return f"{at}  {head:<15}{moved}{version}  [{who}]\n    {entry.get('reason', '')}"
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option(min=1, help="Show the last N entries.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw ledger lines.")] = False,
+) -> None:
+    """Show the promotion ledger: every verdict, promotion and rollback, newest last."""
+    try:
+        w = Wiring()
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    entries = w.ledger().entries()[-limit:]
+    if not entries:
+        typer.echo("The ledger is empty: no cycle has run yet (try `champion retrain`).")
+        return
+    for entry in entries:
+        typer.echo(json.dumps(entry, sort_keys=True) if as_json else _describe(entry))
+
+
+@app.command()
+def status() -> None:
+    """Show the champion, the aliases, the last verdict and the landing zone."""
+    from training.data import Manifest, pending_files
+
+    try:
+        w = Wiring()
+        registry = w.registry()
+        aliases = registry.aliases()
+        manifest = Manifest(w.contract.data.manifest)
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    champion = aliases.get("champion")
+    typer.echo(
+        f"model:       {w.contract.project.name} ({w.contract.task}, "
+        f"primary metric {w.contract.metrics.primary})"
+    )
+    typer.echo(f"registry:    {w.tracking_uri}")
+    typer.echo(
+        "aliases:     "
+        + (
+            ", ".join(f"{k}=v{v}" for k, v in sorted(aliases.items()))
+            or "none (no champion yet: run `champion retrain`)"
+        )
+    )
+    if champion:
+        ref = registry.version(champion)
+        created = datetime.fromtimestamp(ref.created_ms / 1000).isoformat(timespec="seconds")
+        typer.echo(
+            f"champion:    v{champion}, registered {created}, "
+            f"{ref.tags.get('champion.rows', '?')} rows, {ref.tags.get('champion.candidate', '')}"
+        )
+    entries = w.ledger().entries()
+    if entries:
+        typer.echo("last entry:  " + _describe(entries[-1]).replace("\n", "\n             "))
+    accepted = manifest.accepted()
+    quarantined = [b for b, e in manifest.batches.items() if e["status"] == "quarantined"]
+    typer.echo(
+        f"batches:     {len(accepted)} accepted ({len(manifest.unconsumed())} not yet "
+        f"trained on), {len(quarantined)} quarantined, "
+        f"{len(pending_files(w.contract.data.landing_zone)) - len(accepted)} waiting"
+    )
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered version to make the champion.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
+) -> None:
+    """Manually make VERSION the champion (recorded in the ledger)."""
+    from training import actions
+
+    try:
+        w = Wiring()
+        entry = actions.promote(
+            version, reason=reason, registry=w.registry(), ledger=w.ledger(), settings=w.settings
+        )
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    typer.secho(
+        f"champion: v{entry['champion_before']} → v{entry['champion_after']}", fg=typer.colors.GREEN
+    )
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
+) -> None:
+    """Make `previous` the champion again (a second rollback undoes the first)."""
+    from training import actions
+
+    try:
+        w = Wiring()
+        entry = actions.rollback(
+            reason=reason, registry=w.registry(), ledger=w.ledger(), settings=w.settings
+        )
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    typer.secho(
+        f"champion: v{entry['champion_before']} → v{entry['champion_after']}", fg=typer.colors.GREEN
+    )
+
+
+@app.command()
+def simulate(
+    batches: Annotated[int, typer.Option(min=1, help="How many batches to write.")] = 5,
+    rows: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 1000,
+    drift_at: Annotated[
+        int | None, typer.Option(min=0, help="Global batch index from which the concept changes.")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 7,
+    noise: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Share of flipped labels.")
+    ] = 0.05,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+) -> None:
+    """Write demo batches (a drifting loan-approval stream) into the landing zone."""
+    from training.simulate import SimulationPlan, simulate_batches
+
+    try:
+        w = Wiring()
+        plan = SimulationPlan(
+            batches=batches, rows=rows, drift_at=drift_at, seed=seed, label_noise=noise, fmt=fmt
+        )
+        paths = simulate_batches(plan, landing_zone=w.contract.data.landing_zone)
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    for p in paths:
+        typer.echo(f"wrote {p}")
+
+
+@app.command()
+def bootstrap() -> None:
+    """Prepare a fresh checkout: demo data if the landing zone is empty, a champion if none."""
+    from training.cycle import Context, run_cycle
+    from training.data import Manifest, pending_files
+    from training.simulate import SimulationPlan, simulate_batches
+
+    try:
+        w = Wiring()
+        landing = w.contract.data.landing_zone
+        if not pending_files(landing) and not Manifest(w.contract.data.manifest).batches:
+            simulate_batches(
+                SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7), landing_zone=landing
+            )
+            typer.echo(f"wrote 4 demo batches into {landing}")
+        registry = w.registry()
+        if registry.alias("champion") is not None:
+            typer.echo(f"champion v{registry.alias('champion').version} is in place")
+            return
+        result = run_cycle(
+            Context(w.contract, w.settings, registry, w.ledger()), trigger="bootstrap"
+        )
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{result.verdict.value}: {result.reason}")
+    raise typer.Exit(result.exit_code)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,261 @@
+"""The promotion gate: a paired, noise-aware decision between challenger and champion."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from training.config import METRICS, Contract
+
+
+class Verdict(StrEnum):
+    PROMOTE = "PROMOTE"
+    HOLD = "HOLD"
+    REJECT = "REJECT"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+    STALE = "STALE"
+
+
+@dataclass(frozen=True)
+class PairedScores:
+    """Per-fold metric values of both models on the same validation folds (natural units)."""
+
+    challenger: Mapping[str, Sequence[float]]
+    champion: Mapping[str, Sequence[float]]
+    test_train_ratio: float
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """One metric's comparison; `str()` is a sentence a person can read."""
+
+    metric: str
+    role: str  # "primary" | "guardrail" | "floor"
+    challenger: float
+    champion: float | None
+    delta: float | None  # oriented: positive means the challenger is better
+    threshold: float
+    passed: bool
+    lower: float | None = None
+    upper: float | None = None
+    p_value: float | None = None
+    folds: int = 0
+
+    def __str__(self) -> str:
+        if self.role == "floor":
+            cmp = "reaches" if self.passed else "is below"
+            return f"{self.metric} {self.challenger:.4f} {cmp} the floor {self.threshold:.4f}"
+        assert self.delta is not None and self.champion is not None
+        base = (
+            f"{self.metric}: challenger {self.challenger:.4f} vs champion {self.champion:.4f} "
+            f"(mean paired change {self.delta:+.4f} over {self.folds} folds"
+        )
+        if self.role == "guardrail":
+            verdict = "within" if self.passed else "beyond"
+            return f"{base}); a drop {verdict} the tolerance {self.threshold:.4f}"
+        interval = ""
+        if self.lower is not None and self.upper is not None:
+            interval = f", interval [{self.lower:+.4f}, {self.upper:+.4f}]"
+        if self.passed:
+            tail = f"credibly better by at least the margin {self.threshold:.4f}"
+        elif self.upper is not None and self.upper < 0:
+            tail = "credibly worse"
+        else:
+            tail = f"not credibly better by the margin {self.threshold:.4f}"
+        return f"{base}{interval}): {tail}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    checks: tuple[MetricCheck, ...] = ()
+    numbers: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "checks": [asdict(c) | {"sentence": str(c)} for c in self.checks],
+            "numbers": dict(self.numbers),
+        }
+
+
+def _clean_pairs(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def corrected_t_interval(
+    deltas: np.ndarray, *, test_train_ratio: float, confidence: float
+) -> tuple[float, float, float]:
+    """Nadeau & Bengio's corrected resampled t-test: (lower, upper, one-sided p-value).
+
+    CV folds share training rows, so the plain t-test's variance is far too small; the
+    correction inflates it by n_test/n_train.  With repeated k-fold this is Bouckaert &
+    Frank's corrected repeated k-fold test (df = r*k - 1).
+    """
+    k = len(deltas)
+    mean = float(np.mean(deltas))
+    var = float(np.var(deltas, ddof=1))
+    se = math.sqrt((1.0 / k + test_train_ratio) * var)
+    if se == 0.0:
+        p = 0.0 if mean > 0 else 1.0
+        return mean, mean, p
+    tq = float(stats.t.ppf(confidence, df=k - 1))
+    p = float(stats.t.sf(mean / se, df=k - 1))
+    return mean - tq * se, mean + tq * se, p
+
+
+def bootstrap_interval(
+    deltas: np.ndarray, *, confidence: float, samples: int, seed: int
+) -> tuple[float, float, float]:
+    """Percentile bootstrap of the mean delta: (lower, upper, share of resamples ≤ 0)."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(deltas, size=(samples, len(deltas)), replace=True).mean(axis=1)
+    alpha = 1.0 - confidence
+    return (
+        float(np.quantile(means, alpha)),
+        float(np.quantile(means, 1.0 - alpha)),
+        float(np.mean(means <= 0)),
+    )
+
+
+def decide(
+    paired: PairedScores, *, contract: Contract, schema_problems: Sequence[str] = ()
+) -> Decision:
+    """Compare a challenger with the deployed champion on paired folds.
+
+    PROMOTE needs all of: mean change ≥ min_delta, the one-sided interval above zero, every
+    guardrail within its tolerance, and an input schema that matches the contract.
+    """
+    gate = contract.gate
+    primary = contract.metrics.primary
+    if schema_problems:
+        return Decision(
+            Verdict.REJECT,
+            "The challenger's input schema does not match the contract: "
+            + "; ".join(schema_problems),
+        )
+    chal, champ = _clean_pairs(paired.challenger[primary], paired.champion[primary])
+    if len(chal) < 2:
+        return Decision(
+            Verdict.HOLD,
+            f"Only {len(chal)} usable paired folds for {primary}; not enough fresh data to "
+            "compare, so the champion stays.",
+        )
+    sign = 1.0 if METRICS[primary][1] else -1.0
+    deltas = sign * (chal - champ)
+    if gate.method == "bootstrap":
+        lower, upper, p = bootstrap_interval(
+            deltas,
+            confidence=gate.confidence,
+            samples=gate.bootstrap_samples,
+            seed=contract.search.seed,
+        )
+    else:
+        lower, upper, p = corrected_t_interval(
+            deltas, test_train_ratio=paired.test_train_ratio, confidence=gate.confidence
+        )
+    mean_delta = float(np.mean(deltas))
+    primary_ok = mean_delta >= gate.min_delta and lower > 0
+    checks = [
+        MetricCheck(
+            metric=primary,
+            role="primary",
+            challenger=float(chal.mean()),
+            champion=float(champ.mean()),
+            delta=mean_delta,
+            threshold=gate.min_delta,
+            passed=primary_ok,
+            lower=lower,
+            upper=upper,
+            p_value=p,
+            folds=len(deltas),
+        )
+    ]
+    for metric, tolerance in contract.metrics.guardrails.items():
+        g_chal, g_champ = _clean_pairs(paired.challenger[metric], paired.champion[metric])
+        if len(g_chal) == 0:
+            continue
+        g_sign = 1.0 if METRICS[metric][1] else -1.0
+        g_delta = float(np.mean(g_sign * (g_chal - g_champ)))
+        checks.append(
+            MetricCheck(
+                metric=metric,
+                role="guardrail",
+                challenger=float(g_chal.mean()),
+                champion=float(g_champ.mean()),
+                delta=g_delta,
+                threshold=tolerance,
+                passed=g_delta >= -tolerance,
+                folds=len(g_chal),
+            )
+        )
+    failed_guards = [c for c in checks[1:] if not c.passed]
+    numbers = {
+        "metric": primary,
+        "mean_delta": mean_delta,
+        "lower": lower,
+        "upper": upper,
+        "p_value": p,
+        "folds": len(deltas),
+        "confidence": gate.confidence,
+        "min_delta": gate.min_delta,
+        "method": gate.method,
+    }
+    head = str(checks[0])
+    if failed_guards:
+        why = "; ".join(str(c) for c in failed_guards)
+        return Decision(
+            Verdict.REJECT, f"Guardrail failed. {why}. ({head})", tuple(checks), numbers
+        )
+    if upper < 0:
+        return Decision(Verdict.REJECT, f"The challenger is worse. {head}.", tuple(checks), numbers)
+    if primary_ok:
+        return Decision(
+            Verdict.PROMOTE, f"The challenger is better. {head}.", tuple(checks), numbers
+        )
+    return Decision(
+        Verdict.HOLD,
+        f"No credible improvement; the champion stays. {head}.",
+        tuple(checks),
+        numbers,
+    )
+
+
+def decide_first(cv_mean: float, *, contract: Contract) -> Decision:
+    """With no champion yet, promote only a challenger that reaches the absolute floor."""
+    primary = contract.metrics.primary
+    floor = contract.gate.floor
+    ok = math.isfinite(cv_mean) and (cv_mean >= floor if METRICS[primary][1] else cv_mean <= floor)
+    check = MetricCheck(
+        metric=primary,
+        role="floor",
+        challenger=cv_mean,
+        champion=None,
+        delta=None,
+        threshold=floor,
+        passed=ok,
+    )
+    if ok:
+        return Decision(
+            Verdict.PROMOTE,
+            f"No champion yet; cross-validated {check}.",
+            (check,),
+            {"metric": primary, "cv_mean": cv_mean, "floor": floor},
+        )
+    return Decision(
+        Verdict.REJECT,
+        f"No champion yet, and the best cross-validated {check}.",
+        (check,),
+        {"metric": primary, "cv_mean": cv_mean, "floor": floor},
+    )

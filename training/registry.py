@@ -1,0 +1,362 @@
+"""The MLflow adapter: the only code that talks to the tracking server and model registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import skops.io as sio
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
+from mlflow.tracking import MlflowClient
+
+from training.config import Contract
+from training.errors import IntegrityError, RegistryError
+
+log = logging.getLogger(__name__)
+
+# The only types a model file may contain beyond skops' own safe defaults. Declared here, in
+# code, and never read from the artifact: a tampered file cannot widen what it may load.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+)
+MODEL_FILE = "model.skops"
+ALIASES = ("champion", "previous", "challenger")
+
+TAG_SHA256 = "champion.sha256"
+TAG_CANDIDATE = "champion.candidate"
+TAG_RUNTIME = "champion.runtime"
+TAG_VERDICT = "champion.verdict"
+TAG_KIND = "champion.kind"
+TAG_DATA = "champion.data_sha256"
+TAG_ROWS = "champion.rows"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version and the facts recorded on it."""
+
+    version: str
+    run_id: str | None
+    tags: Mapping[str, str]
+    created_ms: int = 0
+
+    @property
+    def sha256(self) -> str | None:
+        return self.tags.get(TAG_SHA256)
+
+    @property
+    def candidate_json(self) -> str | None:
+        return self.tags.get(TAG_CANDIDATE)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    ref: ModelRef
+    pipeline: Any
+    sha256: str
+    input_names: tuple[str, ...]
+    local_dir: Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_verified(local_dir: Path, *, expected_sha256: str | None) -> tuple[Any, str]:
+    """Load a downloaded model directory after checking its format and digest."""
+    mlmodel = Model.load(str(local_dir))
+    flavor = mlmodel.flavors.get("sklearn", {})
+    if flavor.get("serialization_format") != "skops":
+        raise IntegrityError(
+            f"model in {local_dir} is stored as {flavor.get('serialization_format')!r}; "
+            "only 'skops' is loaded"
+        )
+    path = local_dir / flavor.get("pickled_model", MODEL_FILE)
+    digest = sha256_file(path)
+    if expected_sha256 is None:
+        raise IntegrityError(f"model in {local_dir} has no recorded digest ({TAG_SHA256})")
+    if digest != expected_sha256:
+        raise IntegrityError(
+            f"model file digest {digest[:12]}… does not match the recorded {expected_sha256[:12]}…"
+        )
+    try:
+        return sio.load(path, trusted=list(TRUSTED_TYPES)), digest
+    except sio.exceptions.UntrustedTypesFoundException as exc:
+        raise IntegrityError(f"model file holds types outside the trusted list: {exc}") from None
+
+
+def schema_problems(local_dir: Path, contract: Contract) -> list[str]:
+    """Differences between a stored model's input signature and the contract's features."""
+    signature = Model.load(str(local_dir)).signature
+    if signature is None:
+        return ["the model has no input signature"]
+    declared = list(contract.features)
+    names = list(signature.inputs.input_names())
+    problems = []
+    if missing := [n for n in declared if n not in names]:
+        problems.append(f"missing features {missing}")
+    if extra := [n for n in names if n not in declared]:
+        problems.append(f"unexpected features {extra}")
+    types = {str(s.name): str(getattr(s, "type", "")).lower() for s in signature.inputs.inputs}
+    for name in declared:
+        if name not in types:
+            continue
+        kind = contract.features[name].type
+        numeric = any(t in types[name] for t in ("double", "float", "long", "integer"))
+        if (kind == "numeric") != numeric:
+            problems.append(
+                f"feature '{name}' is {types[name]} in the model, {kind} in the contract"
+            )
+    return problems
+
+
+def _ref(mv: Any) -> ModelRef:
+    return ModelRef(
+        version=str(mv.version),
+        run_id=mv.run_id,
+        tags=dict(mv.tags or {}),
+        created_ms=int(mv.creation_timestamp or 0),
+    )
+
+
+class Registry:
+    """Runs, model versions and aliases of one registered model."""
+
+    def __init__(self, *, tracking_uri: str, model_name: str, artifact_root: Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._experiment_id: str | None = None
+
+    # -- read side (also used by the service) ------------------------------------------------
+
+    def alias(self, alias: str) -> ModelRef | None:
+        try:
+            return _ref(self.client.get_model_version_by_alias(self.model_name, alias))
+        except MlflowException as exc:
+            if exc.error_code in (
+                "RESOURCE_DOES_NOT_EXIST",
+                "INVALID_PARAMETER_VALUE",
+                "NOT_FOUND",
+            ):
+                return None
+            raise RegistryError(f"registry lookup of alias '{alias}' failed: {exc}") from exc
+
+    def aliases(self) -> dict[str, str]:
+        try:
+            rm = self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            return {}
+        return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
+
+    def version(self, version: str) -> ModelRef:
+        try:
+            return _ref(self.client.get_model_version(self.model_name, str(version)))
+        except MlflowException as exc:
+            raise RegistryError(f"model version {self.model_name} v{version} not found") from exc
+
+    def versions(self) -> list[ModelRef]:
+        try:
+            found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        except MlflowException:
+            return []
+        return sorted((_ref(mv) for mv in found), key=lambda r: int(r.version))
+
+    def download(self, ref: ModelRef, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{self.model_name}/{ref.version}",
+            dst_path=str(dst),
+            tracking_uri=self.tracking_uri,
+            registry_uri=self.tracking_uri,
+        )
+        return Path(local)
+
+    def load(self, ref: ModelRef, *, cache_dir: Path | None = None) -> LoadedModel:
+        """Download, verify the digest and safe format, and load one version."""
+        base = cache_dir or Path(tempfile.mkdtemp(prefix="champion-model-"))
+        local = self.download(ref, base / f"v{ref.version}")
+        pipeline, digest = load_verified(local, expected_sha256=ref.sha256)
+        signature = Model.load(str(local)).signature
+        names = tuple(signature.inputs.input_names()) if signature else ()
+        return LoadedModel(ref, pipeline, digest, tuple(str(n) for n in names), local)
+
+    def run_json(self, run_id: str, path: str) -> dict[str, Any] | None:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, tracking_uri=self.tracking_uri
+            )
+        except (MlflowException, OSError):
+            return None
+        return dict(json.loads(Path(local).read_text(encoding="utf-8")))
+
+    def run_info(self, run_id: str) -> Any:
+        return self.client.get_run(run_id)
+
+    # -- write side (training only) ----------------------------------------------------------
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.model_name)
+            if exp is not None:
+                self._experiment_id = exp.experiment_id
+            else:
+                location = (
+                    (self.artifact_root / self.model_name).resolve().as_uri()
+                    if self.artifact_root
+                    else None
+                )
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.model_name, artifact_location=location
+                    )
+                except MlflowException:
+                    # Lost a creation race with another process: use theirs.
+                    exp = self.client.get_experiment_by_name(self.model_name)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def ensure_model(self) -> None:
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(
+                    self.model_name,
+                    description="Managed by champion: aliases "
+                    "'champion' (serving), 'previous' (rollback), 'challenger' (latest candidate).",
+                )
+            except MlflowException:
+                self.client.get_registered_model(self.model_name)
+
+    def start_run(self, *, name: str, tags: Mapping[str, str], parent: str | None = None) -> str:
+        all_tags = dict(tags)
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self._experiment(), run_name=name, tags=all_tags)
+        return str(run.info.run_id)
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                Metric(k, float(v), now, 0)
+                for k, v in (metrics or {}).items()
+                if v is not None and math.isfinite(float(v))
+            ],
+            params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+        )
+
+    def log_json(self, run_id: str, obj: Any, path: str) -> None:
+        self.client.log_dict(run_id, obj, path)
+
+    def log_files(self, run_id: str, files: Sequence[Path], artifact_path: str) -> None:
+        for f in files:
+            self.client.log_artifact(run_id, str(f), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def register(
+        self, run_id: str, pipeline: Any, *, example: pd.DataFrame, tags: Mapping[str, str]
+    ) -> ModelRef:
+        """Log the pipeline in skops format with signature and example; register a version."""
+        self.ensure_model()
+        signature = infer_signature(example, pipeline.predict(example))
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=list(TRUSTED_TYPES),
+                signature=signature,
+                input_example=example,
+                # Explicit requirements: inferring them spawns a subprocess for seconds.
+                pip_requirements=_requirements(),
+            )
+        # Leaving the fluent context marks the run finished; the cycle is not done yet.
+        self.client.update_run(run_id, status="RUNNING")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{info.artifact_path}/{MODEL_FILE}",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+            )
+            digest = sha256_file(local)
+        mv = self.client.create_model_version(
+            self.model_name,
+            source=info.model_uri,
+            run_id=run_id,
+            tags={**tags, TAG_SHA256: digest, TAG_RUNTIME: "sklearn"},
+        )
+        self.client.set_registered_model_alias(self.model_name, "challenger", mv.version)
+        return _ref(mv)
+
+    def set_version_tags(self, version: str, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, k, str(v)[:5000])
+
+    def move_champion(self, *, expected: str | None, new: str) -> bool:
+        """Compare-and-set the champion alias; callers hold the registry lease.
+
+        `previous` moves first: a crash between the two writes leaves the old champion
+        serving with `previous` pointing at it too, which is still a whole state.
+        """
+        current = self.alias("champion")
+        current_version = current.version if current else None
+        if current_version != expected:
+            return False
+        if current_version is not None and current_version != new:
+            self.client.set_registered_model_alias(self.model_name, "previous", current_version)
+        self.client.set_registered_model_alias(self.model_name, "champion", new)
+        return True
+
+    def running_cycle_runs(self) -> list[str]:
+        runs = self.client.search_runs(
+            [self._experiment()],
+            filter_string=f"tags.`{TAG_KIND}` = 'cycle' and attributes.status = 'RUNNING'",
+        )
+        return [r.info.run_id for r in runs]
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"]
+
+
+__all__ = ["ALIASES", "TRUSTED_TYPES", "LoadedModel", "ModelRef", "Registry", "RunStatus"]
