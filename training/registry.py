@@ -183,12 +183,15 @@ class Registry:
 
     def download(self, ref: ModelRef, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{self.model_name}/{ref.version}",
-            dst_path=str(dst),
-            tracking_uri=self.tracking_uri,
-            registry_uri=self.tracking_uri,
-        )
+        # Resolve through our own client: MLflow resolves `models:/` URIs through the global
+        # registry URI, which may point elsewhere.
+        try:
+            source = self.client.get_model_version_download_uri(self.model_name, ref.version)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri
+            )
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(f"cannot download v{ref.version}: {exc}") from exc
         return Path(local)
 
     def load(self, ref: ModelRef, *, cache_dir: Path | None = None) -> LoadedModel:

@@ -1,0 +1,358 @@
+"""Unit tests of the promotion gate: the corrected t interval, decide() and decide_first()."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tests.unit.conftest import raw_contract
+from training.config import Contract, parse_contract
+from training.gate import (
+    Decision,
+    PairedScores,
+    Verdict,
+    bootstrap_interval,
+    corrected_t_interval,
+    decide,
+    decide_first,
+)
+
+# Ten fold deltas with a positive mean (0.01) but a spread (sd 0.0145) that the corrected
+# test (ratio 0.25) cannot tell from noise; the naive test (ratio 0) can.
+NOISY = np.array([0.025, -0.012, 0.018, 0.004, 0.031, -0.008, 0.022, 0.015, -0.002, 0.007])
+CHAMP_AUC = np.array([0.80, 0.82, 0.79, 0.81, 0.83, 0.80, 0.78, 0.82, 0.81, 0.80])
+WIGGLE = np.array([0.001, -0.001, 0.002, 0.0, -0.002, 0.001, 0.0, -0.001, 0.002, -0.002])
+CHAMP_ACC = np.full(10, 0.75)
+CHAMP_LOSS = np.full(10, 0.45)
+
+
+def _contract(**changes: Any) -> Contract:
+    """The shipped contract with `section__key=value` overrides (e.g. gate__method=...)."""
+    raw = raw_contract()
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        raw[section][key] = value
+    return parse_contract(raw)
+
+
+def _paired(
+    chal_auc: Sequence[float],
+    champ_auc: Sequence[float] = CHAMP_AUC,
+    *,
+    ratio: float = 0.25,
+    chal_acc: Sequence[float] = CHAMP_ACC,
+    chal_loss: Sequence[float] = CHAMP_LOSS,
+) -> PairedScores:
+    return PairedScores(
+        challenger={
+            "roc_auc": tuple(chal_auc),
+            "accuracy": tuple(chal_acc),
+            "log_loss": tuple(chal_loss),
+        },
+        champion={
+            "roc_auc": tuple(champ_auc),
+            "accuracy": tuple(CHAMP_ACC),
+            "log_loss": tuple(CHAMP_LOSS),
+        },
+        test_train_ratio=ratio,
+    )
+
+
+def _numbers_in(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+\.\d{4}", text)]
+
+
+# --- corrected_t_interval ----------------------------------------------------------------------
+
+
+def test_corrected_t_matches_a_hand_computation() -> None:
+    """It computes Nadeau & Bengio's interval: se = sqrt((1/k + ratio) * var), t with k-1 df."""
+    deltas = np.array([0.01, 0.03, -0.005, 0.02, 0.015])
+    k = 5
+    mean = (0.01 + 0.03 - 0.005 + 0.02 + 0.015) / k
+    var = sum((d - mean) ** 2 for d in deltas) / (k - 1)
+    se = math.sqrt((1 / k + 0.25) * var)
+    tq = stats.t.ppf(0.95, df=k - 1)
+    assert tq == pytest.approx(2.131846786, rel=1e-8)
+    lower, upper, p = corrected_t_interval(deltas, test_train_ratio=0.25, confidence=0.95)
+    assert lower == pytest.approx(mean - tq * se, rel=1e-12)
+    assert upper == pytest.approx(mean + tq * se, rel=1e-12)
+    assert p == pytest.approx(stats.t.sf(mean / se, df=k - 1), rel=1e-12)
+    assert 0.0 < p < 0.5
+
+
+def test_corrected_t_widens_with_the_test_train_ratio() -> None:
+    """It gives a wider interval and a larger p-value as the test/train ratio grows."""
+    naive = corrected_t_interval(NOISY, test_train_ratio=0.0, confidence=0.95)
+    corrected = corrected_t_interval(NOISY, test_train_ratio=0.25, confidence=0.95)
+    assert naive[0] > 0 > corrected[0]
+    assert corrected[1] - corrected[0] > naive[1] - naive[0]
+    assert corrected[2] > 0.05 > naive[2]
+
+
+@pytest.mark.parametrize(
+    ("value", "p_expected"), [(0.01, 0.0), (-0.01, 1.0), (0.0, 1.0)], ids=["up", "down", "flat"]
+)
+def test_zero_variance_deltas_give_a_point_interval(value: float, p_expected: float) -> None:
+    """It returns the mean as both bounds, without dividing by zero, when every delta is equal."""
+    deltas = np.full(6, value)
+    lower, upper, p = corrected_t_interval(deltas, test_train_ratio=0.25, confidence=0.95)
+    assert lower == upper == pytest.approx(value)
+    assert p == p_expected
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
+    """It returns the same percentile interval for the same seed, bracketing the mean delta."""
+    first = bootstrap_interval(NOISY, confidence=0.95, samples=2000, seed=3)
+    assert bootstrap_interval(NOISY, confidence=0.95, samples=2000, seed=3) == first
+    lower, upper, share = first
+    assert lower < NOISY.mean() < upper
+    assert 0.0 <= share < 0.5
+    flat = bootstrap_interval(np.full(5, 0.02), confidence=0.95, samples=500, seed=0)
+    assert flat[0] == pytest.approx(0.02)
+    assert flat[1] == pytest.approx(0.02)
+    assert flat[2] == 0.0
+
+
+# --- decide ------------------------------------------------------------------------------------
+
+
+def test_clear_improvement_is_promoted() -> None:
+    """It promotes a challenger that is better on every fold by far more than min_delta."""
+    decision = decide(_paired(CHAMP_AUC + 0.03 + WIGGLE), contract=_contract())
+    assert decision.verdict is Verdict.PROMOTE
+    assert decision.numbers["mean_delta"] == pytest.approx(0.03)
+    assert decision.numbers["lower"] > 0
+    assert all(c.passed for c in decision.checks)
+    assert "better" in decision.reason
+
+
+def test_improvement_below_min_delta_is_held() -> None:
+    """It holds a challenger whose consistent improvement is smaller than min_delta."""
+    contract = _contract(gate__min_delta=0.01)
+    decision = decide(_paired(CHAMP_AUC + 0.005 + WIGGLE / 10), contract=contract)
+    assert decision.numbers["lower"] > 0  # credible, but too small to be worth a swap
+    assert decision.verdict is Verdict.HOLD
+    assert "not credibly better by the margin 0.0100" in decision.reason
+
+
+def test_noisy_improvement_is_held_only_thanks_to_the_correction() -> None:
+    """It holds a noisy positive mean that the uncorrected t-test would have promoted."""
+    contract = _contract()
+    corrected = decide(_paired(CHAMP_AUC + NOISY, ratio=0.25), contract=contract)
+    assert corrected.verdict is Verdict.HOLD
+    assert corrected.numbers["mean_delta"] == pytest.approx(0.01)
+    assert corrected.numbers["lower"] < 0 < corrected.numbers["upper"]
+    naive = decide(_paired(CHAMP_AUC + NOISY, ratio=0.0), contract=contract)
+    assert naive.verdict is Verdict.PROMOTE
+
+
+def test_clearly_worse_challenger_is_rejected() -> None:
+    """It rejects a challenger whose whole interval lies below zero."""
+    decision = decide(_paired(CHAMP_AUC - 0.03 + WIGGLE), contract=_contract())
+    assert decision.verdict is Verdict.REJECT
+    assert decision.numbers["upper"] < 0
+    assert "worse" in decision.reason
+
+
+def test_slightly_worse_but_noisy_challenger_is_held_not_rejected() -> None:
+    """It holds (not rejects) a challenger whose negative mean is within the noise."""
+    decision = decide(_paired(CHAMP_AUC - NOISY / 5), contract=_contract())
+    assert decision.numbers["mean_delta"] < 0 < decision.numbers["upper"]
+    assert decision.verdict is Verdict.HOLD
+
+
+def test_guardrail_drop_beyond_tolerance_rejects_a_better_challenger() -> None:
+    """It rejects a challenger that improves roc_auc but loses more accuracy than tolerated."""
+    paired = _paired(CHAMP_AUC + 0.03 + WIGGLE, chal_acc=CHAMP_ACC - 0.03)
+    decision = decide(paired, contract=_contract())
+    assert decision.verdict is Verdict.REJECT
+    assert decision.reason.startswith("Guardrail failed.")
+    assert "accuracy" in decision.reason
+    assert "beyond the tolerance 0.0200" in decision.reason
+    (failed,) = [c for c in decision.checks if not c.passed]
+    assert failed.metric == "accuracy"
+    assert failed.delta == pytest.approx(-0.03)
+
+
+def test_guardrail_drop_within_tolerance_is_allowed() -> None:
+    """It promotes a better challenger whose accuracy drop stays within the tolerance."""
+    paired = _paired(CHAMP_AUC + 0.03 + WIGGLE, chal_acc=CHAMP_ACC - 0.015)
+    assert decide(paired, contract=_contract()).verdict is Verdict.PROMOTE
+
+
+@pytest.mark.parametrize(
+    ("loss_change", "verdict"),
+    [(+0.08, Verdict.REJECT), (+0.03, Verdict.PROMOTE), (-0.2, Verdict.PROMOTE)],
+    ids=["loss-up-beyond", "loss-up-within", "loss-down"],
+)
+def test_loss_guardrail_is_oriented_lower_is_better(loss_change: float, verdict: Verdict) -> None:
+    """It treats a rise in the log_loss guardrail as a drop, and a fall as an improvement."""
+    paired = _paired(CHAMP_AUC + 0.03 + WIGGLE, chal_loss=CHAMP_LOSS + loss_change)
+    decision = decide(paired, contract=_contract())
+    assert decision.verdict is verdict
+    (guard,) = [c for c in decision.checks if c.metric == "log_loss"]
+    assert guard.delta == pytest.approx(-loss_change)
+
+
+def _loss_contract() -> Contract:
+    raw = raw_contract()
+    raw["metrics"] = {"primary": "log_loss", "guardrails": {"accuracy": 0.02}}
+    raw["gate"]["floor"] = 0.5
+    return parse_contract(raw)
+
+
+def _loss_paired(chal_loss: Sequence[float]) -> PairedScores:
+    return PairedScores(
+        challenger={"log_loss": tuple(chal_loss), "accuracy": tuple(CHAMP_ACC)},
+        champion={"log_loss": tuple(CHAMP_LOSS), "accuracy": tuple(CHAMP_ACC)},
+        test_train_ratio=0.25,
+    )
+
+
+def test_loss_primary_promotes_a_lower_loss() -> None:
+    """It promotes a challenger whose log_loss (primary) is clearly lower."""
+    decision = decide(_loss_paired(CHAMP_LOSS - 0.05 + WIGGLE), contract=_loss_contract())
+    assert decision.verdict is Verdict.PROMOTE
+    assert decision.numbers["mean_delta"] == pytest.approx(0.05)
+
+
+def test_loss_primary_rejects_a_higher_loss() -> None:
+    """It rejects a challenger whose log_loss (primary) is clearly higher."""
+    decision = decide(_loss_paired(CHAMP_LOSS + 0.05 + WIGGLE), contract=_loss_contract())
+    assert decision.verdict is Verdict.REJECT
+    assert decision.numbers["mean_delta"] == pytest.approx(-0.05)
+
+
+def test_schema_problems_reject_before_any_score() -> None:
+    """It rejects a challenger whose input schema does not match, naming the problem."""
+    decision = decide(
+        _paired(CHAMP_AUC + 0.05),
+        contract=_contract(),
+        schema_problems=["column 'age' is missing"],
+    )
+    assert decision.verdict is Verdict.REJECT
+    assert "column 'age' is missing" in decision.reason
+    assert "schema" in decision.reason
+
+
+def test_fewer_than_two_usable_folds_hold() -> None:
+    """It holds when NaN folds leave fewer than two usable pairs."""
+    chal = [0.9, math.nan, 0.95, math.nan]
+    champ = [math.nan, 0.5, 0.5, math.nan]
+    paired = PairedScores(
+        challenger={"roc_auc": chal, "accuracy": [0.8] * 4, "log_loss": [0.4] * 4},
+        champion={"roc_auc": champ, "accuracy": [0.8] * 4, "log_loss": [0.4] * 4},
+        test_train_ratio=0.25,
+    )
+    decision = decide(paired, contract=_contract())
+    assert decision.verdict is Verdict.HOLD
+    assert "Only 1 usable paired folds for roc_auc" in decision.reason
+
+
+def test_nan_folds_are_dropped_pairwise() -> None:
+    """It ignores a fold where either model has no score, and counts the remaining folds."""
+    chal = [*(CHAMP_AUC + 0.03 + WIGGLE), math.nan]
+    champ = [*CHAMP_AUC, 0.8]
+    paired = PairedScores(
+        challenger={"roc_auc": chal, "accuracy": [0.8] * 11, "log_loss": [0.4] * 11},
+        champion={"roc_auc": champ, "accuracy": [0.8] * 11, "log_loss": [0.4] * 11},
+        test_train_ratio=0.25,
+    )
+    decision = decide(paired, contract=_contract())
+    assert decision.verdict is Verdict.PROMOTE
+    assert decision.numbers["folds"] == 10
+
+
+def test_bootstrap_method_decides() -> None:
+    """It promotes a clear gain, holds noise, and rejects a clear loss with the bootstrap."""
+    contract = _contract(gate__method="bootstrap")
+    up = decide(_paired(CHAMP_AUC + 0.03 + WIGGLE), contract=contract)
+    assert up.verdict is Verdict.PROMOTE
+    assert up.numbers["method"] == "bootstrap"
+    very_noisy = NOISY * 4 - 0.03  # mean +0.01, sd 0.058
+    held = decide(_paired(CHAMP_AUC + very_noisy), contract=contract)
+    assert held.numbers["mean_delta"] == pytest.approx(0.01)
+    assert held.numbers["lower"] < 0
+    assert held.verdict is Verdict.HOLD
+    down = decide(_paired(CHAMP_AUC - 0.03 + WIGGLE), contract=contract)
+    assert down.verdict is Verdict.REJECT
+
+
+def test_first_model_is_judged_on_the_floor() -> None:
+    """It promotes a first model at or above the floor and rejects one below or undefined."""
+    contract = _contract()
+    assert decide_first(0.75, contract=contract).verdict is Verdict.PROMOTE
+    assert decide_first(0.70, contract=contract).verdict is Verdict.PROMOTE
+    below = decide_first(0.65, contract=contract)
+    assert below.verdict is Verdict.REJECT
+    assert "roc_auc 0.6500 is below the floor 0.7000" in below.reason
+    assert decide_first(math.nan, contract=contract).verdict is Verdict.REJECT
+
+
+def test_first_model_floor_of_a_loss_is_an_upper_bound() -> None:
+    """It promotes a first model whose loss is at or under the floor and rejects a higher one."""
+    contract = _loss_contract()
+    assert decide_first(0.4, contract=contract).verdict is Verdict.PROMOTE
+    assert decide_first(0.6, contract=contract).verdict is Verdict.REJECT
+
+
+def test_first_model_floor_sentence_is_true_for_a_loss() -> None:
+    """It never says a loss "is below the floor" when the loss is above it (the failing side)."""
+    decision = decide_first(0.6, contract=_loss_contract())
+    assert decision.verdict is Verdict.REJECT
+    assert "0.6000 is below the floor 0.5000" not in decision.reason
+
+
+def _all_decisions() -> list[Decision]:
+    contract = _contract()
+    return [
+        decide(_paired(CHAMP_AUC + 0.03 + WIGGLE), contract=contract),
+        decide(_paired(CHAMP_AUC + NOISY), contract=contract),
+        decide(_paired(CHAMP_AUC - 0.03 + WIGGLE), contract=contract),
+        decide(_paired(CHAMP_AUC + 0.03 + WIGGLE, chal_acc=CHAMP_ACC - 0.05), contract=contract),
+        decide_first(0.8, contract=contract),
+        decide_first(0.6, contract=contract),
+    ]
+
+
+def test_every_reason_is_a_sentence_with_metric_and_numbers() -> None:
+    """It explains every verdict in a sentence naming the metric with its numbers."""
+    for decision in _all_decisions():
+        reason = decision.reason
+        assert reason[0].isupper(), reason
+        assert reason.rstrip().endswith((".", ")")), reason
+        assert "roc_auc" in reason, reason
+        assert len(_numbers_in(reason)) >= 2, reason
+        for check in decision.checks:
+            sentence = str(check)
+            assert check.metric in sentence
+            assert f"{check.challenger:.4f}" in sentence
+
+
+def test_comparison_reason_quotes_both_means_and_the_interval() -> None:
+    """It quotes challenger and champion means, the mean change and the interval bounds."""
+    decision = decide(_paired(CHAMP_AUC + NOISY), contract=_contract())
+    n = decision.numbers
+    reason = decision.reason
+    assert f"challenger {np.mean(CHAMP_AUC + NOISY):.4f}" in reason
+    assert f"champion {np.mean(CHAMP_AUC):.4f}" in reason
+    assert f"{n['mean_delta']:+.4f}" in reason
+    assert f"[{n['lower']:+.4f}, {n['upper']:+.4f}]" in reason
+    assert "over 10 folds" in reason
+
+
+def test_decision_to_dict_is_json_serialisable() -> None:
+    """It turns every decision into plain JSON with the verdict string and check sentences."""
+    for decision in _all_decisions():
+        body = json.loads(json.dumps(decision.to_dict(), allow_nan=False))
+        assert body["verdict"] == decision.verdict.value
+        assert body["reason"] == decision.reason
+        assert [c["sentence"] for c in body["checks"]] == [str(c) for c in decision.checks]
