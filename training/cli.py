@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -60,6 +61,7 @@ def _fail(exc: ChampionError) -> typer.Exit:
 @app.command()
 def retrain(
     progress: Annotated[bool, typer.Option(help="Show a progress bar while tuning.")] = True,
+    trigger: Annotated[str, typer.Option(hidden=True, help="Recorded in the ledger.")] = "cli",
 ) -> None:
     """Run one retrain cycle (bootstraps a champion when there is none)."""
     from training.cycle import Context, run_cycle
@@ -69,7 +71,7 @@ def retrain(
         ctx = Context(w.contract, w.settings, w.registry(), w.ledger(), progress=progress or None)
     except ChampionError as exc:
         raise _fail(exc) from None
-    result = run_cycle(ctx, trigger="cli")
+    result = run_cycle(ctx, trigger=trigger)
     color = {"PROMOTE": typer.colors.GREEN, "FAILED": typer.colors.RED}.get(result.verdict.value)
     typer.secho(f"{result.verdict.value}: {result.reason}", fg=color)
     if result.version:
@@ -257,5 +259,87 @@ def bootstrap() -> None:
     raise typer.Exit(result.exit_code)
 
 
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, help="Service worker processes.")] = 2,
+) -> None:
+    """Serve the API (BentoML) with the scheduler: one retrain leader across all workers."""
+    import shutil
+    import sys
+
+    try:
+        w = Wiring()
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    env = dict(os.environ)
+    env["BENTOML_CONFIG_OPTIONS"] = " ".join(
+        filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), f"services.champion.workers={workers}"])
+    )
+    env.setdefault("CHAMPION_PROJECT_FILE", str(w.settings.project_file.resolve()))
+    env.setdefault("CHAMPION_HOME", str(w.settings.home.resolve()))
+    base = f"http://{host}:{port}"
+    typer.echo(
+        f"champion serving {w.contract.project.name} with {workers} workers\n"
+        f'  API      {base}/predict   (POST {{"instances": [...]}})\n'
+        f"  docs     {base}/docs\n"
+        f"  model    {base}/model\n"
+        f"  ready    {base}/readyz\n"
+        f"  metrics  {base}/metrics\n"
+        f"  MLflow   mlflow ui --backend-store-uri {w.tracking_uri}  (then http://127.0.0.1:5000)"
+    )
+    bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    os.execve(
+        bentoml,
+        [bentoml, "serve", "service.app:Champion", "--port", str(port), "--host", host],
+        env,
+    )
+
+
+@app.command()
+def predict(
+    file: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV of feature rows.")],
+    url: Annotated[str, typer.Option(help="Service base URL.")] = "http://127.0.0.1:3000",
+) -> None:
+    """Send the rows of a CSV file to a running service and print its answer."""
+    import httpx
+    import pandas as pd
+
+    frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    try:
+        w = Wiring()
+        features = w.contract.features
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    rows = []
+    for record in frame.to_dict(orient="records"):
+        row: dict[str, Any] = {}
+        for name, value in record.items():
+            if name not in features:
+                continue  # e.g. the target or a timestamp column in a batch file
+            if value == "":
+                row[name] = None
+            elif features[name].type == "numeric":
+                try:
+                    row[name] = float(value)
+                except ValueError:
+                    row[name] = value  # let the service name the problem
+            else:
+                row[name] = value
+        rows.append(row)
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/predict", json={"instances": rows}, timeout=30)
+    except httpx.HTTPError as exc:
+        typer.secho(f"error: cannot reach {url}: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(response.json(), indent=1))
+    raise typer.Exit(0 if response.is_success else 1)
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.errors import ConfigError
@@ -259,6 +259,12 @@ class Settings(BaseSettings):
     lease_timeout_seconds: float = Field(default=30.0, ge=0)
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: str = "INFO"
+    # Serving
+    admin_token: SecretStr | None = None
+    max_rows: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    poll_seconds: float = Field(default=10.0, gt=0)
+    scheduler: bool = True
 
     @property
     def ledger_path(self) -> Path:
@@ -271,6 +277,10 @@ class Settings(BaseSettings):
     @property
     def default_tracking_uri(self) -> str:
         return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "model-cache"
 
     @property
     def artifact_root(self) -> Path:

@@ -103,6 +103,12 @@ def load_verified(local_dir: Path, *, expected_sha256: str | None) -> tuple[Any,
         raise IntegrityError(f"model file holds types outside the trusted list: {exc}") from None
 
 
+def input_example(local_dir: Path) -> pd.DataFrame | None:
+    """The input example stored with the model (used to warm it up)."""
+    example = Model.load(str(local_dir)).load_input_example(str(local_dir))
+    return example if isinstance(example, pd.DataFrame) else None
+
+
 def schema_problems(local_dir: Path, contract: Contract) -> list[str]:
     """Differences between a stored model's input signature and the contract's features."""
     signature = Model.load(str(local_dir)).signature

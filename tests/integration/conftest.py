@@ -79,15 +79,25 @@ class Project:
         return Ledger(self.settings.ledger_path)
 
     def context(self, **kw: Any) -> Context:
-        return Context(self.contract, self.settings, self.registry(), self.ledger(), progress=False, **kw)
+        return Context(
+            self.contract, self.settings, self.registry(), self.ledger(), progress=False, **kw
+        )
 
     def cycle(self, **kw: Any) -> CycleResult:
         return run_cycle(self.context(**kw), trigger="test")
 
-    def simulate(self, batches: int, *, rows: int = 600, drift_at: int | None = None,
-                 seed: int = 3, noise: float = 0.05) -> list[Path]:
-        plan = SimulationPlan(batches=batches, rows=rows, drift_at=drift_at, seed=seed,
-                              label_noise=noise)
+    def simulate(
+        self,
+        batches: int,
+        *,
+        rows: int = 600,
+        drift_at: int | None = None,
+        seed: int = 3,
+        noise: float = 0.05,
+    ) -> list[Path]:
+        plan = SimulationPlan(
+            batches=batches, rows=rows, drift_at=drift_at, seed=seed, label_noise=noise
+        )
         return simulate_batches(plan, landing_zone=self.landing)
 
     def env(self) -> dict[str, str]:

@@ -29,8 +29,14 @@ def main() -> int:
             marker.write_text(stage)
             time.sleep(600)
 
-    ctx = Context(contract, settings, registry, Ledger(settings.ledger_path), progress=False,
-                  checkpoint=checkpoint)
+    ctx = Context(
+        contract,
+        settings,
+        registry,
+        Ledger(settings.ledger_path),
+        progress=False,
+        checkpoint=checkpoint,
+    )
     result = run_cycle(ctx, trigger="child")
     sys.stdout.write(result.verdict.value + "\n")
     return result.exit_code

@@ -41,7 +41,10 @@ def test_simulate_retrain_status_history_tell_a_readable_story(cli):
     assert history.exit_code == 0
     lines = history.stdout.splitlines()
     assert [ln.split()[2] for ln in lines if ln[:1].isdigit()] == [
-        "PROMOTE", "HOLD", "PROMOTE", "SKIPPED"
+        "PROMOTE",
+        "HOLD",
+        "PROMOTE",
+        "SKIPPED",
     ]
     assert "v1 → v3" in history.stdout and "credibly better" in history.stdout
     status = cli("status")

@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def _spawn(project, **env: str) -> subprocess.Popen[str]:
     full = project.env() | env | {"PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, str(RUNNER)], env=full, cwd=project.root,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(RUNNER)],
+        env=full,
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -100,12 +104,14 @@ def test_rollback_and_manual_promote_move_aliases_and_write_the_ledger(project):
     project.simulate(2, drift_at=2)
     assert project.cycle().verdict is Verdict.PROMOTE
     registry, ledger, settings = project.registry(), project.ledger(), project.settings
-    entry = actions.rollback(reason="bad feedback", registry=registry, ledger=ledger,
-                             settings=settings)
+    entry = actions.rollback(
+        reason="bad feedback", registry=registry, ledger=ledger, settings=settings
+    )
     assert (entry["champion_before"], entry["champion_after"]) == ("2", "1")
     assert registry.aliases()["champion"] == "1" and registry.aliases()["previous"] == "2"
-    entry = actions.promote("2", reason="fixed upstream", registry=registry, ledger=ledger,
-                            settings=settings)
+    entry = actions.promote(
+        "2", reason="fixed upstream", registry=registry, ledger=ledger, settings=settings
+    )
     assert registry.aliases()["champion"] == "2" and registry.aliases()["previous"] == "1"
     last = ledger.entries()[-2:]
     assert [e["event"] for e in last] == ["rollback", "manual_promote"]

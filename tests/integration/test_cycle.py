@@ -33,7 +33,11 @@ def test_bootstrap_on_empty_registry_makes_version_1_champion(project):
     artifacts = {a.path for a in registry.client.list_artifacts(ref.run_id)}
     assert {"verdict.json", "fingerprint.json", "reference_profile.json", "plots"} <= artifacts
     plots = {a.path for a in registry.client.list_artifacts(ref.run_id, "plots")}
-    assert {"plots/confusion_matrix.png", "plots/roc_pr.png", "plots/feature_importance.png"} <= plots
+    assert {
+        "plots/confusion_matrix.png",
+        "plots/roc_pr.png",
+        "plots/feature_importance.png",
+    } <= plots
     fp = registry.run_json(ref.run_id, "fingerprint.json")
     assert fp["rows"] == 1200 and len(fp["batches"]) == 2 and fp["time_min"] < fp["time_max"]
     trials = registry.client.search_runs(
@@ -134,8 +138,9 @@ def test_champion_moved_during_the_cycle_gives_stale(project):
 
     def meddle(stage: str) -> None:
         if stage == "promote":
-            actions.promote("2", reason="operator", registry=registry, ledger=ledger,
-                            settings=project.settings)
+            actions.promote(
+                "2", reason="operator", registry=registry, ledger=ledger, settings=project.settings
+            )
 
     result = project.cycle(checkpoint=meddle)
     assert result.verdict is Verdict.STALE, result.reason

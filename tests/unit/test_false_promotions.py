@@ -23,7 +23,7 @@ from training.simulate import agrawal_frame
 pytestmark = pytest.mark.slow
 
 LOGISTIC = Candidate("logistic", {"C": 1.0})
-BOOSTING = Candidate("hist_gradient_boosting", {"max_iter": 20})
+BOOSTING = Candidate("hist_gradient_boosting", {"max_iter": 15, "max_leaf_nodes": 15})
 OLD_START = datetime(2026, 1, 1, tzinfo=UTC)
 FRESH_START = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -65,9 +65,7 @@ def _gate(
 
 def test_same_concept_is_almost_never_promoted(contract: Contract) -> None:
     """It promotes at most once in 12 seeds when fresh rows follow the champion's own concept."""
-    verdicts = [
-        _gate(contract, seed=s, function=1, candidate=LOGISTIC).verdict for s in range(12)
-    ]
+    verdicts = [_gate(contract, seed=s, function=1, candidate=LOGISTIC).verdict for s in range(12)]
     assert verdicts.count(Verdict.PROMOTE) <= 1, verdicts
 
 

@@ -1,0 +1,365 @@
+"""The BentoML service: predictions from the champion, probes, model facts, admin actions."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+import uuid
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.slot import ModelSlot, Served
+from service.validation import (
+    RequestInvalid,
+    openapi_request_schema,
+    parse_body,
+    validate_instances,
+)
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(
+    title="champion",
+    description="Predictions from the current champion model; see GET /model for which one.",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Any] = Field(description="One prediction per instance, in order.")
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="Class probabilities per instance (classification only)."
+    )
+    classes: list[Any] | None = Field(default=None, description="Class order of probabilities.")
+    model_version: str = Field(description="Registered version that answered.", examples=["3"])
+    request_id: str = Field(description="Echoes X-Request-ID, or a new id.")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What went wrong, in one sentence.")
+    problems: list[dict[str, Any]] = Field(
+        default_factory=list, description="Every problem found: row, field, kind, problem."
+    )
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class ProbeMiddleware:
+    """Answers /livez and /readyz itself so readiness can say which model is loaded."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in ("/readyz", "/livez"):
+            svc = bentoml.get_current_service()
+            if scope["path"] == "/livez":
+                response = JSONResponse({"alive": True})
+            elif svc is None:
+                response = JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
+            else:
+                body = svc.readiness()
+                response = JSONResponse(body, status_code=200 if body["ready"] else 503)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@bentoml.service(name="champion", traffic={"timeout": 60})
+@bentoml.asgi_app(api, path="/")
+class Champion:
+    """One worker: a model slot following the registry, and a scheduler candidate."""
+
+    def __init__(self) -> None:
+        from monitoring.metrics import service_metrics
+        from training import logs
+        from training.config import get_settings, load_contract
+        from training.ledger import Ledger
+        from training.registry import Registry
+        from training.scheduler import RetrainScheduler
+
+        self.settings = settings = get_settings()
+        logs.configure(level=settings.log_level, fmt=settings.log_format)
+        self.contract = contract = load_contract(settings.project_file)
+        os.environ.setdefault("MLFLOW_TRACKING_URI", settings.default_tracking_uri)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.registry = Registry(
+            tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+            model_name=contract.project.name,
+            artifact_root=settings.artifact_root,
+        )
+        self.ledger = Ledger(settings.ledger_path)
+        self.metrics = metrics = service_metrics(tuple(contract.features))
+        self._served_version: str | None = None
+        self.slot = ModelSlot(
+            registry=self.registry,
+            contract=contract,
+            cache_dir=settings.cache_dir,
+            on_swap=self._on_swap,
+            on_swap_failure=lambda _: metrics.swap_failures.inc(),
+        )
+        self.scheduler = RetrainScheduler(
+            contract=contract,
+            settings=settings,
+            count=lambda outcome: metrics.retrain_ticks.labels(outcome).inc(),
+        )
+        self._details: dict[str, dict[str, Any]] = {}
+        api.openapi_schema = self._openapi()
+        self.slot.start(poll_seconds=settings.poll_seconds)
+        if settings.scheduler:
+            self.scheduler.start()
+        log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
+
+    def _on_swap(self, served: Served) -> None:
+        self.metrics.swaps.inc()
+        self.metrics.served(served.version, self._served_version)
+        self._served_version = served.version
+
+    def _openapi(self) -> dict[str, Any]:
+        schema = get_openapi(
+            title=api.title, version="1", description=api.description, routes=api.routes
+        )
+        body = openapi_request_schema(self.contract, max_rows=self.settings.max_rows)
+        schema.setdefault("components", {}).setdefault("schemas", {})["PredictRequest"] = body
+        op = schema["paths"]["/predict"]["post"]
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+            },
+        }
+        return schema
+
+    # -- probes ---------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        st = self.slot.status()
+        body: dict[str, Any] = {"ready": st.ready, "model_version": st.version, "source": st.source}
+        if st.degraded:
+            body["degraded"] = st.degraded
+        if not st.ready:
+            body["reason"] = st.last_error or "no champion in the registry yet"
+        return body
+
+    def __is_ready__(self) -> bool:
+        return self.slot.current is not None
+
+    # -- predictions ----------------------------------------------------------------------
+
+    @api.post(
+        "/predict",
+        summary="Predict with the current champion",
+        responses={
+            200: {"model": PredictResponse},
+            400: {"model": ErrorBody},
+            413: {"model": ErrorBody},
+            422: {"model": ErrorBody},
+            503: {"model": ErrorBody},
+        },
+    )
+    async def predict(self, request: Request) -> JSONResponse:
+        rid = request.headers.get("x-request-id", "")
+        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        served = self.slot.current  # one reference: this request finishes on this model
+        try:
+            body = await _read_limited(request, self.settings.max_body_bytes)
+            batch = validate_instances(
+                parse_body(body, max_bytes=self.settings.max_body_bytes),
+                contract=self.contract,
+                max_rows=self.settings.max_rows,
+            )
+        except RequestInvalid as exc:
+            self.metrics.predictions.labels("invalid").inc()
+            self.metrics.validation_failures.labels(exc.reason).inc()
+            return JSONResponse(exc.body() | {"request_id": rid}, status_code=exc.status)
+        if batch.unseen:
+            self.metrics.unseen(dict(batch.unseen))
+        if served is None:
+            self.metrics.predictions.labels("unavailable").inc()
+            st = self.slot.status()
+            return _error(
+                503,
+                "no champion model is loaded yet: "
+                + (st.last_error or "the registry has no champion"),
+                request_id=rid,
+            )
+        try:
+            pred, proba = served.predict(batch.frame)
+        except Exception:
+            log.exception("prediction failed", extra={"request_id": rid, "version": served.version})
+            self.metrics.predictions.labels("error").inc()
+            return _error(500, "the model failed on this input", request_id=rid)
+        self.metrics.predictions.labels("ok").inc()
+        self.metrics.rows.inc(len(pred))
+        out: dict[str, Any] = {"predictions": pred.tolist()}
+        if proba is not None:
+            out["probabilities"] = proba.tolist()
+            out["classes"] = served.classes
+        out |= {"model_version": served.version, "request_id": rid}
+        return JSONResponse(out)
+
+    # -- model facts ----------------------------------------------------------------------
+
+    def _model_details(self, served: Served) -> dict[str, Any]:
+        cached = self._details.get(served.version)
+        if cached is not None:
+            return cached
+        details: dict[str, Any] = {}
+        if served.run_id:
+            try:
+                run = self.registry.run_info(served.run_id)
+                details["cv_metrics"] = {
+                    k: v
+                    for k, v in run.data.metrics.items()
+                    if k.startswith("cv_") and "_fold_" not in k
+                }
+                details["trained_at"] = run.info.start_time
+                details["data"] = self.registry.run_json(served.run_id, "fingerprint.json")
+                self._details[served.version] = details
+            except Exception as exc:  # the registry may be down; say so rather than fail
+                details["unavailable"] = f"registry: {exc}"
+        return details
+
+    @api.get("/model", summary="Which model serves, how it was trained, the last verdict")
+    def model(self) -> JSONResponse:
+        served = self.slot.current
+        st = self.slot.status()
+        last = next((e for e in reversed(self.ledger.entries()) if e.get("event") == "cycle"), None)
+        body: dict[str, Any] = {
+            "model_name": self.contract.project.name,
+            "ready": st.ready,
+            "degraded": st.degraded,
+            "last_error": st.last_error,
+            "previous_in_memory": self.slot.previous.version if self.slot.previous else None,
+            "swaps": st.swaps,
+            "swap_failures": st.swap_failures,
+            "last_verdict": None
+            if last is None
+            else {
+                k: last.get(k)
+                for k in ("verdict", "reason", "at", "challenger_version", "champion_after")
+            },
+        }
+        if served is not None:
+            fp = self._model_details(served)
+            data = fp.get("data") or {}
+            body |= {
+                "version": served.version,
+                "sha256": served.sha256,
+                "source": served.source,
+                "loaded_at": served.loaded_at,
+                "runtime": served.tags.get("champion.runtime", "sklearn"),
+                "candidate": served.tags.get("champion.candidate"),
+                "cv_metrics": fp.get("cv_metrics"),
+                "trained_on": {k: data.get(k) for k in ("rows", "time_min", "time_max", "sha256")}
+                | {"batches": len(data.get("batches", []))},
+            }
+        return JSONResponse(body)
+
+    # -- admin ----------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> JSONResponse | None:
+        token = self.settings.admin_token
+        if token is None or not token.get_secret_value():
+            return _error(403, "admin endpoints are disabled: set CHAMPION_ADMIN_TOKEN to enable")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            response = _error(401, "missing 'Authorization: Bearer <token>' header")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            return _error(403, "wrong admin token")
+        return None
+
+    @api.post("/admin/reload", summary="Check the champion alias now and swap if it moved")
+    def reload(self, request: Request) -> JSONResponse:
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        from training.errors import RegistryError
+
+        try:
+            swapped = self.slot.refresh()
+        except RegistryError as exc:
+            return _error(503, f"registry unreachable: {exc}")
+        return JSONResponse({"swapped": swapped, "model_version": self.slot.status().version})
+
+    @api.post("/admin/rollback", summary="Make `previous` the champion again (recorded)")
+    async def rollback(self, request: Request) -> JSONResponse:
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        from training import actions
+        from training.errors import ChampionError
+
+        try:
+            payload = (
+                parse_body(await request.body(), max_bytes=10_000) if await request.body() else {}
+            )
+        except RequestInvalid as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        reason = payload.get("reason") if isinstance(payload, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            return _error(422, 'a reason is required: {"reason": "..."}')
+        try:
+            entry = actions.rollback(
+                reason=f"{reason} (via API)",
+                registry=self.registry,
+                ledger=self.ledger,
+                settings=self.settings,
+            )
+            self.slot.refresh()
+        except ChampionError as exc:
+            return _error(409, str(exc))
+        return JSONResponse(
+            {
+                "champion_before": entry["champion_before"],
+                "champion_after": entry["champion_after"],
+                "model_version": self.slot.status().version,
+            }
+        )
+
+    @api.post("/admin/retrain", summary="Run a retrain cycle now (in the background)")
+    def retrain(self, request: Request) -> JSONResponse:
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        if not self.scheduler.run_now():
+            return _error(409, "a retrain requested here is already running")
+        return JSONResponse(
+            {"status": "started", "see": "GET /model for the verdict; `champion history` for all"},
+            status_code=202,
+        )
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """Read the body, refusing (413) past `limit` without buffering the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestInvalid(
+            413, f"request body too large: {declared} bytes, limit {limit}", reason="too_large"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestInvalid(
+                413, f"request body too large: over {limit} bytes", reason="too_large"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+Champion.add_asgi_middleware(ProbeMiddleware)  # type: ignore[attr-defined]

@@ -1,0 +1,305 @@
+"""The model slot: follow the `champion` alias, load + verify + warm up, then swap atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.config import Contract
+from training.data import atomic_write_text
+from training.errors import ChampionError, RegistryError
+from training.registry import ModelRef, Registry, input_example, load_verified, schema_problems
+
+log = logging.getLogger(__name__)
+
+CACHE_INDEX = "champion.json"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A loaded, verified and warmed-up model: immutable, swapped in as one reference."""
+
+    version: str
+    pipeline: Any
+    sha256: str
+    classes: list[Any] | None
+    loaded_at: str
+    source: str  # "registry" | "cache"
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+
+    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        pred = np.asarray(self.pipeline.predict(frame))
+        proba = np.asarray(self.pipeline.predict_proba(frame)) if self.classes is not None else None
+        return pred, proba
+
+
+@dataclass
+class SlotStatus:
+    ready: bool
+    version: str | None
+    source: str | None
+    degraded: str | None
+    last_error: str | None
+    swaps: int
+    swap_failures: int
+
+
+class ModelSlot:
+    """Holds the serving model and the one before it; all swaps are one reference assignment."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        contract: Contract,
+        cache_dir: Path,
+        on_swap: Callable[[Served], None] | None = None,
+        on_swap_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.contract = contract
+        self.cache_dir = cache_dir
+        self.current: Served | None = None
+        self.previous: Served | None = None
+        self.degraded: str | None = None
+        self.last_error: str | None = None
+        self.swaps = 0
+        self.swap_failures = 0
+        self._lock = threading.Lock()  # one load at a time; readers never take it
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_swap = on_swap or (lambda served: None)
+        self._on_swap_failure = on_swap_failure or (lambda reason: None)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> SlotStatus:
+        served = self.current
+        return SlotStatus(
+            ready=served is not None,
+            version=served.version if served else None,
+            source=served.source if served else None,
+            degraded=self.degraded,
+            last_error=self.last_error,
+            swaps=self.swaps,
+            swap_failures=self.swap_failures,
+        )
+
+    # -- loading --------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        local_dir: Path,
+        *,
+        sha256: str | None,
+        version: str,
+        source: str,
+        tags: dict[str, str],
+        run_id: str | None,
+    ) -> Served:
+        pipeline, digest = load_verified(local_dir, expected_sha256=sha256)
+        problems = schema_problems(local_dir, self.contract)
+        if problems:
+            raise ChampionError(f"v{version} does not fit the contract: {'; '.join(problems)}")
+        classes = (
+            [c.item() if hasattr(c, "item") else c for c in pipeline.classes_]
+            if self.contract.task == "classification"
+            else None
+        )
+        served = Served(
+            version,
+            pipeline,
+            digest,
+            classes,
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            source,
+            tags,
+            run_id,
+        )
+        example = input_example(local_dir)
+        if example is None or example.empty:
+            raise ChampionError(f"v{version} has no input example to warm up on")
+        served.predict(example.head(1))  # warm-up: the first real request pays no lazy costs
+        return served
+
+    def _cached_dir(self, ref: ModelRef) -> Path:
+        target = self.cache_dir / f"v{ref.version}"
+        if target.exists():
+            return target
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".v{ref.version}-", dir=self.cache_dir))
+        try:
+            local = self.registry.download(ref, tmp / "dl")
+            try:
+                local.rename(target)  # atomic; another worker may have won the race
+            except OSError:
+                if not target.exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def _write_index(self, served: Served) -> None:
+        body = {
+            "version": served.version,
+            "sha256": served.sha256,
+            "tags": served.tags,
+            "run_id": served.run_id,
+        }
+        atomic_write_text(self.cache_dir / CACHE_INDEX, json.dumps(body, indent=1))
+
+    def load_from_cache(self) -> bool:
+        """Serve the last champion this host loaded (digest-checked) when the registry is down."""
+        index = self.cache_dir / CACHE_INDEX
+        if not index.exists():
+            return False
+        try:
+            meta = json.loads(index.read_text(encoding="utf-8"))
+            served = self._prepare(
+                self.cache_dir / f"v{meta['version']}",
+                sha256=meta["sha256"],
+                version=str(meta["version"]),
+                source="cache",
+                tags=meta.get("tags", {}),
+                run_id=meta.get("run_id"),
+            )
+        except Exception as exc:  # a bad cache must not stop the worker
+            self.last_error = f"cache unusable: {exc}"
+            log.warning("model cache unusable", extra={"error": str(exc)})
+            return False
+        self._swap(served)
+        return True
+
+    def _swap(self, served: Served) -> None:
+        old = self.current
+        if old is not None and old.version == served.version:
+            self.current = served
+            return
+        self.previous = old
+        self.current = served  # the swap: requests hold their own reference until they finish
+        self.swaps += 1
+        self._on_swap(served)
+        log.info(
+            "model swapped",
+            extra={
+                "version": served.version,
+                "source": served.source,
+                "previous": old.version if old else None,
+            },
+        )
+
+    def refresh(self) -> bool:
+        """Check the alias now; load and swap if it moved. Returns True when a swap happened."""
+        with self._lock:
+            try:
+                ref = self.registry.alias("champion")
+            except RegistryError as exc:
+                self.degraded = f"registry unreachable: {exc}"
+                self.last_error = self.degraded
+                if self.current is None:
+                    self.load_from_cache()
+                raise
+            self.degraded = None
+            if ref is None:
+                return False
+            current = self.current
+            if (
+                current is not None
+                and current.version == ref.version
+                and current.source == "registry"
+            ):
+                return False
+            if self.previous is not None and self.previous.version == ref.version:
+                # Rolled back to the model still in memory: instant.
+                prev = self.previous
+                self.previous, self.current = self.current, prev
+                self.swaps += 1
+                self._on_swap(prev)
+                self._write_index(prev)
+                return True
+            try:
+                local = self._cached_dir(ref)
+                served = self._prepare(
+                    local,
+                    sha256=ref.sha256,
+                    version=ref.version,
+                    source="registry",
+                    tags=dict(ref.tags),
+                    run_id=ref.run_id,
+                )
+            except Exception as exc:
+                self.swap_failures += 1
+                self.last_error = f"loading v{ref.version} failed: {exc}"
+                self._on_swap_failure(type(exc).__name__)
+                log.error(
+                    "model load failed; keeping the current model",
+                    extra={"version": ref.version, "error": str(exc)},
+                )
+                return False
+            self._write_index(served)
+            self._swap(served)
+            self.last_error = None
+            return True
+
+    def rollback_local(self) -> bool:
+        """Swap to the previous model held in memory (no download)."""
+        with self._lock:
+            if self.previous is None:
+                return False
+            self.previous, self.current = self.current, self.previous
+            self.swaps += 1
+            assert self.current is not None
+            self._on_swap(self.current)
+            self._write_index(self.current)
+            return True
+
+    # -- following the alias --------------------------------------------------------------
+
+    def start(self, *, poll_seconds: float) -> None:
+        """First load (or cache), then poll in a daemon thread with backoff while unreachable."""
+        try:
+            self.refresh()
+        except RegistryError:
+            log.warning("registry unreachable at start", extra={"serving": self.status().version})
+        self._thread = threading.Thread(
+            target=self._follow, args=(poll_seconds,), name="champion-slot", daemon=True
+        )
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _follow(self, poll_seconds: float) -> None:
+        delay = poll_seconds
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.refresh()
+                delay = poll_seconds
+            except RegistryError:
+                delay = min(max(delay * 2, poll_seconds), 300.0)  # back off while it is down
+            except Exception:  # the poller must outlive any surprise
+                log.exception("model refresh failed")
+                delay = poll_seconds
+            time.sleep(0)

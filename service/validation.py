@@ -1,0 +1,222 @@
+"""Prediction request checks derived from the feature contract: every problem, by row and field."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.config import Contract
+
+REASONS = (
+    "missing",
+    "unexpected",
+    "wrong_type",
+    "null",
+    "not_finite",
+    "not_object",
+    "malformed_json",
+    "too_large",
+    "empty",
+    "too_many_rows",
+    "bad_envelope",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    row: int | None
+    field: str | None
+    kind: str  # one of REASONS: a bounded label for metrics
+    problem: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "field": self.field, "kind": self.kind, "problem": self.problem}
+
+
+class RequestInvalid(Exception):
+    """A request that cannot be served; `status` is the HTTP code, `problems` say why."""
+
+    def __init__(
+        self, status: int, message: str, *, reason: str, problems: list[Problem] | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+        self.problems = problems or []
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "problems": [p.to_dict() for p in self.problems]}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Validated rows as the pipeline's input frame, plus unseen categories per feature."""
+
+    frame: pd.DataFrame
+    unseen: Mapping[str, int] = field(default_factory=dict)
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def parse_body(body: bytes, *, max_bytes: int) -> Any:
+    """Parse JSON strictly: NaN/Infinity tokens are refused here, not silently accepted."""
+    if len(body) > max_bytes:
+        raise RequestInvalid(
+            413, f"request body too large: {len(body)} bytes, limit {max_bytes}", reason="too_large"
+        )
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestInvalid(400, f"malformed JSON: {exc}", reason="malformed_json") from None
+
+
+def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Batch:
+    """Check `{"instances": [...]}` against the contract and build the input frame."""
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise RequestInvalid(
+            422, 'the body must be an object {"instances": [...]}', reason="bad_envelope"
+        )
+    if extra := sorted(set(payload) - {"instances"}):
+        raise RequestInvalid(
+            422,
+            f"unexpected top-level keys {extra}; only 'instances' is read",
+            reason="bad_envelope",
+        )
+    rows = payload["instances"]
+    if not isinstance(rows, list):
+        raise RequestInvalid(422, "'instances' must be a list of objects", reason="bad_envelope")
+    if not rows:
+        raise RequestInvalid(
+            422, f"'instances' is empty; send 1 to {max_rows} rows", reason="empty"
+        )
+    if len(rows) > max_rows:
+        raise RequestInvalid(
+            422,
+            f"'instances' has {len(rows)} rows; at most {max_rows} allowed",
+            reason="too_many_rows",
+        )
+    features = contract.features
+    names = list(features)
+    problems: list[Problem] = []
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    unseen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append(
+                Problem(i, None, "not_object", "each instance must be an object of feature values")
+            )
+            continue
+        for name in names:
+            if name not in row:
+                problems.append(Problem(i, name, "missing", "missing feature"))
+                columns[name].append(None)
+                continue
+            value = row[name]
+            spec = features[name]
+            if value is None:
+                if not spec.nullable:
+                    problems.append(
+                        Problem(i, name, "null", "null is not allowed for this feature")
+                    )
+                columns[name].append(None)
+            elif spec.type == "numeric":
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    problems.append(
+                        Problem(
+                            i, name, "wrong_type", f"expected a number, got {type(value).__name__}"
+                        )
+                    )
+                    columns[name].append(None)
+                elif not math.isfinite(value):
+                    problems.append(
+                        Problem(i, name, "not_finite", "value must be finite (no NaN or infinity)")
+                    )
+                    columns[name].append(None)
+                else:
+                    columns[name].append(float(value))
+            else:
+                if not isinstance(value, str):
+                    problems.append(
+                        Problem(i, name, "wrong_type", f"expected text, got {type(value).__name__}")
+                    )
+                    columns[name].append(None)
+                else:
+                    if spec.values is not None and value not in spec.values:
+                        unseen[name] = unseen.get(name, 0) + 1
+                    columns[name].append(value)
+        for key in sorted(set(row) - set(names)):
+            problems.append(
+                Problem(i, key, "unexpected", "unexpected feature (not in the contract)")
+            )
+    if problems:
+        raise RequestInvalid(
+            422,
+            f"{len(problems)} problem(s) in the instances",
+            reason=problems[0].kind,
+            problems=problems,
+        )
+    frame = pd.DataFrame(
+        {
+            n: (
+                np.asarray([np.nan if v is None else v for v in columns[n]], dtype="float64")
+                if features[n].type == "numeric"
+                else np.asarray([np.nan if v is None else v for v in columns[n]], dtype=object)
+            )
+            for n in names
+        }
+    )
+    return Batch(frame, unseen)
+
+
+def example_instance(contract: Contract) -> dict[str, Any]:
+    """One plausible row for docs and warm-up: zeros and each domain's first value."""
+    out: dict[str, Any] = {}
+    for name, spec in contract.features.items():
+        if spec.type == "numeric":
+            out[name] = 0.0
+        else:
+            out[name] = spec.values[0] if spec.values else "unknown"
+    return out
+
+
+def openapi_request_schema(contract: Contract, *, max_rows: int) -> dict[str, Any]:
+    """JSON Schema of the request body, generated from the contract."""
+    props: dict[str, Any] = {}
+    for name, spec in contract.features.items():
+        if spec.type == "numeric":
+            schema: dict[str, Any] = {"type": "number"}
+        else:
+            schema = {"type": "string"}
+            if spec.values is not None:
+                schema["enum"] = list(spec.values)
+                schema["description"] = (
+                    "Categorical. Values outside the list are accepted and counted as unseen."
+                )
+        if spec.nullable:
+            schema = {"anyOf": [schema, {"type": "null"}]}
+        if spec.description:
+            schema["title"] = spec.description
+        props[name] = schema
+    row = {
+        "type": "object",
+        "properties": props,
+        "required": list(contract.features),
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {
+            "instances": {"type": "array", "items": row, "minItems": 1, "maxItems": max_rows}
+        },
+        "example": {"instances": [example_instance(contract)]},
+    }
