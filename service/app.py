@@ -147,7 +147,12 @@ class Champion:
 
     def readiness(self) -> dict[str, Any]:
         st = self.slot.status()
-        body: dict[str, Any] = {"ready": st.ready, "model_version": st.version, "source": st.source}
+        body: dict[str, Any] = {
+            "ready": st.ready,
+            "model_version": st.version,
+            "source": st.source,
+            "pid": os.getpid(),  # which worker answered: workers swap independently
+        }
         if st.degraded:
             body["degraded"] = st.degraded
         if not st.ready:

@@ -193,6 +193,14 @@ def test_values_on_numeric_feature_are_rejected() -> None:
     assert "'features.age'" in _error(raw)
 
 
+def test_duplicate_categorical_values_are_rejected() -> None:
+    """It rejects a categorical domain listing a value twice, naming the feature."""
+    raw = raw_contract()
+    raw["features"]["elevel"]["values"] = ["e0", "e1", "e1", "e2", "e3", "e4"]
+    message = _error(raw)
+    assert "features.elevel" in message
+
+
 def test_target_declared_as_feature_is_rejected() -> None:
     """It rejects a contract whose target is also one of its features."""
     raw = raw_contract()

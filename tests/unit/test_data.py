@@ -273,6 +273,24 @@ def test_same_content_under_another_name_is_quarantined_as_duplicate(
     assert Manifest(contract.data.manifest).accepted() == [taken.batch_id]
 
 
+def test_quarantined_batch_can_be_retaken_after_the_contract_is_relaxed(
+    tmp_path: Path,
+) -> None:
+    """It takes in a once-quarantined batch moved back after the contract was fixed."""
+    strict = make_contract(tmp_path)
+    _drop(strict, _frame(15), "small")
+    (bad,) = intake(strict, Manifest(strict.data.manifest)).quarantined
+    assert bad.reasons == ("only 15 rows; at least 20 needed",)
+    raw = small_raw_contract()
+    raw["data"]["min_rows"] = 10
+    relaxed = make_contract(tmp_path, raw)
+    (strict.data.quarantine / "small.csv").rename(relaxed.data.landing_zone / "small.csv")
+    report = intake(relaxed, Manifest(relaxed.data.manifest))
+    # A quarantined batch was never taken in, so its content is not a duplicate of anything.
+    assert [q.reasons for q in report.quarantined] == []
+    assert [r.file for r in report.accepted] == ["small.csv"]
+
+
 def test_quarantine_never_overwrites_an_earlier_quarantined_file(
     contract: Contract, write_batch: BatchWriter
 ) -> None:
@@ -411,7 +429,7 @@ def test_window_refuses_a_batch_modified_after_intake(
     manifest = Manifest(contract.data.manifest)
     intake(contract, manifest)
     altered = _frame()
-    altered.loc[0, "approved"] = 1 - altered.loc[0, "approved"]
+    altered["salary"] = altered["salary"] + 1.0  # still a valid batch, but not the one taken in
     altered.to_csv(path, index=False)
     with pytest.raises(DataError, match="changed after intake"):
         load_window(contract, manifest)

@@ -42,13 +42,16 @@ def _contract(**changes: Any) -> Contract:
     return parse_contract(raw)
 
 
+Scores = Sequence[float] | np.ndarray
+
+
 def _paired(
-    chal_auc: Sequence[float],
-    champ_auc: Sequence[float] = CHAMP_AUC,
+    chal_auc: Scores,
+    champ_auc: Scores = CHAMP_AUC,
     *,
     ratio: float = 0.25,
-    chal_acc: Sequence[float] = CHAMP_ACC,
-    chal_loss: Sequence[float] = CHAMP_LOSS,
+    chal_acc: Scores = CHAMP_ACC,
+    chal_loss: Scores = CHAMP_LOSS,
 ) -> PairedScores:
     return PairedScores(
         challenger={
@@ -209,7 +212,7 @@ def _loss_contract() -> Contract:
     return parse_contract(raw)
 
 
-def _loss_paired(chal_loss: Sequence[float]) -> PairedScores:
+def _loss_paired(chal_loss: Scores) -> PairedScores:
     return PairedScores(
         challenger={"log_loss": tuple(chal_loss), "accuracy": tuple(CHAMP_ACC)},
         champion={"log_loss": tuple(CHAMP_LOSS), "accuracy": tuple(CHAMP_ACC)},
