@@ -14,10 +14,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from training import actions
 from training.gate import Verdict
+from training.pipeline import prepare_features
 from training.scheduler import RetrainScheduler
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -152,15 +154,12 @@ def test_two_workers_follow_promotion_and_rollback(two_versions):
 
 
 def test_swap_under_load_loses_no_request(two_versions):
-    """It answers every request during promotions under 8 concurrent clients, each by one whole model."""
+    """It answers every request during swaps under 8 clients, each by one whole model."""
     project = two_versions
     registry = project.registry()
     expected = {}
     for version in ("1", "2"):
         model = registry.load(registry.version(version), cache_dir=project.root / "expect")
-        from training.pipeline import prepare_features
-        import pandas as pd
-
         frame = prepare_features(pd.DataFrame([ROW]), project.contract)
         expected[version] = model.pipeline.predict_proba(frame)[0]
     assert not np.allclose(expected["1"], expected["2"])
