@@ -63,6 +63,13 @@ class Batch:
     unseen: Mapping[str, int] = field(default_factory=dict)
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))  # a huge JSON integer overflows a float
+    except OverflowError:
+        return False
+
+
 def _reject_constant(token: str) -> float:
     raise ValueError(f"{token} is not valid JSON")
 
@@ -136,9 +143,9 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
                         )
                     )
                     columns[name].append(None)
-                elif not math.isfinite(value):
+                elif not _finite(value):
                     problems.append(
-                        Problem(i, name, "not_finite", "value must be finite (no NaN or infinity)")
+                        Problem(i, name, "not_finite", "value must be a finite 64-bit float")
                     )
                     columns[name].append(None)
                 else:
@@ -169,7 +176,7 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
             n: (
                 np.asarray([np.nan if v is None else v for v in columns[n]], dtype="float64")
                 if features[n].type == "numeric"
-                else np.asarray([np.nan if v is None else v for v in columns[n]], dtype=object)
+                else pd.Series([np.nan if v is None else v for v in columns[n]], dtype=object)
             )
             for n in names
         }

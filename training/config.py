@@ -62,6 +62,9 @@ class Feature(_Strict):
     def _values_only_for_categorical(self) -> Feature:
         if self.values is not None and self.type != "categorical":
             raise ValueError("'values' is only allowed for categorical features")
+        if self.values is not None and len(set(self.values)) != len(self.values):
+            dupes = sorted({v for v in self.values if self.values.count(v) > 1})
+            raise ValueError(f"'values' lists {dupes} more than once")
         return self
 
 
@@ -164,6 +167,8 @@ class Contract(_Strict):
                 raise ValueError(f"metrics: {name!r} does not apply to task {self.task!r}")
         if self.target in self.features:
             raise ValueError(f"target: {self.target!r} is also declared as a feature")
+        if self.timestamp is not None and self.timestamp == self.target:
+            raise ValueError(f"timestamp: {self.timestamp!r} is also the target")
         if self.timestamp is not None and self.timestamp in self.features:
             raise ValueError(f"timestamp: {self.timestamp!r} is also declared as a feature")
         known = FAMILIES[self.task]
@@ -206,13 +211,14 @@ class Contract(_Strict):
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "required key is missing"
         elif err["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
-        lines.append(f"  key '{key}': {msg}")
+        # Cross-field checks carry the key at fault at the start of their own message.
+        lines.append(f"  key '{key}': {msg}" if key else f"  {msg}")
     return "\n".join(lines)
 
 

@@ -102,8 +102,9 @@ class Manifest:
         atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
     def by_digest(self, sha256: str) -> str | None:
+        """The accepted batch with this content; a quarantined one may come back once fixed."""
         for batch_id, entry in self.batches.items():
-            if entry["sha256"] == sha256:
+            if entry["sha256"] == sha256 and entry["status"] == "accepted":
                 return batch_id
         return None
 
@@ -185,7 +186,8 @@ def _describe_failures(exc: SchemaErrors) -> list[str]:
         sample = [str(v) for v in group["failure_case"].head(3).tolist()]
         text = str(check)
         if text.startswith("column_in_dataframe"):
-            reasons.extend(f"column '{name}': missing" for name in sample)
+            names = [str(v) for v in group["failure_case"].tolist()]
+            reasons.extend(f"column '{name}': missing" for name in names)
         elif text.startswith("coerce_dtype"):
             reasons.append(
                 f"column '{column}': wrong type, expected {text[13:-1]}; e.g. {', '.join(sample)}"

@@ -50,7 +50,7 @@ class MetricCheck:
 
     def __str__(self) -> str:
         if self.role == "floor":
-            cmp = "reaches" if self.passed else "is below"
+            cmp = "reaches" if self.passed else "falls short of"
             return f"{self.metric} {self.challenger:.4f} {cmp} the floor {self.threshold:.4f}"
         assert self.delta is not None and self.champion is not None
         base = (
@@ -64,7 +64,10 @@ class MetricCheck:
         if self.lower is not None and self.upper is not None:
             interval = f", interval [{self.lower:+.4f}, {self.upper:+.4f}]"
         if self.passed:
-            tail = f"credibly better by at least the margin {self.threshold:.4f}"
+            tail = (
+                f"credibly better (lower bound above zero) and by {self.threshold:.4f} or more "
+                "on average"
+            )
         elif self.upper is not None and self.upper < 0:
             tail = "credibly worse"
         else:
@@ -116,11 +119,18 @@ def corrected_t_interval(
 
 
 def bootstrap_interval(
-    deltas: np.ndarray, *, confidence: float, samples: int, seed: int
+    deltas: np.ndarray, *, confidence: float, samples: int, seed: int, test_train_ratio: float
 ) -> tuple[float, float, float]:
-    """Percentile bootstrap of the mean delta: (lower, upper, share of resamples ≤ 0)."""
+    """Percentile bootstrap of the mean delta: (lower, upper, share of resamples ≤ 0).
+
+    Fold deltas are correlated (shared training rows), so they are spread around their mean
+    by the same factor the corrected t-test applies, sqrt(1 + k * n_test/n_train); a plain
+    bootstrap would be as over-confident as the uncorrected t-test.
+    """
     rng = np.random.default_rng(seed)
-    means = rng.choice(deltas, size=(samples, len(deltas)), replace=True).mean(axis=1)
+    mean = float(np.mean(deltas))
+    spread = mean + (deltas - mean) * np.sqrt(1.0 + len(deltas) * test_train_ratio)
+    means = rng.choice(spread, size=(samples, len(deltas)), replace=True).mean(axis=1)
     alpha = 1.0 - confidence
     return (
         float(np.quantile(means, alpha)),
@@ -160,6 +170,7 @@ def decide(
             confidence=gate.confidence,
             samples=gate.bootstrap_samples,
             seed=contract.search.seed,
+            test_train_ratio=paired.test_train_ratio,
         )
     else:
         lower, upper, p = corrected_t_interval(

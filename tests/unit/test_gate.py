@@ -113,12 +113,17 @@ def test_zero_variance_deltas_give_a_point_interval(value: float, p_expected: fl
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
     """It returns the same percentile interval for the same seed, bracketing the mean delta."""
-    first = bootstrap_interval(NOISY, confidence=0.95, samples=2000, seed=3)
-    assert bootstrap_interval(NOISY, confidence=0.95, samples=2000, seed=3) == first
+    first = bootstrap_interval(NOISY, confidence=0.95, samples=2000, seed=3, test_train_ratio=0.25)
+    assert (
+        bootstrap_interval(NOISY, confidence=0.95, samples=2000, seed=3, test_train_ratio=0.25)
+        == first
+    )
     lower, upper, share = first
     assert lower < NOISY.mean() < upper
     assert 0.0 <= share < 0.5
-    flat = bootstrap_interval(np.full(5, 0.02), confidence=0.95, samples=500, seed=0)
+    flat = bootstrap_interval(
+        np.full(5, 0.02), confidence=0.95, samples=500, seed=0, test_train_ratio=0.25
+    )
     assert flat[0] == pytest.approx(0.02)
     assert flat[1] == pytest.approx(0.02)
     assert flat[2] == 0.0
@@ -296,7 +301,7 @@ def test_first_model_is_judged_on_the_floor() -> None:
     assert decide_first(0.70, contract=contract).verdict is Verdict.PROMOTE
     below = decide_first(0.65, contract=contract)
     assert below.verdict is Verdict.REJECT
-    assert "roc_auc 0.6500 is below the floor 0.7000" in below.reason
+    assert "roc_auc 0.6500 falls short of the floor 0.7000" in below.reason
     assert decide_first(math.nan, contract=contract).verdict is Verdict.REJECT
 
 
