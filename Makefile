@@ -32,10 +32,18 @@ integration: install
 test: lint typecheck
 	$(BIN)/pytest -q
 
-# Bootstraps demo data and a champion when missing, then serves.
+# Bootstraps demo data and a champion when missing, then serves API + scheduler.
 run: install
 	$(BIN)/champion bootstrap
 	$(BIN)/champion serve
+
+# As `run`, plus traffic and a concept change: watch a retrain promote a new champion.
+DEMO_TOKEN ?= demo-token
+demo: install
+	$(BIN)/champion bootstrap
+	CHAMPION_ADMIN_TOKEN=$(DEMO_TOKEN) $(BIN)/champion serve --port 3000 & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	CHAMPION_ADMIN_TOKEN=$(DEMO_TOKEN) $(BIN)/champion demo --url http://127.0.0.1:3000
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

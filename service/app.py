@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
+from threadpoolctl import threadpool_limits
 
 from service.slot import ModelSlot, Served
 from service.validation import (
@@ -93,6 +94,8 @@ class Champion:
 
         self.settings = settings = get_settings()
         logs.configure(level=settings.log_level, fmt=settings.log_format)
+        # One request is one small predict: thread pools only add start-up and contention.
+        threadpool_limits(limits=settings.serve_threads)
         self.contract = contract = load_contract(settings.project_file)
         os.environ.setdefault("MLFLOW_TRACKING_URI", settings.default_tracking_uri)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -337,6 +337,35 @@ def predict(
     raise typer.Exit(0 if response.is_success else 1)
 
 
+@app.command()
+def demo(
+    url: Annotated[str, typer.Option(help="Base URL of a running `champion serve`.")] = (
+        "http://127.0.0.1:3000"
+    ),
+    batches: Annotated[int, typer.Option(min=1, help="Batches with the concept change.")] = 3,
+) -> None:
+    """Send traffic, feed a concept change, and watch a new champion swap in."""
+    from training.demo import run_demo
+
+    try:
+        w = Wiring()
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    token = w.settings.admin_token.get_secret_value() if w.settings.admin_token else None
+    try:
+        promoted = run_demo(
+            base=url.rstrip("/"),
+            landing_zone=w.contract.data.landing_zone,
+            token=token,
+            say=typer.echo,
+            drifted_batches=batches,
+        )
+    except TimeoutError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if promoted else 1)
+
+
 def main() -> None:
     app()
 

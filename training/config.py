@@ -265,6 +265,8 @@ class Settings(BaseSettings):
     lease_timeout_seconds: float = Field(default=30.0, ge=0)
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: str = "INFO"
+    train_threads: int = Field(default=1, ge=1)
+    serve_threads: int = Field(default=1, ge=1)
     # Serving
     admin_token: SecretStr | None = None
     max_rows: int = Field(default=1000, ge=1)

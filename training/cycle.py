@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.inspection import permutation_importance
+from threadpoolctl import threadpool_limits
 
 from monitoring.profile import build_profile, save_profile
 from training.config import Contract, Settings
@@ -285,7 +286,13 @@ def run_cycle(ctx: Context, *, trigger: str = "manual") -> CycleResult:
     """Run one cycle end to end; every outcome, failures included, is a CycleResult."""
     started = time.monotonic()
     try:
-        with lease(ctx.settings.lock_dir, CYCLE, timeout=0.0):
+        # OpenMP/BLAS pools sized to every core spin against each other (and against serving)
+        # on a shared machine: a 0.1 s boosting fit was seen taking a minute. Parallelism
+        # comes from search.n_jobs (folds in processes) instead.
+        with (
+            threadpool_limits(limits=ctx.settings.train_threads),
+            lease(ctx.settings.lock_dir, CYCLE, timeout=0.0),
+        ):
             result = _locked_cycle(ctx, trigger=trigger, started=started)
     except LeaseBusyError:
         result = CycleResult(

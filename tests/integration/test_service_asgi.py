@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tomllib
@@ -55,12 +56,23 @@ def _bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@functools.cache
+def _app() -> Any:
+    """The service's ASGI app, built once: BentoML registers its HTTP metrics once per process.
+
+    Every `with TestClient(app)` runs the lifespan again, which creates a fresh `Champion`
+    from the environment of that moment, so one app serves every project and setting here.
+    """
+    from service.app import Champion
+
+    return Champion.to_asgi()
+
+
 @contextmanager
 def serving(
     project: Project, monkeypatch: pytest.MonkeyPatch, **env: str | None
 ) -> Iterator[TestClient]:
     """Start the service on `project` in-process (lifespan included); `None` unsets a variable."""
-    from service.app import Champion
     from training.config import get_settings
 
     settings = {
@@ -78,7 +90,7 @@ def serving(
             monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     try:
-        with TestClient(Champion.to_asgi(), raise_server_exceptions=False) as client:
+        with TestClient(_app(), raise_server_exceptions=False) as client:
             yield client
     finally:
         get_settings.cache_clear()
@@ -337,9 +349,7 @@ def test_probes_say_ready_with_version_1(client):
 
 def test_probes_before_the_service_starts_are_not_a_500():
     """It answers /livez 200 and /readyz 503 'starting' before the service has been created."""
-    from service.app import Champion
-
-    client = TestClient(Champion.to_asgi(), raise_server_exceptions=False)  # no lifespan run
+    client = TestClient(_app(), raise_server_exceptions=False)  # no lifespan: not started
     live = client.get("/livez")
     ready = client.get("/readyz")
     assert live.status_code == 200, live.text
