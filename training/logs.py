@@ -7,7 +7,17 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-NOISY = ("mlflow", "alembic", "urllib3", "optuna", "matplotlib", "PIL", "filelock")
+NOISY = (
+    "mlflow",
+    "alembic",
+    "urllib3",
+    "optuna",
+    "matplotlib",
+    "PIL",
+    "filelock",
+    "httpx",
+    "httpcore",
+)
 
 
 class _TextFormatter(logging.Formatter):

@@ -290,3 +290,16 @@ def test_nothing_cached_and_registry_down_is_not_ready_but_alive(project):
         r = httpx.post(f"{base}/predict", json={"instances": [ROW]})
         assert r.status_code == 503 and "no champion model is loaded" in r.json()["error"]
         assert httpx.get(f"{base}/livez").status_code == 200
+
+
+def test_bentoml_build_packages_the_service(tmp_path):
+    """It builds a Bento from bentofile.yaml (what a container image is made from)."""
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), BENTOML_DO_NOT_TRACK="true")
+    out = subprocess.run(
+        [str(Path(os.sys.executable).with_name("bentoml")), "build", "--output", "tag"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "champion:" in out.stdout
+    built = list((tmp_path / "bentoml" / "bentos" / "champion").glob("*/src/champion.toml"))
+    assert built, "the contract must ship inside the Bento"
