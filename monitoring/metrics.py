@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any, Literal
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 PREDICTION_OUTCOMES = ("ok", "invalid", "unavailable", "error")
 TICK_OUTCOMES = (
@@ -21,50 +23,132 @@ TICK_OUTCOMES = (
 )
 
 
+def _gauge(
+    name: str,
+    doc: str,
+    labels: Sequence[str],
+    registry: CollectorRegistry,
+    mode: Literal["max", "mostrecent"] = "mostrecent",
+) -> Gauge:
+    # Gauges are written by one process (a worker or the scheduler leader); "mostrecent"
+    # keeps the latest value across worker files in multiprocess mode.
+    return Gauge(name, doc, list(labels), registry=registry, multiprocess_mode=mode)
+
+
 class ServiceMetrics:
-    """Data-plane metrics; label values come only from the bounded sets above or the contract."""
+    """All champion_* metrics; label values come only from bounded sets or the contract."""
 
     def __init__(self, registry: CollectorRegistry, *, features: Sequence[str]) -> None:
         self.features = frozenset(features)
+        r = registry
+        # Data plane
         self.predictions = Counter(
-            "champion_predictions_total",
-            "Prediction requests by outcome.",
-            ["outcome"],
-            registry=registry,
+            "champion_predictions_total", "Prediction requests by outcome.", ["outcome"], registry=r
         )
-        self.rows = Counter("champion_predicted_rows_total", "Rows predicted.", registry=registry)
+        self.rows = Counter("champion_predicted_rows_total", "Rows predicted.", registry=r)
+        self.predicted_class = Counter(
+            "champion_predicted_class_total", "Predicted rows by class.", ["class"], registry=r
+        )
         self.validation_failures = Counter(
             "champion_validation_failures_total",
             "Rejected prediction requests by reason.",
             ["reason"],
-            registry=registry,
+            registry=r,
         )
         self.unseen_categories = Counter(
             "champion_unseen_categories_total",
             "Categorical values outside the contract's domain, by feature.",
             ["feature"],
-            registry=registry,
+            registry=r,
+        )
+        self.capture_dropped = Counter(
+            "champion_capture_dropped_total",
+            "Predictions not captured (buffer full or log write failed).",
+            registry=r,
+        )
+        self.feedback = Counter(
+            "champion_feedback_labels_total", "Labels joined to captured predictions.", registry=r
         )
         self.swaps = Counter(
-            "champion_model_swaps_total", "Model swaps in this service.", registry=registry
+            "champion_model_swaps_total", "Model swaps in this service.", registry=r
         )
         self.swap_failures = Counter(
             "champion_model_swap_failures_total",
-            "Failed model loads (current model kept).",
-            registry=registry,
+            "Failed model loads (the current model kept serving).",
+            registry=r,
         )
-        self.model_info = Gauge(
+        self.model_info = _gauge(
             "champion_model_info",
             "1 for the model version being served.",
             ["version"],
-            registry=registry,
-            multiprocess_mode="max",
+            r,
+            mode="max",
         )
+        self.model_age = _gauge(
+            "champion_model_age_seconds",
+            "Seconds since the serving model was registered.",
+            [],
+            r,
+            mode="max",
+        )
+        # Control plane (recorded by the scheduler leader)
         self.retrain_ticks = Counter(
             "champion_retrain_ticks_total",
             "Scheduled retrain ticks by outcome.",
             ["outcome"],
-            registry=registry,
+            registry=r,
+        )
+        self.retrain_runs = Counter(
+            "champion_retrain_runs_total", "Retrain cycles by verdict.", ["verdict"], registry=r
+        )
+        self.retrain_duration = Histogram(
+            "champion_retrain_duration_seconds",
+            "Wall time of retrain cycles.",
+            buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 2400),
+            registry=r,
+        )
+        self.retrain_last_success = _gauge(
+            "champion_retrain_last_success_timestamp_seconds",
+            "When a retrain cycle last finished without FAILED.",
+            [],
+            r,
+            mode="max",
+        )
+        self.cv_score = _gauge(
+            "champion_cv_score", "The champion's cross-validated score.", ["metric"], r
+        )
+        self.drift_score = _gauge(
+            "champion_drift_score", "PSI of the live window against the reference.", ["feature"], r
+        )
+        self.drift_p_value = _gauge(
+            "champion_drift_p_value", "Drift test p-value per feature.", ["feature"], r
+        )
+        self.drift_threshold = _gauge(
+            "champion_drift_threshold", "Calibrated PSI threshold for this window.", ["feature"], r
+        )
+        self.drift_detected = _gauge(
+            "champion_drift_detected",
+            "1 when the feature drifted in the last window.",
+            ["feature"],
+            r,
+        )
+        self.drift_window = _gauge(
+            "champion_drift_window_rows", "Rows in the last drift window.", [], r
+        )
+        self.drift_share = _gauge(
+            "champion_dataset_drift_share", "Share of features drifted in the last window.", [], r
+        )
+        self.prediction_drift = _gauge(
+            "champion_prediction_drift_score",
+            "PSI of the predictions against the reference.",
+            [],
+            r,
+        )
+        self.drift_triggers = Counter(
+            "champion_drift_triggers_total", "Retrains triggered by sustained drift.", registry=r
+        )
+        self.live_quality = _gauge(
+            "champion_live_quality", "Quality on labelled live rows.", ["metric"], r
         )
 
     def unseen(self, counts: dict[str, int]) -> None:
@@ -76,6 +160,12 @@ class ServiceMetrics:
         if old is not None and old != version:
             self.model_info.labels(old).set(0)
         self.model_info.labels(version).set(1)
+
+    def classes(self, predictions: Sequence[Any], known: Sequence[Any] | None) -> None:
+        allowed = {str(c) for c in known or ()}
+        for label, n in Counter_(str(v) for v in predictions).items():
+            if label in allowed:  # the model's own classes only: a bounded set
+                self.predicted_class.labels(label).inc(n)
 
 
 @lru_cache(maxsize=4)

@@ -6,6 +6,7 @@ import hmac
 import logging
 import os
 import re
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
+from monitoring.capture import Captured
 from service.slot import ModelSlot, Served
 from service.validation import (
     RequestInvalid,
@@ -120,6 +122,18 @@ class Champion:
             count=lambda outcome: metrics.retrain_ticks.labels(outcome).inc(),
         )
         self._details: dict[str, dict[str, Any]] = {}
+        from monitoring.capture import Capture, PredictionLog
+
+        self.prediction_log = PredictionLog(
+            settings.prediction_log_path, max_rows=settings.capture_max_rows
+        )
+        self.capture = Capture(
+            self.prediction_log,
+            capacity=settings.capture_buffer,
+            sample_rate=settings.capture_sample_rate,
+            on_drop=lambda n: metrics.capture_dropped.inc(n),
+        )
+        self.capture.start()
         api.openapi_schema = self._openapi()
         self.slot.start(poll_seconds=settings.poll_seconds)
         if settings.scheduler:
@@ -129,6 +143,8 @@ class Champion:
     def _on_swap(self, served: Served) -> None:
         self.metrics.swaps.inc()
         self.metrics.served(served.version, self._served_version)
+        if served.registered_ms:
+            self.metrics.model_age.set(time.time() - served.registered_ms / 1000)
         self._served_version = served.version
 
     def _openapi(self) -> dict[str, Any]:
@@ -212,6 +228,27 @@ class Champion:
             return _error(500, "the model failed on this input", request_id=rid)
         self.metrics.predictions.labels("ok").inc()
         self.metrics.rows.inc(len(pred))
+        self.metrics.classes(pred.tolist(), served.classes)
+        if served.registered_ms:
+            self.metrics.model_age.set(time.time() - served.registered_ms / 1000)
+        now = time.time()
+        # Positive-class probability for binary models: what drift and live quality need.
+        scores = proba[:, -1].tolist() if proba is not None and proba.shape[1] == 2 else None
+        predictions = pred.tolist()
+        self.capture.offer(
+            [
+                Captured(
+                    rid,
+                    i,
+                    now,
+                    served.version,
+                    row,
+                    predictions[i],
+                    None if scores is None else scores[i],
+                )
+                for i, row in enumerate(batch.rows)
+            ]
+        )
         out: dict[str, Any] = {"predictions": pred.tolist()}
         if proba is not None:
             out["probabilities"] = proba.tolist()
@@ -276,6 +313,62 @@ class Champion:
                 | {"batches": len(data.get("batches", []))},
             }
         return JSONResponse(body)
+
+    # -- delayed labels -------------------------------------------------------------------
+
+    @api.post(
+        "/feedback",
+        summary="Join true labels to captured predictions",
+        responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    )
+    async def feedback(self, request: Request) -> JSONResponse:
+        """Body: {"request_id", "label"[, "row"]} or a list of them (all or nothing)."""
+        try:
+            payload = parse_body(
+                await _read_limited(request, self.settings.max_body_bytes),
+                max_bytes=self.settings.max_body_bytes,
+            )
+        except RequestInvalid as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        items = payload if isinstance(payload, list) else [payload]
+        problems: list[dict[str, Any]] = []
+        parsed: list[tuple[str, int, Any]] = []
+        classes = self.slot.current.classes if self.slot.current else None
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
+                problems.append({"item": i, "problem": "needs a string 'request_id'"})
+                continue
+            row = item.get("row", 0)
+            if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+                problems.append({"item": i, "problem": "'row' must be a non-negative integer"})
+                continue
+            if "label" not in item or item["label"] is None:
+                problems.append({"item": i, "problem": "needs a 'label'"})
+                continue
+            label = item["label"]
+            if classes is not None and label not in classes:
+                problems.append({"item": i, "problem": f"label {label!r} is not one of {classes}"})
+                continue
+            if classes is None and (isinstance(label, bool) or not isinstance(label, int | float)):
+                problems.append({"item": i, "problem": "label must be a number"})
+                continue
+            parsed.append((item["request_id"], row, label))
+        if not items:
+            problems.append({"item": None, "problem": "no feedback items"})
+        if problems:
+            return _error(422, f"{len(problems)} problem(s) in the feedback", problems=problems)
+        self.capture.flush()  # a label may arrive right after its prediction
+        unknown, done = self.prediction_log.label(parsed)
+        if unknown:
+            return _error(
+                404,
+                "unknown request ids (not captured, or rotated out); nothing was written",
+                unknown=unknown,
+            )
+        if done:
+            return _error(409, "already labelled; nothing was written", already_labelled=done)
+        self.metrics.feedback.inc(len(parsed))
+        return JSONResponse({"labelled": len(parsed)})
 
     # -- admin ----------------------------------------------------------------------------
 

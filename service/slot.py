@@ -39,6 +39,7 @@ class Served:
     source: str  # "registry" | "cache"
     tags: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None
+    registered_ms: int = 0
 
     def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         pred = np.asarray(self.pipeline.predict(frame))
@@ -110,6 +111,7 @@ class ModelSlot:
         source: str,
         tags: dict[str, str],
         run_id: str | None,
+        registered_ms: int = 0,
     ) -> Served:
         pipeline, digest = load_verified(local_dir, expected_sha256=sha256)
         problems = schema_problems(local_dir, self.contract)
@@ -129,6 +131,7 @@ class ModelSlot:
             source,
             tags,
             run_id,
+            registered_ms,
         )
         example = input_example(local_dir)
         if example is None or example.empty:
@@ -159,6 +162,7 @@ class ModelSlot:
             "sha256": served.sha256,
             "tags": served.tags,
             "run_id": served.run_id,
+            "registered_ms": served.registered_ms,
         }
         atomic_write_text(self.cache_dir / CACHE_INDEX, json.dumps(body, indent=1))
 
@@ -176,6 +180,7 @@ class ModelSlot:
                 source="cache",
                 tags=meta.get("tags", {}),
                 run_id=meta.get("run_id"),
+                registered_ms=int(meta.get("registered_ms", 0)),
             )
         except Exception as exc:  # a bad cache must not stop the worker
             self.last_error = f"cache unusable: {exc}"
@@ -240,6 +245,7 @@ class ModelSlot:
                     source="registry",
                     tags=dict(ref.tags),
                     run_id=ref.run_id,
+                    registered_ms=ref.created_ms,
                 )
             except Exception as exc:
                 self.swap_failures += 1

@@ -61,6 +61,7 @@ class Batch:
 
     frame: pd.DataFrame
     unseen: Mapping[str, int] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _finite(value: int | float) -> bool:
@@ -181,7 +182,7 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
             for n in names
         }
     )
-    return Batch(frame, unseen)
+    return Batch(frame, unseen, rows)
 
 
 def example_instance(contract: Contract) -> dict[str, Any]:

@@ -273,6 +273,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     poll_seconds: float = Field(default=10.0, gt=0)
     scheduler: bool = True
+    # Monitoring
+    capture_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    capture_buffer: int = Field(default=10_000, ge=1)
+    capture_max_rows: int = Field(default=200_000, ge=1000)
+    monitor_seconds: float = Field(default=60.0, gt=0)
+    drift_window_rows: int = Field(default=500, ge=50)
+    drift_alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    drift_sustained_windows: int = Field(default=3, ge=1)
+    drift_cooldown_seconds: float = Field(default=3600.0, ge=0)
+    quality_window_rows: int = Field(default=500, ge=10)
 
     @property
     def ledger_path(self) -> Path:
@@ -285,6 +295,10 @@ class Settings(BaseSettings):
     @property
     def default_tracking_uri(self) -> str:
         return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def prediction_log_path(self) -> Path:
+        return self.home / "predictions.db"
 
     @property
     def cache_dir(self) -> Path:
