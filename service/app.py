@@ -26,6 +26,7 @@ from service.validation import (
     parse_body,
     validate_instances,
 )
+from training.scheduler import VERDICTS
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,6 @@ class Champion:
             on_swap=self._on_swap,
             on_swap_failure=lambda _: metrics.swap_failures.inc(),
         )
-        self.scheduler = RetrainScheduler(
-            contract=contract,
-            settings=settings,
-            count=lambda outcome: metrics.retrain_ticks.labels(outcome).inc(),
-        )
-        self._details: dict[str, dict[str, Any]] = {}
         from monitoring.capture import Capture, PredictionLog
 
         self.prediction_log = PredictionLog(
@@ -134,11 +129,36 @@ class Champion:
             on_drop=lambda n: metrics.capture_dropped.inc(n),
         )
         self.capture.start()
+        from training.watch import Watch
+
+        self.watch = Watch(
+            contract=contract,
+            settings=settings,
+            registry=self.registry,
+            prediction_log=self.prediction_log,
+            ledger=self.ledger,
+            metrics=metrics,
+            trigger_retrain=lambda trigger: self.scheduler.run_now(trigger),
+        )
+        self.scheduler = RetrainScheduler(
+            contract=contract,
+            settings=settings,
+            count=lambda outcome: metrics.retrain_ticks.labels(outcome).inc(),
+            on_cycle=self._on_cycle,
+            monitor=self.watch.tick,
+        )
+        self._details: dict[str, dict[str, Any]] = {}
         api.openapi_schema = self._openapi()
         self.slot.start(poll_seconds=settings.poll_seconds)
         if settings.scheduler:
             self.scheduler.start()
         log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
+
+    def _on_cycle(self, verdict: str, seconds: float) -> None:
+        self.metrics.retrain_runs.labels(verdict if verdict in VERDICTS else "FAILED").inc()
+        self.metrics.retrain_duration.observe(seconds)
+        if verdict != "FAILED":
+            self.metrics.retrain_last_success.set(time.time())
 
     def _on_swap(self, served: Served) -> None:
         self.metrics.swaps.inc()
@@ -313,6 +333,19 @@ class Champion:
                 | {"batches": len(data.get("batches", []))},
             }
         return JSONResponse(body)
+
+    @api.get("/drift", summary="The last drift and live-quality evaluation, as JSON")
+    def drift(self) -> JSONResponse:
+        from training.watch import latest
+
+        found = latest(self.settings)
+        if found is None:
+            return _error(
+                404,
+                "no drift evaluation yet: it runs every "
+                f"{self.settings.monitor_seconds:g}s once predictions are captured",
+            )
+        return JSONResponse(found)
 
     # -- delayed labels -------------------------------------------------------------------
 

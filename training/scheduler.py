@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,16 @@ class RetrainScheduler:
         settings: Settings,
         job: Callable[[str], str] | None = None,
         count: Callable[[str], None] | None = None,
+        on_cycle: Callable[[str, float], None] | None = None,
+        monitor: Callable[[], Any] | None = None,
         standby_seconds: float = 5.0,
     ) -> None:
         self.contract = contract
         self.settings = settings
         self.job = job or (lambda trigger: run_cycle_subprocess(trigger=trigger))
         self.count = count or (lambda outcome: None)
+        self.on_cycle = on_cycle or (lambda verdict, seconds: None)
+        self.monitor = monitor
         self.standby_seconds = standby_seconds
         self.scheduler: BackgroundScheduler | None = None
         self._lease = FileLock(str(Path(settings.lock_dir) / f"{LEADER_LEASE}.lock"), timeout=0)
@@ -121,6 +126,14 @@ class RetrainScheduler:
             },
         )
         sched.add_job(self._tick, trigger_for(self.contract), id=JOB_ID, name="retrain cycle")
+        if self.monitor is not None:
+            sched.add_job(
+                self._monitor,
+                IntervalTrigger(seconds=self.settings.monitor_seconds),
+                id="monitor",
+                name="drift and quality",
+                misfire_grace_time=None,
+            )
         sched.add_listener(
             self._on_event,
             EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
@@ -139,11 +152,26 @@ class RetrainScheduler:
             if self._try_lead():
                 return
 
+    def _run(self, trigger: str) -> str:
+        started = time.monotonic()
+        verdict = self.job(trigger)
+        self.on_cycle(verdict, time.monotonic() - started)
+        return verdict
+
     def _tick(self) -> str:
         with self._manual:
-            return self.job("schedule")
+            return self._run("schedule")
+
+    def _monitor(self) -> None:
+        assert self.monitor is not None
+        try:
+            self.monitor()
+        except Exception:  # a failed pass must not stop the next one
+            log.exception("monitoring pass failed")
 
     def _on_event(self, event: JobEvent) -> None:
+        if getattr(event, "job_id", JOB_ID) != JOB_ID:
+            return
         if event.code == EVENT_JOB_EXECUTED:
             assert isinstance(event, JobExecutionEvent)
             outcome = str(event.retval) if event.retval in VERDICTS else "error"
@@ -164,15 +192,14 @@ class RetrainScheduler:
             log.warning("scheduled retrain tick skipped: the previous run is still going")
         self.count(outcome)
 
-    def run_now(self) -> bool:
-        """Run the job once in the background (the admin endpoint); False if one is running."""
+    def run_now(self, trigger: str = "admin") -> bool:
+        """Run the job once in the background (admin, drift); False if one is running here."""
         if not self._manual.acquire(blocking=False):
             return False
 
         def work() -> None:
             try:
-                outcome = self.job("admin")
-                self.count(outcome)
+                self._run(trigger)
             except Exception:
                 log.exception("manual retrain failed")
                 self.count("error")
