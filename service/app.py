@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -69,10 +70,14 @@ class ProbeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in ("/readyz", "/livez"):
-            svc = bentoml.get_current_service()
             if scope["path"] == "/livez":
-                response = JSONResponse({"alive": True})
-            elif svc is None:
+                await JSONResponse({"alive": True})(scope, receive, send)
+                return
+            try:
+                svc = bentoml.get_current_service()
+            except BentoMLException:  # raised, not None, before start-up and after shutdown
+                svc = None
+            if svc is None:
                 response = JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
             else:
                 body = svc.readiness()
@@ -148,7 +153,9 @@ class Champion:
             monitor=self.watch.tick,
         )
         self._details: dict[str, dict[str, Any]] = {}
-        api.openapi_schema = self._openapi()
+        schema = self._openapi()
+        # FastAPI regenerates a cached schema when its routes change; replace the builder.
+        api.openapi = lambda: schema  # type: ignore[method-assign]
         self.slot.start(poll_seconds=settings.poll_seconds)
         if settings.scheduler:
             self.scheduler.start()

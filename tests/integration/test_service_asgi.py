@@ -52,6 +52,14 @@ def _row(**changes: Any) -> dict[str, Any]:
     return row
 
 
+def _json_row(**raw_values: str) -> bytes:
+    """ROW as JSON text with some values replaced by raw JSON tokens."""
+    parts = [
+        f'"{k}": {raw_values[k] if k in raw_values else json.dumps(v)}' for k, v in ROW.items()
+    ]
+    return ("{" + ", ".join(parts) + "}").encode()
+
+
 def _bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -349,14 +357,6 @@ def test_integer_beyond_float_range_is_refused_not_a_500(client):
     response = _predict(client, content=content)
     assert response.status_code == 422, response.text
     assert [(p["row"], p["field"]) for p in response.json()["problems"]] == [(0, "salary")]
-
-
-def _json_row(**raw_values: str) -> bytes:
-    """ROW as JSON text with some values replaced by raw JSON tokens."""
-    parts = [
-        f'"{k}": {raw_values[k] if k in raw_values else json.dumps(v)}' for k, v in ROW.items()
-    ]
-    return ("{" + ", ".join(parts) + "}").encode()
 
 
 # -- model facts and probes ---------------------------------------------------------------------
