@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit integration demo clean
+.PHONY: install run test lint typecheck unit integration demo clean promtool monitoring-check prometheus bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,21 @@ unit: install
 integration: install
 	$(BIN)/pytest tests/integration -q
 
-test: lint typecheck
+# promtool/prometheus for the alert-rule tests (Debian package; sudo only when not root).
+promtool:
+	monitoring/install-prometheus.sh
+
+test: lint typecheck promtool
 	$(BIN)/pytest -q
+
+# Prometheus config, alert rules and their unit tests, dashboard checks.
+monitoring-check: install promtool
+	$(BIN)/pytest tests/integration/test_alert_rules.py -q
+
+# A local Prometheus on 127.0.0.1:9090 scraping the service with the alert rules.
+prometheus: promtool
+	prometheus --config.file=monitoring/prometheus/prometheus.yml \
+		--storage.tsdb.path=var/prometheus --web.listen-address=127.0.0.1:9090
 
 # Bootstraps demo data and a champion when missing, then serves API + scheduler.
 run: install

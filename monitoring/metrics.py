@@ -151,6 +151,15 @@ class ServiceMetrics:
             "champion_live_quality", "Quality on labelled live rows.", ["metric"], r
         )
 
+        # Create every known label value at 0, so the first failure after a start is an
+        # increase Prometheus can see (a series born at 1 reads as no change).
+        for outcome in PREDICTION_OUTCOMES:
+            self.predictions.labels(outcome)
+        for outcome in TICK_OUTCOMES:
+            self.retrain_ticks.labels(outcome)
+        for verdict in TICK_OUTCOMES[:6]:
+            self.retrain_runs.labels(verdict)
+
     def unseen(self, counts: dict[str, int]) -> None:
         for feature, n in counts.items():
             if feature in self.features:  # never a label from request text
