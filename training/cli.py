@@ -366,6 +366,53 @@ def demo(
     raise typer.Exit(0 if promoted else 1)
 
 
+@app.command("drift-report")
+def drift_report(
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("drift-report.html"),
+    rows: Annotated[int, typer.Option(min=1, help="Live rows to compare.")] = 2000,
+) -> None:
+    """Write a self-contained HTML drift report for the champion's recent predictions."""
+    from monitoring.capture import PredictionLog
+    from monitoring.report import render
+    from training.watch import Watch
+
+    try:
+        w = Wiring()
+        registry = w.registry()
+        ref = registry.alias("champion")
+        if ref is None:
+            raise ChampionError("no champion yet: nothing to compare against")
+        settings = w.settings.model_copy(update={"drift_window_rows": rows})
+        watch = Watch(
+            contract=w.contract,
+            settings=settings,
+            registry=registry,
+            prediction_log=PredictionLog(settings.prediction_log_path),
+            ledger=w.ledger(),
+        )
+        profile = watch.profile(ref)
+        if profile is None:
+            raise ChampionError(f"v{ref.version} has no reference profile")
+        report = watch.drift(ref)
+        assert report is not None
+        live, _, _ = watch.window(ref.version)
+        page = render(
+            title=w.contract.project.name,
+            model_version=ref.version,
+            report=report,
+            profile=profile,
+            live=live,
+            history=w.ledger().entries(),
+        )
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    out.write_text(page, encoding="utf-8")
+    typer.echo(
+        f"wrote {out} ({report.window_rows} live rows, drift share "
+        f"{report.drift_share:.0%}, dataset drift: {report.dataset_drift})"
+    )
+
+
 def main() -> None:
     app()
 
