@@ -231,8 +231,11 @@ class Capture:
 
     def flush(self) -> int:
         batch: list[Captured] = []
-        while self._buffer and len(batch) < 5_000:
-            batch.append(self._buffer.popleft())
+        while len(batch) < 5_000:
+            try:
+                batch.append(self._buffer.popleft())  # atomic; another flusher may race us
+            except IndexError:
+                break
         if batch:
             try:
                 self.log.write(batch)

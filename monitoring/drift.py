@@ -139,6 +139,7 @@ def numeric_drift(
     (`bin_frequencies`); non-finite values count as nulls and are left out. `reference_rows` is
     the profile's `rows`; the reference's non-null count is derived from its `null_rate`. A
     constant reference column (edges [v, v]) is compared as "equals v" against "differs".
+    `kind` only labels the result (prediction_drift passes "prediction").
     """
     _check_settings(alpha=alpha, min_rows=min_rows)
     data = _as_float(values, name)
@@ -197,6 +198,7 @@ def categorical_drift(
     are nulls and are left out. Live values absent from the reference go to one explicit
     "unseen" bucket whose reference count is zero; `unseen_rate` is that bucket's live share.
     `reference_rows` is the profile's `rows`; the non-null count follows from `null_rate`.
+    `kind` only labels the result (prediction_drift passes "prediction").
     """
     _check_settings(alpha=alpha, min_rows=min_rows)
     items = list(_as_1d(values, name))
@@ -214,8 +216,8 @@ def categorical_drift(
     categories = sorted(reference)
     counts = Counter(keys)
     unseen = len(keys) - sum(counts[category] for category in categories)
-    # The unseen bucket is a separate last cell, so a live category spelled like a reference
-    # one can never be confused with it.
+    # The unseen bucket is a separate last cell, not a dict key, so no live category can be
+    # confused with it whatever its name.
     live_counts = np.array([*(counts[category] for category in categories), unseen], float)
     reference_counts = np.array(
         [*(round(reference[category] * reference_n) for category in categories), 0], float
