@@ -59,7 +59,8 @@ class TrainingData:
         return len(self.frame)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -277,7 +278,7 @@ def intake(contract: Contract, manifest: Manifest) -> IntakeReport:
     quarantined: list[BatchReport] = []
     known_files = {e["file"]: b for b, e in manifest.batches.items() if e["status"] == "accepted"}
     for path in pending_files(contract.data.landing_zone):
-        digest = _sha256(path)
+        digest = sha256_file(path)
         batch_id = f"{path.stem}-{digest[:12]}"
         if known_files.get(path.name) == batch_id:
             continue
@@ -335,7 +336,7 @@ def load_window(contract: Contract, manifest: Manifest) -> TrainingData:
         path = contract.data.landing_zone / entry["file"]
         if not path.exists():
             raise DataError(f"accepted batch {batch_id} is missing from {path.parent}")
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise DataError(f"accepted batch {path} changed after intake; move it aside")
         frame, report = validate_batch(read_batch(path, contract), contract)
         if frame is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
 
 from training.config import Contract
+from training.data import sha256_file
 from training.errors import IntegrityError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ class LoadedModel:
     sha256: str
     input_names: tuple[str, ...]
     local_dir: Path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_verified(local_dir: Path, *, expected_sha256: str | None) -> tuple[Any, str]:
