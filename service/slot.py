@@ -42,9 +42,12 @@ class Served:
     registered_ms: int = 0
 
     def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-        pred = np.asarray(self.pipeline.predict(frame))
-        proba = np.asarray(self.pipeline.predict_proba(frame)) if self.classes is not None else None
-        return pred, proba
+        if self.classes is None:
+            return np.asarray(self.pipeline.predict(frame)), None
+        # One pass: a classifier's prediction is its most probable class, so deriving it from
+        # the probabilities halves the model's cost per request.
+        proba = np.asarray(self.pipeline.predict_proba(frame))
+        return np.asarray(self.pipeline.classes_)[proba.argmax(axis=1)], proba
 
 
 @dataclass
