@@ -251,6 +251,9 @@ class Capture:
                 pass
 
     def stop(self) -> None:
+        """Stop the flusher, wait for a write under way, then write what is left."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         while self.flush() > 0:
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -160,6 +161,13 @@ class Champion:
         if settings.scheduler:
             self.scheduler.start()
         log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        # Flush captured predictions and give up the scheduler lease for the next leader.
+        self.slot.stop()
+        self.scheduler.stop()
+        self.capture.stop()
 
     def _on_cycle(self, verdict: str, seconds: float) -> None:
         self.metrics.retrain_runs.labels(verdict if verdict in VERDICTS else "FAILED").inc()
@@ -399,6 +407,10 @@ class Champion:
             return _error(422, f"{len(problems)} problem(s) in the feedback", problems=problems)
         self.capture.flush()  # a label may arrive right after its prediction
         unknown, done = self.prediction_log.label(parsed)
+        if unknown:
+            # ...and that prediction may sit in another worker's buffer until its next flush.
+            await asyncio.sleep(self.capture.flush_seconds * 2 + 0.1)
+            unknown, done = self.prediction_log.label(parsed)
         if unknown:
             return _error(
                 404,
