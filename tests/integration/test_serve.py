@@ -311,3 +311,37 @@ def test_bentoml_build_packages_the_service(tmp_path):
     assert "champion:" in out.stdout
     built = list((tmp_path / "bentoml" / "bentos" / "champion").glob("*/src/champion.toml"))
     assert built, "the contract must ship inside the Bento"
+
+
+def test_predict_command_sends_a_csv_and_reports_problems(project):
+    """It sends a batch file's rows to a running service; bad rows exit 1 with the 422 body."""
+    first, _ = project.simulate(2)
+    assert project.cycle().verdict is Verdict.PROMOTE
+    batch = project.root / "rows.csv"
+    batch.write_text("".join(first.read_text().splitlines(keepends=True)[:31]))
+    champion = str(Path(os.sys.executable).with_name("champion"))
+    bad = project.root / "bad.csv"
+    bad.write_text(batch.read_text().replace(",e", ",").replace("salary", "salery", 1))
+    with serving(project, workers=1) as base:
+        ok = subprocess.run(
+            [champion, "predict", "--file", str(batch), "--url", base],
+            env=project.env(),
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert '"model_version": "1"' in ok.stdout and ok.stdout.count('"predictions"') == 1
+        wrong = subprocess.run(
+            [champion, "predict", "--file", str(bad), "--url", base],
+            env=project.env(),
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert wrong.returncode == 1
+        assert '"field": "salary"' in wrong.stdout and '"kind": "missing"' in wrong.stdout
