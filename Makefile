@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check training service monitoring tests
-	$(BIN)/ruff format --check training service monitoring tests
+	$(BIN)/ruff check training service monitoring benchmarks tests
+	$(BIN)/ruff format --check training service monitoring benchmarks tests
 
 typecheck: install
 	$(BIN)/mypy
@@ -39,6 +39,11 @@ test: lint typecheck promtool
 # Prometheus config, alert rules and their unit tests, dashboard checks.
 monitoring-check: install promtool
 	$(BIN)/pytest tests/integration/test_alert_rules.py -q
+
+# Side-by-side serving, batch, retraining, monitoring, swap and cold-start figures
+# (JSON + docs/performance.md); installs wrk from Debian when missing. Under 15 minutes.
+bench: install
+	$(BIN)/python -m benchmarks.run --out benchmarks/results.json --markdown docs/performance.md
 
 # A local Prometheus on 127.0.0.1:9090 scraping the service with the alert rules.
 prometheus: promtool

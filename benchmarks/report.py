@@ -1,0 +1,601 @@
+"""Targets (met / not met) and the Markdown report from a benchmark results dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _target(
+    name: str,
+    *,
+    measured: float | None,
+    unit: str,
+    baseline: float | None = None,
+    baseline_name: str = "",
+    ratio: float | None = None,
+    goal: str,
+    met: bool | None,
+    note: str = "",
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "measured": None if measured is None else round(measured, 5),
+        "unit": unit,
+        "baseline": None if baseline is None else round(baseline, 5),
+        "baseline_name": baseline_name,
+        "ratio": ratio,
+        "goal": goal,
+        "met": met,
+        "note": note,
+    }
+
+
+def _cmp(value: float | None, op: str, bound: float) -> bool | None:
+    if value is None:
+        return None
+    return value >= bound if op == ">=" else value <= bound
+
+
+def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target with its figure, baseline, ratio and verdict (None: not measured)."""
+    out = []
+    champ32 = _get(r, "single_row", "champion", "32")
+    noop32 = _get(r, "single_row", "noop", "32")
+    mlflow32 = _get(r, "single_row", "mlflow", "32")
+    c_rps = _get(champ32, "rps")
+    n_rps = _get(noop32, "rps")
+    m_rps = _get(mlflow32, "rps")
+    ratio = _ratio(c_rps, n_rps)
+    out.append(
+        _target(
+            "single-row throughput at 32 connections vs no-op (forest)",
+            measured=c_rps,
+            unit="req/s",
+            baseline=n_rps,
+            baseline_name="BentoML no-op",
+            ratio=ratio,
+            goal=">= 0.8x no-op",
+            met=_cmp(ratio, ">=", 0.8),
+        )
+    )
+    ratio = _ratio(c_rps, m_rps)
+    out.append(
+        _target(
+            "single-row throughput at 32 connections vs mlflow models serve (forest)",
+            measured=c_rps,
+            unit="req/s",
+            baseline=m_rps,
+            baseline_name="mlflow models serve",
+            ratio=ratio,
+            goal=">= 3x mlflow serve",
+            met=_cmp(ratio, ">=", 3.0),
+        )
+    )
+    p99 = _get(champ32, "p99_ms")
+    out.append(
+        _target(
+            "p99 latency at 32 connections (forest)",
+            measured=p99,
+            unit="ms",
+            baseline=_get(noop32, "p99_ms"),
+            baseline_name="BentoML no-op p99",
+            ratio=_ratio(p99, _get(noop32, "p99_ms")),
+            goal="<= 50 ms",
+            met=_cmp(p99, "<=", 50.0),
+        )
+    )
+    svc = _get(r, "batch", "service", "rows_per_s")
+    inp = _get(r, "batch", "in_process", "rows_per_s")
+    ratio = _ratio(svc, inp)
+    out.append(
+        _target(
+            "batch throughput, 1,000-row requests",
+            measured=svc,
+            unit="rows/s",
+            baseline=inp,
+            baseline_name="in-process predict_proba",
+            ratio=ratio,
+            goal=">= 0.7x in-process",
+            met=_cmp(ratio, ">=", 0.7),
+        )
+    )
+    gap = _get(r, "retrain", "score_gap")
+    out.append(
+        _target(
+            "retrain best CV score vs exhaustive grid",
+            measured=_get(r, "retrain", "bayes", "cv_best"),
+            unit="roc_auc",
+            baseline=_get(r, "retrain", "grid", "cv_best"),
+            baseline_name="grid best",
+            ratio=None,
+            goal="within 0.001 of grid's best",
+            met=_cmp(gap, "<=", 0.001),
+            note="" if gap is None else f"gap {gap:+.5f} (grid - bayes)",
+        )
+    )
+    tr = _get(r, "retrain", "time_ratio")
+    out.append(
+        _target(
+            "retrain wall time vs exhaustive grid",
+            measured=_get(r, "retrain", "bayes", "wall_seconds"),
+            unit="s",
+            baseline=_get(r, "retrain", "grid", "wall_seconds"),
+            baseline_name="grid wall time",
+            ratio=tr,
+            goal="<= 0.3x grid's time",
+            met=_cmp(tr, "<=", 0.3),
+            note="grid timed out: ratio not computed"
+            if _get(r, "retrain", "grid", "timed_out")
+            else "",
+        )
+    )
+    total = _get(r, "monitoring", "total_cost")
+    cost = _get(r, "monitoring", "capture", "throughput_cost")
+    spread = _get(r, "monitoring", "capture", "same_config_spread")
+    note = ""
+    if cost is not None:
+        note = f"capture {cost * 100:+.1f} % throughput"
+        if spread is not None and abs(cost) < spread:
+            note += f", inside the {spread * 100:.0f} % spread of repeated runs: noise"
+        if cost < 0:
+            note += "; a negative cost counts as 0"
+    out.append(
+        _target(
+            "monitoring cost: capture throughput loss + drift CPU share",
+            measured=None if total is None else total * 100,
+            unit="%",
+            baseline=_get(r, "monitoring", "capture", "capture_off", "rps"),
+            baseline_name="capture off req/s at 32",
+            ratio=_ratio(
+                _get(r, "monitoring", "capture", "capture_on", "rps"),
+                _get(r, "monitoring", "capture", "capture_off", "rps"),
+            ),
+            goal="<= 5 %",
+            met=_cmp(total, "<=", 0.05),
+            note=note,
+        )
+    )
+    errors = _get(r, "swap", "errors")
+    out.append(
+        _target(
+            "failed requests during a swap at 32 connections",
+            measured=errors,
+            unit="requests",
+            baseline=None,
+            goal="0",
+            met=None
+            if errors is None
+            else errors == 0 and _get(r, "swap", "serving_after") == _get(r, "swap", "to_version"),
+            note=f"of {_get(r, 'swap', 'requests')} requests",
+        )
+    )
+    sp, st = _get(r, "swap", "swap_p99_ms"), _get(r, "swap", "steady_p99_ms")
+    ratio = _ratio(sp, st)
+    out.append(
+        _target(
+            "p99 during a swap vs steady state (32 connections)",
+            measured=sp,
+            unit="ms",
+            baseline=st,
+            baseline_name="steady p99",
+            ratio=ratio,
+            goal="<= 2x steady",
+            met=_cmp(ratio, "<=", 2.0),
+        )
+    )
+    cold = _get(r, "cold_start", "champion", "seconds")
+    noop_cold = _get(r, "cold_start", "noop", "seconds")
+    out.append(
+        _target(
+            "cold start to ready (process start -> /readyz 200)",
+            measured=cold,
+            unit="s",
+            baseline=noop_cold,
+            baseline_name="BentoML no-op",
+            ratio=_ratio(cold, noop_cold),
+            goal="<= 10 s",
+            met=_cmp(cold, "<=", 10.0),
+        )
+    )
+    return out
+
+
+# -- Markdown ----------------------------------------------------------------------------------
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _status(met: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: "not measured"}[met]
+
+
+def _reading(r: dict[str, Any]) -> list[str]:
+    """Facts computed from the results that explain the targets (no opinions, no constants)."""
+    out = []
+    one = _get(r, "batch", "in_process_one_row", "ms_per_call")
+    c1 = _get(r, "single_row", "champion", "1")
+    c32 = _get(r, "single_row", "champion", "32")
+    noop32 = _get(r, "single_row", "noop", "32")
+    if one:
+        text = (
+            f"**The model sets the ceiling.** One in-process single-row `predict_proba` of the "
+            f"forest took {one:.1f} ms on the server's core, i.e. roughly {1000 / one:.0f} "
+            "pipeline calls/s on one core before any HTTP, validation or capture; the champion "
+            "service calls the pipeline twice per request (`predict` and `predict_proba`)."
+        )
+        if c1:
+            text += (
+                f" At one connection the whole champion request took p50 {c1['p50_ms']:.1f} ms "
+                f"({c1['rps']:.0f} req/s)."
+            )
+        if noop32:
+            text += (
+                f' The no-op answered {noop32["rps"]:.0f} req/s, so "≥ 0.8× no-op" asks for '
+                f"{0.8 * noop32['rps']:.0f} req/s, {1000 / (0.8 * noop32['rps']):.1f} ms per "
+                "request all included: below the cost of one call of this model."
+            )
+        out.append(text)
+    ratio = _get(r, "batch", "ratio")
+    if ratio is not None:
+        out.append(
+            f"**Batch.** 1,000-row requests reach {ratio:.2f}x the in-process rows/s. The service "
+            "runs the pipeline twice per request (`predict`, then `predict_proba`, each a full "
+            "pass of the forest), which alone caps the ratio near 0.5 before any JSON parsing, "
+            "validation or capture."
+        )
+    if c32:
+        need = 32 / 0.050
+        out.append(
+            "**Latency at 32 connections is throughput in disguise.** With 32 closed-loop "
+            "connections the mean latency is 32 / throughput (Little's law): a mean under 50 ms, "
+            f"let alone a p99, needs more than {need:.0f} req/s from the one worker. The champion "
+            f"gives {c32['rps']:.0f} req/s, hence a mean of about {32 / c32['rps'] * 1000:.0f} ms "
+            f"(measured p50 {c32['p50_ms']:.0f} ms, p99 {c32['p99_ms']:.0f} ms)."
+        )
+    return out
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    meta = r.get("meta", {})
+    m = meta.get("machine", {})
+    v = meta.get("versions", {})
+    setup = r.get("setup", {})
+    lines: list[str] = []
+    add = lines.append
+    add("# Performance")
+    add("")
+    add(
+        f"Measured by `python -m benchmarks.run{' --quick' if meta.get('mode') == 'quick' else ''}`"
+        f" ({meta.get('mode')} mode) on {meta.get('started_at', '?')[:10]}, "
+        f"{meta.get('wall_seconds', '?')} s wall time. Every figure comes from that one run; "
+        "the raw numbers are in the JSON file written next to it."
+    )
+    add("")
+    add(
+        "**The machine was shared and loaded**: other tenants ran on the same cores during "
+        f"the run (load average {m.get('loadavg_start')} at the start, "
+        f"{m.get('loadavg_end')} at the end, on {m.get('nproc')} cores). Absolute figures "
+        "are noisy and lower than on a quiet machine; ratios taken from back-to-back runs are "
+        "more telling than the figures themselves. No test asserts a timing."
+    )
+    add("")
+    add("| machine | |")
+    add("|---|---|")
+    add(f"| cores (nproc) | {m.get('nproc')} |")
+    add(f"| CPU | {m.get('cpu_model')} |")
+    add(f"| memory | {_f(m.get('memory_mb'), 0)} MB |")
+    add(
+        "| software | Python "
+        + v.get("python", "?")
+        + ", "
+        + ", ".join(f"{k} {v[k]}" for k in ("bentoml", "mlflow", "scikit-learn", "numpy") if k in v)
+        + " |"
+    )
+    pin = meta.get("pinning", {})
+    add(f"| load generator | {meta.get('loadgen')} |")
+    add(
+        "| pinning | "
+        + (
+            f"load generator on CPU {pin.get('load')}, server on CPU {pin.get('server')} "
+            f"({pin.get('tool')})"
+            if pin.get("server") is not None
+            else "none (fewer than two usable cores or no taskset)"
+        )
+        + " |"
+    )
+    models = setup.get("models", {})
+    desc = "; ".join(
+        f"{k}: v{x.get('version')} {x.get('candidate', {}).get('family', '')} "
+        f"{x.get('candidate', {}).get('params', '')}"
+        for k, x in models.items()
+    )
+    add(f"| models | {desc} |")
+    extra = setup.get("extra_batches_for_gbt")
+    add(
+        f"| data | demo stream (`champion simulate`), {setup.get('demo_batches')} batches x "
+        f"{setup.get('rows_per_batch')} rows"
+        + (f" (+{extra} batch on which the gbt version was trained)" if extra else "")
+        + " |"
+    )
+    add("")
+    add("## Targets")
+    add("")
+    add("| target | measured | baseline | ratio | goal | status |")
+    add("|---|---|---|---|---|---|")
+    for t in r.get("targets", []):
+        base = (
+            f"{_f(t['baseline'], 3)} ({t['baseline_name']})" if t["baseline"] is not None else "–"
+        )
+        note = f" — {t['note']}" if t.get("note") else ""
+        add(
+            f"| {t['name']} | {_f(t['measured'], 3)} {t['unit']}{note} | {base} | "
+            f"{_f(t['ratio'], 3)} | {t['goal']} | {_status(t['met'])} |"
+        )
+    add("")
+
+    reading = _reading(r)
+    if reading:
+        add("## Reading the numbers")
+        add("")
+        for para in reading:
+            add(para)
+            add("")
+
+    # 1. single row
+    add("## 1. Single-row requests")
+    add("")
+    plan = meta.get("plan", {})
+    add(
+        f"Closed-loop load, {plan.get('seconds_per_level')} s per level; one worker per server; "
+        "the champion service with the scheduler off, capture on, alias poll every 1 s. "
+        'The no-op, naive and champion services get `{"instances": [row]}`; '
+        '`mlflow models serve` gets `{"dataframe_records": [row]}` and computes `predict` only.'
+    )
+    add("")
+    add("| service | connections | req/s | p50 ms | p99 ms | errors | vs no-op | vs mlflow |")
+    add("|---|---|---|---|---|---|---|---|")
+    single = r.get("single_row", {})
+    labels = {
+        "champion": "champion (forest)",
+        "champion_gbt": "champion (gbt)",
+        "noop": "BentoML no-op",
+        "naive": "naive BentoML + skops",
+        "mlflow": "mlflow models serve",
+    }
+    for key, label in labels.items():
+        levels = single.get(key)
+        if not isinstance(levels, dict) or "skipped" in levels or "error" in levels:
+            reason = (levels or {}).get("skipped") or (levels or {}).get("error") or "not run"
+            add(f"| {label} | – | – | – | – | – | – | {reason} |")
+            continue
+        for c, res in levels.items():
+            if not isinstance(res, dict):
+                continue
+            noop = _get(single, "noop", c, "rps")
+            mlf = _get(single, "mlflow", c, "rps")
+            add(
+                f"| {label} | {c} | {_f(res.get('rps'))} | {_f(res.get('p50_ms'))} | "
+                f"{_f(res.get('p99_ms'))} | {res.get('errors')} | "
+                f"{_f(_ratio(res.get('rps'), noop), 2)} | {_f(_ratio(res.get('rps'), mlf), 2)} |"
+            )
+    add("")
+
+    # 2. batch
+    b = r.get("batch", {})
+    add("## 2. 1,000-row requests")
+    add("")
+    svc = b.get("service") or {}
+    add("| what | rows/s | req/s | p99 ms | errors | vs in-process |")
+    add("|---|---|---|---|---|---|")
+    inp = b.get("in_process") or {}
+    add(
+        f"| champion service (forest), {svc.get('connections', '?')} connections | "
+        f"{_f(svc.get('rows_per_s'), 0)} | {_f(svc.get('rps'))} | {_f(svc.get('p99_ms'))} | "
+        f"{svc.get('errors')} | {_f(b.get('ratio'), 3)} |"
+    )
+    gbt = b.get("service_gbt") or {}
+    if "rows_per_s" in gbt:
+        add(
+            f"| champion service (gbt), {gbt.get('connections', '?')} connections | "
+            f"{_f(gbt.get('rows_per_s'), 0)} | {_f(gbt.get('rps'))} | {_f(gbt.get('p99_ms'))} | "
+            f"{gbt.get('errors')} | – |"
+        )
+    add(
+        f"| in-process `pipeline.predict_proba(DataFrame)` (forest, one core) | "
+        f"{_f(inp.get('rows_per_s'), 0)} | {_f(_ratio(inp.get('rows_per_s'), 1000))} | – | – | 1 |"
+    )
+    one = b.get("in_process_one_row") or {}
+    if one:
+        add("")
+        add(
+            f"For scale: in process, one single-row `predict_proba` of the forest takes "
+            f"{_f(one.get('ms_per_call'), 2)} ms ({_f(one.get('rows_per_s'))} calls/s on one core)."
+        )
+    add("")
+
+    # 3. monitoring
+    mon = r.get("monitoring", {})
+    cap = mon.get("capture") or {}
+    drift = mon.get("drift") or {}
+    add("## 3. Monitoring cost")
+    add("")
+    if "capture_on" in cap:
+        add(
+            "Two champion servers (forest), one with `CHAMPION_CAPTURE_SAMPLE_RATE=0`, on the "
+            "same core; 32 connections, runs interleaved (on, off, on, off, ...)."
+        )
+        add("")
+        add("| capture | req/s | median p99 ms | errors |")
+        add("|---|---|---|---|")
+        for k in ("capture_on", "capture_off"):
+            x = cap[k]
+            add(
+                f"| {k.split('_')[1]} | {_f(x['rps'])} | {_f(x['p99_ms_median'])} | {x['errors']} |"
+            )
+        add("")
+        runs = {
+            k: ", ".join(_f(x.get("rps")) for x in cap[k]["runs"])
+            for k in ("capture_on", "capture_off")
+        }
+        add(
+            f"Throughput cost of capture: {_f((cap.get('throughput_cost') or 0) * 100, 2)} % "
+            f"(req/s of the single runs: on {runs['capture_on']}; off {runs['capture_off']}; "
+            f"largest spread between runs of one configuration "
+            f"{_f((cap.get('same_config_spread') or 0) * 100, 1)} %). A difference smaller than "
+            "that spread is noise on this machine, not a cost."
+        )
+    else:
+        add(f"Capture on/off: {cap.get('skipped') or cap.get('error') or 'not measured'}.")
+    add("")
+    if "evaluate_seconds_median" in drift:
+        share = mon.get("drift_cpu_share") or 0.0
+        interval = mon.get("monitor_interval_seconds") or 60.0
+        add(
+            f"Drift evaluation (`monitoring.drift.evaluate`, profile from "
+            f"`monitoring.profile.build_profile`): {drift['features']} numeric features, a "
+            f"{drift['window_rows']:,}-row window against a {drift['reference_rows']:,}-row "
+            f"reference: {_f(drift['evaluate_seconds_median'] * 1000)} ms (median of "
+            f"{len(drift['evaluate_seconds_all'])}), i.e. {_f(share * 100, 3)} % of one core at "
+            f"the default `CHAMPION_MONITOR_SECONDS={interval:.0f}`."
+        )
+    else:
+        add(f"Drift evaluation: {drift.get('error', 'not measured')}.")
+    add("")
+    if mon.get("total_cost") is not None:
+        add(f"Total monitoring cost (capture + drift): {_f(mon['total_cost'] * 100, 2)} %.")
+        add("")
+
+    # 4. swap
+    s = r.get("swap", {})
+    add("## 4. Champion swap under load")
+    add("")
+    if "windows" in s:
+        add(
+            f"One continuous run at 32 connections on the champion service (wrk, one connection "
+            f"per thread, every request recorded). {s['promote_at_s']:.1f} s into it "
+            f"`training.actions.promote` moves the alias v{s['from_version']} → "
+            f"v{s['to_version']} (forest → gbt); the worker notices within its 1 s poll, "
+            "downloads, verifies and warms the new model in the background while serving, then "
+            "swaps one reference. Windows are by completion time: steady = after a 1 s ramp up "
+            "to the promotion call; swap = from the call to 1 s after the last answer by the old "
+            "version; after = the rest."
+        )
+        add("")
+        add("| window | seconds | answers | failed | req/s | p50 ms | p99 ms | max ms | versions |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        for name, w in s["windows"].items():
+            add(
+                f"| {name} | {_f(w['seconds'])} | {w['requests']} | {w['failed']} | "
+                f"{_f(w['rps'])} | {_f(w['p50_ms'])} | {_f(w['p99_ms'])} | {_f(w['max_ms'])} | "
+                f"{w['versions']} |"
+            )
+        add("")
+        add(
+            f"Failed requests over the whole run (HTTP errors and socket errors/timeouts): "
+            f"{s['errors']} of {s['requests']}. The promotion call took "
+            f"{s.get('promote_seconds')} s (it loads and verifies the model before moving the "
+            f"alias); the first answer by v{s['to_version']} came "
+            f"{s.get('first_new_answer_s')} s after the call, the last by v{s['from_version']} "
+            f"{s.get('last_old_answer_s')} s after it; serving v{s.get('serving_after')} "
+            "afterwards."
+        )
+    else:
+        add(f"Not measured: {s.get('skipped') or s.get('error')}.")
+    add("")
+
+    # 5. cold start and memory
+    add("## 5. Cold start and memory")
+    add("")
+    add(
+        "| service | cold start s | worker RSS at ready MB | worker RSS after load MB "
+        "| all processes RSS MB |"
+    )
+    add("|---|---|---|---|---|")
+    for k, x in r.get("cold_start", {}).items():
+        if "error" in x and x.get("seconds") is None:
+            add(f"| {labels.get(k, k)} | {x.get('error')} | | | |")
+            continue
+        extra = (
+            f" (2nd sample {x['second_sample_seconds']:.2f})"
+            if x.get("second_sample_seconds")
+            else ""
+        )
+        add(
+            f"| {labels.get(k, k)} | {_f(x.get('seconds'), 2)}{extra} | "
+            f"{_f(x.get('worker_rss_mb_at_ready'))} | {_f(x.get('worker_rss_mb_after_load'))} | "
+            f"{_f(x.get('tree_rss_mb_after_load'))} |"
+        )
+    add("")
+    add(
+        "Cold start is process start to the first 200 from `/readyz` (`/ping` for mlflow); for "
+        "the champion that includes reading the registry, downloading, verifying and warming "
+        "the model. RSS is VmRSS of the worker process; the whole tree adds the BentoML "
+        "supervisor (shared pages counted twice)."
+    )
+    add("")
+
+    # 6. retraining
+    rt = r.get("retrain", {})
+    add("## 6. Retraining")
+    add("")
+    if "bayes" in rt:
+        add(
+            f"One `champion retrain` (a subprocess, pinned to one core) on the demo data "
+            f"({rt.get('demo_rows')} rows), each in a fresh project: the shipped `champion.toml` "
+            "(Optuna TPE, its trial and time budget) against strategy `grid` over the same "
+            "spaces, families and folds with an unbounded trial budget."
+        )
+        add("")
+        add("| search | wall s | tuning s | trials | best cv_roc_auc_mean | best candidate |")
+        add("|---|---|---|---|---|---|")
+        for k in ("bayes", "grid"):
+            x = rt.get(k) or {}
+            if "skipped" in x:
+                add(f"| {k} | {x['skipped']} | | | | |")
+                continue
+            timed = " (timed out)" if x.get("timed_out") else ""
+            add(
+                f"| {k} | {_f(x.get('wall_seconds'))}{timed} | {_f(x.get('tuning_seconds'))} | "
+                f"{_f(x.get('trials'), 0)} | {_f(x.get('cv_best'), 5)} | "
+                f"`{x.get('best_candidate')}` |"
+            )
+        add("")
+        add(
+            f"Score gap (grid − bayes): {_f(rt.get('score_gap'), 5)}; time ratio (bayes / grid): "
+            f"{_f(rt.get('time_ratio'), 3)}."
+        )
+    else:
+        add(f"Not measured: {rt.get('skipped') or rt.get('error')}.")
+    add("")
+    add("## Reproduce")
+    add("")
+    add("```sh")
+    add("make bench        # full run (10-15 min): benchmarks/results.json, docs/performance.md")
+    add("make bench-quick  # seconds: champion + no-op, one level, no mlflow serve, no grid")
+    add("```")
+    add("")
+    return "\n".join(lines)

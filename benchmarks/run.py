@@ -1,0 +1,987 @@
+"""Benchmark the champion service against its baselines; write JSON and a Markdown report.
+
+    python -m benchmarks.run [--quick] [--out benchmarks/results.json]
+                             [--markdown docs/performance.md]
+
+One run builds its own temporary project (demo data from `champion simulate`, a random-forest
+champion and a gradient-boosting version registered by `training.cycle` from contracts whose
+search space admits one candidate each) and measures:
+
+1. single-row serving at 1, 8 and 32 connections (wrk + a Lua POST script; a Python
+   asyncio + httpx generator only when wrk cannot be installed), load generator pinned to one
+   core and server to the other, for: the champion service (1 worker, scheduler off, capture
+   on), a BentoML no-op service (the framework's ceiling), a naive BentoML service
+   (skops + predict_proba per request) and `mlflow models serve` on the same version;
+2. 1,000-row requests against the in-process `pipeline.predict_proba` on the same rows;
+3. capture on vs off (interleaved, two servers) and the drift evaluation time of 30 numeric
+   features over a 10,000-row window;
+4. a champion swap (training.actions.promote) under 32 connections, in 1-second slices;
+5. cold start (process start to /readyz 200) and resident memory per worker;
+6. one `champion retrain` with the shipped contract (bayes) against an exhaustive grid over
+   the same space and folds.
+
+Every server is started in its own process group and stopped in a `finally`. Nothing here
+asserts a timing: targets are reported as met / not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from benchmarks.load import LoadGen, LoadResult, ensure_wrk, wrk_version
+from benchmarks.project import (
+    ROOT,
+    BenchProject,
+    champion_exe,
+    demo_rows,
+    forced_raw,
+    grid_raw,
+    shipped_raw,
+)
+from benchmarks.report import evaluate_targets, render_markdown
+from benchmarks.servers import Server, free_port, pin_prefix, serving, stop, worker_memory
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    seconds: float  # per concurrency level
+    levels: tuple[int, ...]
+    batch_seconds: float
+    batch_connections: int
+    capture_rounds: int  # interleaved capture-on / capture-off runs of `seconds` each
+    swap: bool
+    swap_seconds: float  # one continuous run at 32 connections ...
+    swap_lead_seconds: float  # ... with the promotion this far into it
+    settle_seconds: float  # pause between runs: the server drains what the last run left
+    services: tuple[str, ...]
+    gbt: bool  # serve the gradient-boosting version after the swap
+    retrain: bool
+    grid: bool
+    demo_batches: int
+    demo_rows: int
+    setup_folds: int
+    drift_repeats: int
+    in_process_seconds: float
+    warmup_seconds: float
+    grid_timeout: float
+
+
+QUICK = Plan(
+    quick=True,
+    seconds=1,
+    levels=(32,),
+    batch_seconds=1,
+    batch_connections=4,
+    capture_rounds=0,
+    swap=True,
+    swap_seconds=5,
+    swap_lead_seconds=1.5,
+    settle_seconds=0.5,
+    services=("champion", "noop"),
+    gbt=False,
+    retrain=False,
+    grid=False,
+    demo_batches=2,
+    demo_rows=600,
+    setup_folds=2,
+    drift_repeats=3,
+    in_process_seconds=1,
+    warmup_seconds=0,
+    grid_timeout=0,
+)
+
+FULL = Plan(
+    quick=False,
+    seconds=10,
+    levels=(1, 8, 32),
+    batch_seconds=10,
+    batch_connections=4,
+    capture_rounds=3,
+    swap=True,
+    swap_seconds=15,
+    swap_lead_seconds=5,
+    settle_seconds=1.5,
+    services=("champion", "noop", "naive", "mlflow"),
+    gbt=True,
+    retrain=True,
+    grid=True,
+    demo_batches=4,
+    demo_rows=1000,
+    setup_folds=3,
+    drift_repeats=7,
+    in_process_seconds=10,
+    warmup_seconds=1,
+    grid_timeout=480,
+)
+
+
+def say(message: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# -- machine facts --------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    mem_mb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_mb = round(int(line.split()[1]) / 1024)
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    return {
+        "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_mb": mem_mb,
+        "kernel": platform.release(),
+        "loadavg_start": loadavg(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("bentoml", "mlflow", "scikit-learn", "numpy", "pandas", "skops", "fastapi"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, plan: Plan, *, work: Path, loadgen: LoadGen, cpus: dict[str, Any]):
+        self.plan = plan
+        self.work = work
+        self.loadgen = loadgen
+        self.cpus = cpus
+        self.project = BenchProject(work / "project")
+        self.logs = work / "logs"
+        self.versions: dict[str, str] = {}
+        self.bodies: dict[str, Path] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def setup(self) -> dict[str, Any]:
+        plan, project = self.plan, self.project
+        t0 = time.monotonic()
+        project.write_contract(forced_raw("forest", folds=plan.setup_folds))
+        project.simulate(batches=plan.demo_batches, rows=plan.demo_rows)
+        say(f"demo data: {plan.demo_batches} batches x {plan.demo_rows} rows; registering forest")
+        forest = project.cycle()
+        if forest.verdict.value != "PROMOTE" or not forest.version:
+            raise RuntimeError(f"the forest champion was not promoted: {forest.reason}")
+        self.versions["forest"] = forest.version
+        if plan.gbt or plan.swap:
+            # A second version to swap to: one more batch, the gradient-boosting candidate.
+            project.simulate(batches=1, rows=plan.demo_rows, seed=8)
+            project.write_contract(forced_raw("gbt", folds=plan.setup_folds))
+            say("registering gbt")
+            gbt = project.cycle()
+            if not gbt.version:
+                raise RuntimeError(f"the gbt version was not registered: {gbt.reason}")
+            self.versions["gbt"] = gbt.version
+            project.write_contract(forced_raw("forest", folds=plan.setup_folds))
+            project.promote(self.versions["forest"], reason="benchmark: forest is the champion")
+        contract = project.contract()
+        frame = project.demo_frame()
+        self.rows = demo_rows(frame, contract, 1000)
+        bodies = self.work / "bodies"
+        bodies.mkdir(parents=True, exist_ok=True)
+        for name, payload in {
+            "one": {"instances": self.rows[:1]},
+            "batch": {"instances": self.rows[:1000]},
+            "mlflow_one": {"dataframe_records": self.rows[:1]},
+        }.items():
+            path = bodies / f"{name}.json"
+            path.write_text(json.dumps(payload), encoding="utf-8")
+            self.bodies[name] = path
+        registry = project.registry()
+        models = {}
+        for scenario, v in self.versions.items():
+            ref = registry.version(v)
+            models[scenario] = {"version": v, "candidate": json.loads(ref.candidate_json or "{}")}
+        return {
+            "seconds": round(time.monotonic() - t0, 1),
+            "demo_batches": plan.demo_batches,
+            "extra_batches_for_gbt": 1 if "gbt" in self.versions else 0,
+            "rows_per_batch": plan.demo_rows,
+            "model_name": contract.project.name,
+            "models": models,
+            "champion": project.champion_version(),
+            "request_row": self.rows[0],
+        }
+
+    # -- servers ------------------------------------------------------------------------------
+
+    def _bentoml(self) -> str:
+        return str(Path(sys.executable).with_name("bentoml"))
+
+    def champion_server(self, name: str, **env: str) -> contextlib.AbstractContextManager[Server]:
+        port = free_port()
+        full_env = self.project.env(
+            BENTOML_CONFIG_OPTIONS="services.champion.workers=1",
+            CHAMPION_SCHEDULER="false",
+            CHAMPION_POLL_SECONDS="1",
+            **env,
+        )
+        return serving(
+            name,
+            [
+                self._bentoml(),
+                "serve",
+                "service.app:Champion",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            port=port,
+            cwd=self.project.root,
+            env=full_env,
+            log_dir=self.logs,
+            ready_path="/readyz",
+            cpu=self.cpus["server"],
+        )
+
+    def bento_baseline(self, name: str, target: str, service_name: str, **env: str) -> Any:
+        port = free_port()
+        full_env = self.project.env(
+            BENTOML_CONFIG_OPTIONS=f"services.{service_name}.workers=1", **env
+        )
+        return serving(
+            name,
+            [
+                self._bentoml(),
+                "serve",
+                target,
+                "--working-dir",
+                str(ROOT),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            port=port,
+            cwd=ROOT,
+            env=full_env,
+            log_dir=self.logs,
+            ready_path="/readyz",
+            cpu=self.cpus["server"],
+        )
+
+    def mlflow_server(self, model_version: str) -> Any:
+        port = free_port()
+        bindir = str(Path(sys.executable).parent)
+        env = self.project.env(
+            MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true",  # our own skops file, trusted here
+            PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+        )
+        name = self.project.contract().project.name
+        return serving(
+            "mlflow",
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{name}/{model_version}",
+                "--env-manager",
+                "local",
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--workers",
+                "1",
+            ],
+            port=port,
+            cwd=self.project.root,
+            env=env,
+            log_dir=self.logs,
+            ready_path="/ping",
+            cpu=self.cpus["server"],
+        )
+
+    # -- load helpers -------------------------------------------------------------------------
+
+    def warm(self, url: str, body: Path) -> None:
+        import httpx
+
+        content = body.read_bytes()
+        with httpx.Client(timeout=30) as client:
+            for _ in range(10):
+                r = client.post(url, content=content, headers={"Content-Type": "application/json"})
+                if r.status_code != 200:
+                    raise RuntimeError(f"warm-up POST {url}: {r.status_code} {r.text[:300]}")
+        if self.plan.warmup_seconds:
+            self.loadgen.run(url, body, connections=8, seconds=self.plan.warmup_seconds)
+
+    def sweep(self, url: str, body: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for c in self.plan.levels:
+            time.sleep(self.plan.settle_seconds)
+            r = self.loadgen.run(url, body, connections=c, seconds=self.plan.seconds)
+            say(
+                f"  {c:>2} conns: {r.rps:8.1f} req/s  p50 {r.p50_ms} ms  p99 {r.p99_ms} ms  "
+                f"errors {r.errors}"
+            )
+            out[str(c)] = r.to_dict()
+        return out
+
+    def batch_load(self, url: str) -> dict[str, Any]:
+        time.sleep(self.plan.settle_seconds)
+        r = self.loadgen.run(
+            url,
+            self.bodies["batch"],
+            connections=self.plan.batch_connections,
+            seconds=self.plan.batch_seconds,
+        )
+        d = r.to_dict()
+        d["rows_per_request"] = 1000
+        d["rows_per_s"] = round(r.ok * 1000 / r.seconds, 1) if r.seconds else 0.0
+        say(f"  batch: {d['rows_per_s']:.0f} rows/s ({r.rps:.1f} req/s, errors {r.errors})")
+        return d
+
+    # -- 1, 2, 3, 4, 5 on the champion ----------------------------------------------------------
+
+    def champion_suite(self, out: dict[str, Any]) -> None:
+        """Fills `out` as it goes, so a failure late in the suite keeps what was measured."""
+        plan = self.plan
+        say("champion service (forest, capture on)")
+        with self.champion_server("champion") as a:
+            pid = a.ready_body.get("pid") if isinstance(a.ready_body, dict) else None
+            out["cold_start"] = {
+                "seconds": round(a.ready_seconds or 0, 3),
+                "ready_body": a.ready_body,
+                "memory_at_ready": worker_memory(a, pid),
+            }
+            say(f"  ready in {a.ready_seconds:.2f}s")
+            url = f"{a.base}/predict"
+            self.warm(url, self.bodies["one"])
+            step(out, "single_row", lambda: self.sweep(url, self.bodies["one"]))
+            step(out, "batch", lambda: self.batch_load(url))
+            # The in-process baseline right away, on the same (now idle) core as the server.
+            time.sleep(plan.settle_seconds)
+            step(out, "in_process", self.in_process)
+            if plan.capture_rounds:
+                step(out, "capture", lambda: self.capture_compare(a))
+            if plan.swap and "gbt" in self.versions:
+                step(out, "swap", lambda: self.swap(a))
+            else:
+                out["swap"] = {"skipped": "no second version registered"}
+            if plan.gbt and "gbt" in self.versions and a.proc.poll() is None:
+                say("champion service (gbt, after the swap)")
+                self.warm(url, self.bodies["one"])
+                step(out, "gbt_single_row", lambda: self.sweep(url, self.bodies["one"]))
+                step(out, "gbt_batch", lambda: self.batch_load(url))
+            out["memory_after_load"] = worker_memory(a, pid)
+
+    def capture_compare(self, a: Server) -> dict[str, Any]:
+        """Capture on (server a) vs off (server b), 32 connections, runs interleaved a b a b."""
+        say("capture off: second champion server, interleaved runs at 32 connections")
+        with self.champion_server("champion-nocapture", CHAMPION_CAPTURE_SAMPLE_RATE="0") as b:
+            self.warm(f"{b.base}/predict", self.bodies["one"])
+            on: list[LoadResult] = []
+            off: list[LoadResult] = []
+            for _ in range(self.plan.capture_rounds):
+                for server, into in ((a, on), (b, off)):
+                    time.sleep(self.plan.settle_seconds)
+                    into.append(
+                        self.loadgen.run(
+                            f"{server.base}/predict",
+                            self.bodies["one"],
+                            connections=32,
+                            seconds=self.plan.seconds / 2,
+                        )
+                    )
+            cold_b = b.ready_seconds
+
+        def agg(runs: list[LoadResult]) -> dict[str, Any]:
+            secs = sum(r.seconds for r in runs)
+            return {
+                "rps": round(sum(r.requests for r in runs) / secs, 3) if secs else 0.0,
+                "p99_ms_median": statistics.median(r.p99_ms or 0 for r in runs),
+                "errors": sum(r.errors for r in runs),
+                "runs": [r.to_dict() for r in runs],
+            }
+
+        res_on, res_off = agg(on), agg(off)
+        cost = 1 - res_on["rps"] / res_off["rps"] if res_off["rps"] else None
+        # Run-to-run spread of one configuration: differences below it are noise.
+        spreads = [
+            (max(r.rps for r in runs) - min(r.rps for r in runs))
+            / statistics.mean(r.rps for r in runs)
+            for runs in (on, off)
+            if len(runs) > 1 and statistics.mean(r.rps for r in runs) > 0
+        ]
+        say(f"  capture on {res_on['rps']:.1f} req/s, off {res_off['rps']:.1f} req/s")
+        return {
+            "connections": 32,
+            "capture_on": res_on,
+            "capture_off": res_off,
+            "throughput_cost": None if cost is None else round(cost, 4),
+            "same_config_spread": round(max(spreads), 4) if spreads else None,
+            "capture_off_cold_start_seconds": round(cold_b or 0, 3),
+        }
+
+    def swap(self, a: Server) -> dict[str, Any]:
+        """Promote gbt during one continuous 32-connection run that records every request.
+
+        Windows on the run's own timeline: steady (after a 1 s ramp, before the promotion),
+        swap (from the promotion call until 1 s after the last answer from the old version),
+        after (the rest).
+        """
+        plan = self.plan
+        old, new = self.versions["forest"], self.versions["gbt"]
+        url = f"{a.base}/predict"
+        say(f"swap under load: v{old} -> v{new} at 32 connections, {plan.swap_seconds:g}s run")
+        time.sleep(plan.settle_seconds)
+        promo: dict[str, Any] = {}
+        go = threading.Event()
+
+        def promote() -> None:
+            if not go.wait(timeout=plan.swap_lead_seconds + 30):
+                return
+            time.sleep(plan.swap_lead_seconds)
+            promo["started"] = time.monotonic()
+            try:
+                self.project.promote(new, reason="benchmark: swap under load")
+            except Exception as exc:  # reported, not raised: the measurement goes on
+                promo["error"] = repr(exc)
+            promo["ended"] = time.monotonic()
+
+        thread = threading.Thread(target=promote, daemon=True)
+        thread.start()
+        go.set()
+        run = self.loadgen.run(
+            url,
+            self.bodies["one"],
+            connections=32,
+            seconds=plan.swap_seconds,
+            record=self.work / "swap-records.tsv",
+        )
+        thread.join(timeout=60)
+        records = run.records or []
+        import httpx
+
+        served: dict[str, Any] = {}
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            served = httpx.get(f"{a.base}/readyz", timeout=5).json()
+        if not records or "started" not in promo:
+            return {"error": "no records or no promotion", "run": run.to_dict(), **promo}
+        t0 = records[0][0]
+        p0 = promo["started"]
+        ends_old = [s + lat / 1000 for s, lat, _, v in records if v == old]
+        ends_new = [s + lat / 1000 for s, lat, _, v in records if v == new]
+        last_old = max(ends_old, default=p0)
+        first_new = min(ends_new, default=None)
+        swap_end = max(last_old, first_new or p0) + 1.0
+
+        def window(lo: float, hi: float) -> dict[str, Any]:
+            sel = [r for r in records if lo <= r[0] + r[1] / 1000 < hi]
+            return summarize(sel, hi - lo)
+
+        end = max(s + lat / 1000 for s, lat, _, _ in records)
+        steady = window(t0 + 1.0, p0)
+        during = window(p0, swap_end)
+        after = window(swap_end, end)
+        socket_errors = sum(
+            v for k, v in run.error_kinds.items() if k in ("connect", "read", "write", "timeout")
+        )
+        failed = sum(1 for r in records if r[2] != 200) + socket_errors
+        say(
+            f"  swap: {failed} failed of {run.requests}; p99 steady {steady['p99_ms']} ms, "
+            f"during {during['p99_ms']} ms, after {after['p99_ms']} ms; "
+            f"serving v{served.get('model_version')}"
+        )
+        return {
+            "connections": 32,
+            "from_version": old,
+            "to_version": new,
+            "run_seconds": round(run.seconds, 2),
+            "promote_at_s": round(p0 - t0, 3),
+            "promote_seconds": round(promo["ended"] - p0, 3) if "ended" in promo else None,
+            "promote_error": promo.get("error"),
+            "first_new_answer_s": None if first_new is None else round(first_new - p0, 3),
+            "last_old_answer_s": round(last_old - p0, 3),
+            "windows": {"steady": steady, "swap": during, "after": after},
+            "whole_run": run.to_dict(),
+            "swap_p99_ms": during["p99_ms"],
+            "steady_p99_ms": steady["p99_ms"],
+            "errors": failed,
+            "requests": run.requests,
+            "serving_after": served.get("model_version"),
+            "timeline": timeline(records, t0, p0),
+        }
+
+    # -- baselines ------------------------------------------------------------------------------
+
+    def baseline(self, kind: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if kind == "noop":
+            ctx = self.bento_baseline("noop", "benchmarks.noop_service:Noop", "bench_noop")
+            path, body = "/predict", self.bodies["one"]
+        elif kind == "naive":
+            model = self.project.load(self.versions["forest"])
+            ctx = self.bento_baseline(
+                "naive",
+                "benchmarks.naive_service:Naive",
+                "bench_naive",
+                BENCH_MODEL_PATH=str(model.local_dir / "model.skops"),
+            )
+            path, body = "/predict", self.bodies["one"]
+        elif kind == "mlflow":
+            ctx = self.mlflow_server(self.versions["forest"])
+            path, body = "/invocations", self.bodies["mlflow_one"]
+        else:
+            raise ValueError(kind)
+        say(f"{kind} service")
+        with ctx as s:
+            out["cold_start"] = {
+                "seconds": round(s.ready_seconds or 0, 3),
+                "memory_at_ready": worker_memory(s),
+            }
+            say(f"  ready in {s.ready_seconds:.2f}s")
+            url = f"{s.base}{path}"
+            self.warm(url, body)
+            out["single_row"] = self.sweep(url, body)
+            out["memory_after_load"] = worker_memory(s)
+        return out
+
+    # -- in process -----------------------------------------------------------------------------
+
+    def in_process(self) -> dict[str, Any]:
+        """pipeline.predict_proba on the same 1,000 rows (and on one row), on the server's core."""
+        import pandas as pd
+        from threadpoolctl import threadpool_limits
+
+        from training.pipeline import prepare_features
+
+        model = self.project.load(self.versions["forest"])
+        contract = self.project.contract()
+        batch = prepare_features(pd.DataFrame(self.rows[:1000]), contract)
+        one = prepare_features(pd.DataFrame(self.rows[:1]), contract)
+        out: dict[str, Any] = {}
+        with pinned(self.cpus["server"]), threadpool_limits(limits=1):
+            for name, frame in (("batch", batch), ("one_row", one)):
+                model.pipeline.predict_proba(frame)  # warm
+                n, t0 = 0, time.perf_counter()
+                deadline = t0 + self.plan.in_process_seconds
+                while time.perf_counter() < deadline and n < 100_000:
+                    model.pipeline.predict_proba(frame)
+                    n += 1
+                secs = time.perf_counter() - t0
+                out[name] = {
+                    "calls": n,
+                    "seconds": round(secs, 3),
+                    "ms_per_call": round(secs / n * 1000, 3),
+                    "rows_per_s": round(n * len(frame) / secs, 1),
+                }
+        say(
+            f"in-process predict_proba: {out['batch']['rows_per_s']:.0f} rows/s (1,000-row frames)"
+            f", {out['one_row']['ms_per_call']} ms per single row"
+        )
+        return out
+
+    def drift(self) -> dict[str, Any]:
+        """monitoring.drift.evaluate: 30 numeric features, a 10,000-row window and reference."""
+        import numpy as np
+
+        from monitoring.drift import evaluate
+        from monitoring.profile import build_profile
+
+        rng = np.random.default_rng(0)
+        features, rows = 30, 10_000
+        names = [f"x{i:02d}" for i in range(features)]
+        import pandas as pd
+
+        ref = pd.DataFrame(rng.normal(size=(rows, features)), columns=names)
+        ref_scores = rng.uniform(size=rows)
+        ref_proba = np.column_stack([1 - ref_scores, ref_scores])
+        t0 = time.perf_counter()
+        profile = build_profile(
+            ref,
+            numeric=names,
+            categorical=[],
+            predictions=(ref_scores > 0.5).astype(int),
+            probabilities=ref_proba,
+            classes=[0, 1],
+        )
+        profile_s = time.perf_counter() - t0
+        # The window as the service's monitor builds it: a dict of Python lists per feature.
+        live = rng.normal(loc=0.02, size=(rows, features))
+        window = {n: live[:, i].tolist() for i, n in enumerate(names)}
+        scores = rng.uniform(size=rows)
+        predictions = np.asarray((scores > 0.5).astype(int), dtype=object)
+        times = []
+        report = None
+        with pinned(self.cpus["server"]):
+            for _ in range(self.plan.drift_repeats):
+                t0 = time.perf_counter()
+                report = evaluate(window, profile, predictions=predictions, scores=scores)
+                times.append(time.perf_counter() - t0)
+        assert report is not None
+        median = statistics.median(times)
+        say(f"drift evaluation: {median * 1000:.1f} ms (median of {len(times)})")
+        return {
+            "features": features,
+            "window_rows": rows,
+            "reference_rows": rows,
+            "build_profile_seconds": round(profile_s, 4),
+            "evaluate_seconds_median": round(median, 4),
+            "evaluate_seconds_all": [round(t, 4) for t in times],
+            "drift_share": report.drift_share,
+        }
+
+    # -- 6. retraining ----------------------------------------------------------------------------
+
+    def retrain_one(self, name: str, raw: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One `champion retrain` (a subprocess, as a user runs it) in its own fresh project."""
+        project = BenchProject(self.work / f"retrain-{name}")
+        project.write_contract(raw)
+        project.simulate(batches=self.plan.demo_batches, rows=self.plan.demo_rows)
+        log = (self.logs / f"retrain-{name}.log").open("w")
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [*pin_prefix(self.cpus["server"]), champion_exe(), "retrain", "--no-progress"],
+            cwd=project.root,
+            env=project.env(CHAMPION_LOG_LEVEL="INFO"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            stop(proc)
+            log.close()
+        wall = time.monotonic() - t0
+        runs = project.cycle_runs()
+        run = runs[-1] if runs else {"metrics": {}, "params": {}}
+        metrics = run["metrics"]
+        primary = raw["metrics"]["primary"]
+        return {
+            "strategy": raw["search"]["strategy"],
+            "wall_seconds": round(wall, 2),
+            "timed_out": timed_out,
+            "exit_code": proc.returncode,
+            "cv_best": metrics.get(f"cv_{primary}_mean"),
+            "metric": f"cv_{primary}_mean",
+            "trials": metrics.get("trials"),
+            "tuning_seconds": metrics.get("tuning_seconds"),
+            "best_candidate": run["params"].get("best_candidate"),
+            "stopped_by": run["params"].get("stopped_by"),
+        }
+
+    def retrain(self) -> dict[str, Any]:
+        plan = self.plan
+        if not plan.retrain:
+            return {"skipped": "quick mode: no retraining comparison"}
+        say("retrain: shipped contract (bayes)")
+        bayes = self.retrain_one("bayes", shipped_raw(), timeout=600)
+        say(f"  bayes: {bayes['wall_seconds']}s, best {bayes['cv_best']}")
+        out: dict[str, Any] = {"bayes": bayes, "demo_rows": plan.demo_batches * plan.demo_rows}
+        if plan.grid:
+            say(f"retrain: exhaustive grid (timeout {plan.grid_timeout:.0f}s)")
+            grid = self.retrain_one("grid", grid_raw(), timeout=plan.grid_timeout)
+            say(f"  grid: {grid['wall_seconds']}s, best {grid['cv_best']}, {grid['trials']} trials")
+            out["grid"] = grid
+            if bayes["cv_best"] is not None and grid["cv_best"] is not None:
+                out["score_gap"] = round(grid["cv_best"] - bayes["cv_best"], 5)
+            if grid["wall_seconds"] and not grid["timed_out"]:
+                out["time_ratio"] = round(bayes["wall_seconds"] / grid["wall_seconds"], 4)
+        else:
+            out["grid"] = {"skipped": "quick mode: no grid search"}
+        return out
+
+
+def summarize(records: list[Any], seconds: float) -> dict[str, Any]:
+    """Count, failures, rate and latency percentiles of recorded requests."""
+    import numpy as np
+
+    lat = np.asarray([r[1] for r in records], dtype=float)
+    have = len(lat) > 0
+    return {
+        "requests": len(records),
+        "failed": sum(1 for r in records if r[2] != 200),
+        "seconds": round(seconds, 3),
+        "rps": round(len(records) / seconds, 2) if seconds > 0 else None,
+        "p50_ms": round(float(np.percentile(lat, 50)), 2) if have else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 2) if have else None,
+        "max_ms": round(float(lat.max()), 2) if have else None,
+        "versions": dict(
+            sorted({v: sum(1 for r in records if r[3] == v) for *_, v in records}.items())
+        ),
+    }
+
+
+def timeline(records: list[Any], t0: float, p0: float, step: float = 0.5) -> list[dict[str, Any]]:
+    """Per half second of the run (by completion time): answers, failures, p99, versions."""
+    buckets: dict[int, list[Any]] = {}
+    for r in records:
+        buckets.setdefault(int((r[0] + r[1] / 1000 - t0) // step), []).append(r)
+    out = []
+    for k in sorted(buckets):
+        s = summarize(buckets[k], step)
+        out.append(
+            {"t": round(k * step, 2), "since_promote": round(t0 + k * step - p0, 2)}
+            | {key: s[key] for key in ("requests", "failed", "p99_ms", "versions")}
+        )
+    return out
+
+
+@contextlib.contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """Run this process on one core for a while (then back to where it was)."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def choose_cpus() -> dict[str, Any]:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) >= 2 and shutil.which("taskset"):
+        return {"load": cpus[0], "server": cpus[1], "tool": "taskset", "available": cpus}
+    return {"load": None, "server": None, "tool": None, "available": cpus}
+
+
+def step(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
+    """Run one section; a failure is recorded in the results and the run goes on."""
+    try:
+        results[key] = fn()
+    except Exception as exc:
+        say(f"{key} failed: {exc!r}")
+        results[key] = {"error": f"{type(exc).__name__}: {exc}"[:3000]}
+
+
+def run(plan: Plan, *, loadgen_kind: str, keep: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": "quick" if plan.quick else "full",
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "versions": package_versions(),
+            "plan": {
+                "seconds_per_level": plan.seconds,
+                "concurrency": list(plan.levels),
+                "batch_seconds": plan.batch_seconds,
+                "batch_connections": plan.batch_connections,
+                "services": list(plan.services),
+            },
+        }
+    }
+    wrk = ensure_wrk() if loadgen_kind in ("auto", "wrk") else None
+    if loadgen_kind == "wrk" and wrk is None:
+        raise SystemExit("wrk is not installed and could not be installed")
+    cpus = choose_cpus()
+    loadgen = LoadGen(wrk=wrk, cpu=cpus["load"])
+    results["meta"]["loadgen"] = wrk_version(wrk) if wrk else "python asyncio + httpx (no wrk)"
+    results["meta"]["pinning"] = cpus
+    say(f"load generator: {results['meta']['loadgen']}; pinning: {cpus}")
+    work = Path(tempfile.mkdtemp(prefix="champion-bench-"))
+    results["meta"]["workdir"] = str(work)
+    bench = Bench(plan, work=work, loadgen=loadgen, cpus=cpus)
+    champ: dict[str, Any] = {}
+    baselines: dict[str, Any] = {}
+    inproc: dict[str, Any] = {}
+    try:
+        results["setup"] = bench.setup()
+        say(f"setup done in {results['setup']['seconds']}s: {results['setup']['models']}")
+        # The runner (it only waits, and promotes during the swap) shares the load core.
+        with pinned(cpus["load"]):
+            try:
+                bench.champion_suite(champ)
+            except Exception as exc:
+                say(f"champion suite failed: {exc!r}")
+                champ["error"] = f"{type(exc).__name__}: {exc}"[:3000]
+            for kind in plan.services:
+                if kind != "champion":
+                    step(baselines, kind, functools.partial(bench.baseline, kind))
+        step(inproc, "drift", bench.drift)
+        with pinned(cpus["load"]):
+            step(results, "retrain", bench.retrain)
+    finally:
+        results["meta"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        results["meta"]["wall_seconds"] = round(time.monotonic() - started, 1)
+        results["meta"]["machine"]["loadavg_end"] = loadavg()
+        if keep:
+            say(f"kept the work folder {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    assemble(results, plan, champ, baselines, inproc)
+    results["targets"] = evaluate_targets(results)
+    return results
+
+
+def assemble(
+    results: dict[str, Any],
+    plan: Plan,
+    champ: dict[str, Any],
+    baselines: dict[str, Any],
+    inproc: dict[str, Any],
+) -> None:
+    """Lay the measurements out by question: 1 single_row ... 6 retrain."""
+
+    def get(d: dict[str, Any], *keys: str) -> Any:
+        for k in keys:
+            if not isinstance(d, dict) or k not in d:
+                return None
+            d = d[k]
+        return d
+
+    single: dict[str, Any] = {"champion": get(champ, "single_row") or champ.get("error")}
+    if plan.gbt:
+        single["champion_gbt"] = get(champ, "gbt_single_row")
+    for kind in ("noop", "naive", "mlflow"):
+        if kind in plan.services:
+            single[kind] = get(baselines, kind, "single_row") or get(baselines, kind, "error")
+        else:
+            single[kind] = {"skipped": "quick mode"}
+    results["single_row"] = single
+
+    service_batch = get(champ, "batch")
+    in_batch = get(champ, "in_process", "batch")
+    ratio = None
+    if service_batch and in_batch and in_batch.get("rows_per_s"):
+        ratio = round(service_batch["rows_per_s"] / in_batch["rows_per_s"], 4)
+    results["batch"] = {
+        "rows_per_request": 1000,
+        "service": service_batch,
+        "service_gbt": get(champ, "gbt_batch") if plan.gbt else {"skipped": "quick mode"},
+        "in_process": in_batch,
+        "in_process_one_row": get(champ, "in_process", "one_row"),
+        "ratio": ratio,
+    }
+
+    capture = get(champ, "capture") or {"skipped": "quick mode: one champion server only"}
+    drift = inproc.get("drift")
+    monitor_seconds = 60.0
+    drift_share = None
+    if isinstance(drift, dict) and "evaluate_seconds_median" in drift:
+        drift_share = round(drift["evaluate_seconds_median"] / monitor_seconds, 5)
+    total = None
+    if isinstance(capture, dict) and capture.get("throughput_cost") is not None:
+        total = round(max(capture["throughput_cost"], 0.0) + (drift_share or 0.0), 5)
+    results["monitoring"] = {
+        "capture": capture,
+        "drift": drift,
+        "monitor_interval_seconds": monitor_seconds,
+        "drift_cpu_share": drift_share,
+        "total_cost": total,
+    }
+    results["swap"] = get(champ, "swap") or {"error": champ.get("error")}
+
+    cold: dict[str, Any] = {}
+    for kind, source in [("champion", champ)] + [
+        (k, baselines.get(k, {})) for k in plan.services if k != "champion"
+    ]:
+        cs = get(source, "cold_start")
+        if cs is None:
+            cold[kind] = {"error": get(source, "error")}
+            continue
+        cold[kind] = {
+            "seconds": cs.get("seconds"),
+            "worker_rss_mb_at_ready": get(cs, "memory_at_ready", "worker_rss_mb"),
+            "worker_rss_mb_after_load": get(source, "memory_after_load", "worker_rss_mb"),
+            "tree_rss_mb_after_load": get(source, "memory_after_load", "tree_rss_mb"),
+            "processes_after_load": get(source, "memory_after_load", "processes"),
+        }
+    if isinstance(capture, dict) and capture.get("capture_off_cold_start_seconds"):
+        cold["champion"]["second_sample_seconds"] = capture["capture_off_cold_start_seconds"]
+    results["cold_start"] = cold
+    results.setdefault("retrain", {"skipped": "not run"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="seconds, not minutes: champion + no-op at 32 connections, no "
+        "mlflow serve, no retraining",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="also write the report as Markdown (e.g. docs/performance.md)",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="auto: wrk (installed with apt-get when missing), else Python",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    results = run(plan, loadgen_kind=args.loadgen, keep=args.keep)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    say(f"wrote {args.out}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(render_markdown(results), encoding="utf-8")
+        say(f"wrote {args.markdown}")
+    for t in results["targets"]:
+        mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
+        say(f"  {t['name']}: {t['measured']} (goal {t['goal']}) {mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Start a server in its own process group on a loopback port, time it to ready, always stop it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pin_prefix(cpu: int | None) -> list[str]:
+    """`taskset -c CPU` when pinning is possible, else nothing."""
+    if cpu is None or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+@dataclass
+class Server:
+    name: str
+    base: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    ready_seconds: float | None = None
+    ready_body: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def processes(self) -> list[dict[str, Any]]:
+        """The process tree (supervisor and workers) with resident and unique memory."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        out = []
+        for p in procs:
+            try:
+                with p.oneshot():
+                    cmd = " ".join(p.cmdline())
+                    mem = p.memory_full_info()
+                    out.append(
+                        {
+                            "pid": p.pid,
+                            "ppid": p.ppid(),
+                            "rss_mb": round(mem.rss / 2**20, 1),
+                            "uss_mb": round(mem.uss / 2**20, 1),
+                            "cmd": cmd[:160],
+                        }
+                    )
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return out
+
+
+def vmrss_mb(pid: int) -> float | None:
+    """VmRSS of one process from /proc/<pid>/status."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def worker_memory(server: Server, worker_pid: int | None = None) -> dict[str, Any]:
+    """RSS of the serving worker (by pid when known, else the largest leaf) and of the tree."""
+    procs = server.processes()
+    if not procs:
+        return {"processes": []}
+    if worker_pid is None:
+        parents = {p["ppid"] for p in procs}
+        leaves = [p for p in procs if p["pid"] not in parents] or procs
+        worker_pid = max(leaves, key=lambda p: p["rss_mb"])["pid"]
+    worker = next((p for p in procs if p["pid"] == worker_pid), None)
+    return {
+        "worker_pid": worker_pid,
+        "worker_rss_mb": vmrss_mb(worker_pid) if worker else None,
+        "worker_uss_mb": worker["uss_mb"] if worker else None,
+        "tree_rss_mb": round(sum(p["rss_mb"] for p in procs), 1),
+        "tree_uss_mb": round(sum(p["uss_mb"] for p in procs), 1),
+        "processes": procs,
+    }
+
+
+def _ready(base: str, path: str, check: Callable[[httpx.Response], bool] | None) -> Any:
+    try:
+        r = httpx.get(f"{base}{path}", timeout=2)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200 or (check is not None and not check(r)):
+        return None
+    try:
+        return r.json()
+    except ValueError:
+        return {"status": r.status_code, "text": r.text[:200]}
+
+
+@contextmanager
+def serving(
+    name: str,
+    argv: list[str],
+    *,
+    port: int,
+    cwd: Path,
+    env: dict[str, str],
+    log_dir: Path,
+    ready_path: str,
+    cpu: int | None = None,
+    ready_timeout: float = 180.0,
+    check: Callable[[httpx.Response], bool] | None = None,
+) -> Iterator[Server]:
+    """Run `argv` (pinned to `cpu`) in a new session; yield once `ready_path` answers 200.
+
+    `ready_seconds` is process start to the first 200 from `ready_path`. On exit the whole
+    process group gets SIGTERM, then SIGKILL after 20 s.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{port}.log"
+    log = log_path.open("wb")
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*pin_prefix(cpu), *argv],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    server = Server(name=name, base=base, proc=proc, log_path=log_path)
+    try:
+        deadline = started + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode} before ready:\n{server.log_tail()}"
+                )
+            body = _ready(base, ready_path, check)
+            if body is not None:
+                server.ready_seconds = time.monotonic() - started
+                server.ready_body = body
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{name} not ready after {ready_timeout:.0f}s:\n{server.log_tail()}"
+                )
+            time.sleep(0.05)
+        yield server
+    finally:
+        stop(proc)
+        log.close()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM the process group, then SIGKILL; never leaves it running."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    # Children that outlived the leader (same group): make sure none is left.
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
