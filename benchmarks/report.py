@@ -244,8 +244,9 @@ def _reading(r: dict[str, Any]) -> list[str]:
         text = (
             f"**The model sets the ceiling.** One in-process single-row `predict_proba` of the "
             f"forest took {one:.1f} ms on the server's core, i.e. roughly {1000 / one:.0f} "
-            "pipeline calls/s on one core before any HTTP, validation or capture; the champion "
-            "service calls the pipeline twice per request (`predict` and `predict_proba`)."
+            "calls/s on one core before any HTTP, validation or capture; the champion service "
+            "makes one such pass per request (the predicted class is the argmax of the "
+            "probabilities)."
         )
         if c1:
             text += (
@@ -260,13 +261,24 @@ def _reading(r: dict[str, Any]) -> list[str]:
             )
         out.append(text)
     ratio = _get(r, "batch", "ratio")
-    if ratio is not None:
-        out.append(
-            f"**Batch.** 1,000-row requests reach {ratio:.2f}x the in-process rows/s. The service "
-            "runs the pipeline twice per request (`predict`, then `predict_proba`, each a full "
-            "pass of the forest), which alone caps the ratio near 0.5 before any JSON parsing, "
-            "validation or capture."
+    svc_rps = _get(r, "batch", "service", "rps")
+    model_ms = _get(r, "batch", "in_process", "ms_per_call")
+    check_ms = _get(r, "batch", "validate_batch", "ms_per_call")
+    if ratio is not None and svc_rps and model_ms:
+        per_request = 1000 / svc_rps
+        text = (
+            f"**Batch.** 1,000-row requests reach {ratio:.2f}x the in-process rows/s. With the "
+            f"one worker always busy, each request occupies it {per_request:.0f} ms: the model's "
+            f"pass takes {model_ms:.0f} ms in process"
         )
+        if check_ms:
+            text += f", parsing and validating the body (`service.validation`) {check_ms:.0f} ms"
+        rest = per_request - model_ms - (check_ms or 0)
+        text += (
+            f"; the remaining {max(rest, 0):.0f} ms are reading the request, encoding the "
+            "answer, capture, metrics and BentoML."
+        )
+        out.append(text)
     if c32:
         need = 32 / 0.050
         out.append(
@@ -428,12 +440,25 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| in-process `pipeline.predict_proba(DataFrame)` (forest, one core) | "
         f"{_f(inp.get('rows_per_s'), 0)} | {_f(_ratio(inp.get('rows_per_s'), 1000))} | – | – | 1 |"
     )
+    check = b.get("validate_batch") or {}
+    if check:
+        add(
+            f"| in-process `parse_body` + `validate_instances` of the same body (no model) | "
+            f"{_f(check.get('rows_per_s'), 0)} | {_f(_ratio(check.get('rows_per_s'), 1000))} | "
+            "– | – | – |"
+        )
     one = b.get("in_process_one_row") or {}
     if one:
         add("")
         add(
             f"For scale: in process, one single-row `predict_proba` of the forest takes "
-            f"{_f(one.get('ms_per_call'), 2)} ms ({_f(one.get('rows_per_s'))} calls/s on one core)."
+            f"{_f(one.get('ms_per_call'), 2)} ms ({_f(one.get('rows_per_s'))} calls/s on one core)"
+            + (
+                f"; parsing and validating a one-row body "
+                f"{_f(b['validate_one_row'].get('ms_per_call'), 3)} ms."
+                if b.get("validate_one_row")
+                else "."
+            )
         )
     add("")
 

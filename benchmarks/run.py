@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -591,35 +592,52 @@ class Bench:
     # -- in process -----------------------------------------------------------------------------
 
     def in_process(self) -> dict[str, Any]:
-        """pipeline.predict_proba on the same 1,000 rows (and on one row), on the server's core."""
+        """On the server's core: pipeline.predict_proba on the same 1,000 rows and on one row,
+        and, for where the rest of a request goes, the service's own body parsing + validation."""
         import pandas as pd
         from threadpoolctl import threadpool_limits
 
+        from service.validation import parse_body, validate_instances
         from training.pipeline import prepare_features
 
         model = self.project.load(self.versions["forest"])
         contract = self.project.contract()
         batch = prepare_features(pd.DataFrame(self.rows[:1000]), contract)
         one = prepare_features(pd.DataFrame(self.rows[:1]), contract)
+        body_batch = self.bodies["batch"].read_bytes()
+        body_one = self.bodies["one"].read_bytes()
+
+        def validate(body: bytes) -> Callable[[], Any]:
+            return lambda: validate_instances(
+                parse_body(body, max_bytes=len(body) + 1), contract=contract, max_rows=1000
+            )
+
+        cases: list[tuple[str, Callable[[], Any], int]] = [
+            ("batch", lambda: model.pipeline.predict_proba(batch), len(batch)),
+            ("one_row", lambda: model.pipeline.predict_proba(one), 1),
+            ("validate_batch", validate(body_batch), 1000),
+            ("validate_one_row", validate(body_one), 1),
+        ]
         out: dict[str, Any] = {}
         with pinned(self.cpus["server"]), threadpool_limits(limits=1):
-            for name, frame in (("batch", batch), ("one_row", one)):
-                model.pipeline.predict_proba(frame)  # warm
+            for name, call, rows in cases:
+                call()  # warm
                 n, t0 = 0, time.perf_counter()
-                deadline = t0 + self.plan.in_process_seconds
+                deadline = t0 + self.plan.in_process_seconds / 2
                 while time.perf_counter() < deadline and n < 100_000:
-                    model.pipeline.predict_proba(frame)
+                    call()
                     n += 1
                 secs = time.perf_counter() - t0
                 out[name] = {
                     "calls": n,
                     "seconds": round(secs, 3),
                     "ms_per_call": round(secs / n * 1000, 3),
-                    "rows_per_s": round(n * len(frame) / secs, 1),
+                    "rows_per_s": round(n * rows / secs, 1),
                 }
         say(
             f"in-process predict_proba: {out['batch']['rows_per_s']:.0f} rows/s (1,000-row frames)"
-            f", {out['one_row']['ms_per_call']} ms per single row"
+            f", {out['one_row']['ms_per_call']} ms per single row; parse + validate "
+            f"{out['validate_batch']['ms_per_call']} ms per 1,000 rows"
         )
         return out
 
@@ -901,6 +919,8 @@ def assemble(
         "service_gbt": get(champ, "gbt_batch") if plan.gbt else {"skipped": "quick mode"},
         "in_process": in_batch,
         "in_process_one_row": get(champ, "in_process", "one_row"),
+        "validate_batch": get(champ, "in_process", "validate_batch"),
+        "validate_one_row": get(champ, "in_process", "validate_one_row"),
         "ratio": ratio,
     }
 
@@ -943,6 +963,10 @@ def assemble(
     results.setdefault("retrain", {"skipped": "not run"})
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
@@ -968,6 +992,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     args = parser.parse_args(argv)
+    # A plain SIGTERM/SIGHUP would end Python without its `finally` blocks: turn them into an
+    # interrupt so every server and child started so far is stopped on the way out.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     plan = QUICK if args.quick else FULL
     results = run(plan, loadgen_kind=args.loadgen, keep=args.keep)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,17 @@ def serving(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """SIGTERM the process group, then SIGKILL; never leaves it running."""
+    """SIGTERM the process group, then SIGKILL; never leaves it or its descendants running.
+
+    BentoML starts its workers in process groups of their own, so every descendant found
+    before the signal is also checked (by pid and start time) and ended if it outlived it.
+    """
+    import psutil
+
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
     if proc.poll() is None:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -187,6 +197,14 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
-    # Children that outlived the leader (same group): make sure none is left.
+    # Members of the group that outlived the leader.
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    alive = [p for p in descendants if p.is_running()]
+    for p in alive:
+        with suppress(psutil.Error):
+            p.terminate()
+    _, still = psutil.wait_procs(alive, timeout=10)
+    for p in still:
+        with suppress(psutil.Error):
+            p.kill()
