@@ -73,6 +73,8 @@ class Plan:
     swap_seconds: float  # one continuous run at 32 connections ...
     swap_lead_seconds: float  # ... with the promotion this far into it
     settle_seconds: float  # pause between runs: the server drains what the last run left
+    h2h_rounds: int  # head to head: all servers up, 32-connection runs interleaved by round
+    h2h_seconds: float
     services: tuple[str, ...]
     gbt: bool  # serve the gradient-boosting version after the swap
     retrain: bool
@@ -97,6 +99,8 @@ QUICK = Plan(
     swap_seconds=5,
     swap_lead_seconds=1.5,
     settle_seconds=0.5,
+    h2h_rounds=0,
+    h2h_seconds=0,
     services=("champion", "noop"),
     gbt=False,
     retrain=False,
@@ -121,6 +125,8 @@ FULL = Plan(
     swap_seconds=15,
     swap_lead_seconds=5,
     settle_seconds=1.5,
+    h2h_rounds=3,
+    h2h_seconds=5,
     services=("champion", "noop", "naive", "mlflow"),
     gbt=True,
     retrain=True,
@@ -557,12 +563,14 @@ class Bench:
 
     # -- baselines ------------------------------------------------------------------------------
 
-    def baseline(self, kind: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def server_for(self, kind: str) -> tuple[Any, str, Path]:
+        """(context manager, request path, body file) for one kind of server."""
+        if kind == "champion":
+            return self.champion_server("champion"), "/predict", self.bodies["one"]
         if kind == "noop":
             ctx = self.bento_baseline("noop", "benchmarks.noop_service:Noop", "bench_noop")
-            path, body = "/predict", self.bodies["one"]
-        elif kind == "naive":
+            return ctx, "/predict", self.bodies["one"]
+        if kind == "naive":
             model = self.project.load(self.versions["forest"])
             ctx = self.bento_baseline(
                 "naive",
@@ -570,12 +578,15 @@ class Bench:
                 "bench_naive",
                 BENCH_MODEL_PATH=str(model.local_dir / "model.skops"),
             )
-            path, body = "/predict", self.bodies["one"]
-        elif kind == "mlflow":
+            return ctx, "/predict", self.bodies["one"]
+        if kind == "mlflow":
             ctx = self.mlflow_server(self.versions["forest"])
-            path, body = "/invocations", self.bodies["mlflow_one"]
-        else:
-            raise ValueError(kind)
+            return ctx, "/invocations", self.bodies["mlflow_one"]
+        raise ValueError(kind)
+
+    def baseline(self, kind: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        ctx, path, body = self.server_for(kind)
         say(f"{kind} service")
         with ctx as s:
             out["cold_start"] = {
@@ -587,6 +598,52 @@ class Bench:
             self.warm(url, body)
             out["single_row"] = self.sweep(url, body)
             out["memory_after_load"] = worker_memory(s)
+        return out
+
+    def head_to_head(self) -> dict[str, Any]:
+        """Every server up at once on the server core; 32-connection runs interleaved by round.
+
+        A machine whose load drifts over minutes biases sweeps taken minutes apart; here each
+        round runs every service back to back (order rotated), so the ratios the targets use
+        compare like with like.
+        """
+        plan = self.plan
+        kinds = list(plan.services)
+        # The swap left gbt serving: the forest is the champion again for this comparison.
+        self.project.promote(self.versions["forest"], reason="benchmark: head to head")
+        say(f"head to head at 32 connections: {', '.join(kinds)} ({plan.h2h_rounds} rounds)")
+        runs: dict[str, list[LoadResult]] = {k: [] for k in kinds}
+        with contextlib.ExitStack() as stack:
+            targets = {}
+            for kind in kinds:
+                ctx, path, body = self.server_for(kind)
+                server = stack.enter_context(ctx)
+                targets[kind] = (f"{server.base}{path}", body)
+                self.warm(*targets[kind])
+            if "champion" in targets:
+                import httpx
+
+                ready = httpx.get(targets["champion"][0].replace("/predict", "/readyz")).json()
+                if ready.get("model_version") != self.versions["forest"]:
+                    raise RuntimeError(f"champion serves {ready}, not the forest")
+            for r in range(plan.h2h_rounds):
+                order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
+                for kind in order:
+                    time.sleep(plan.settle_seconds)
+                    url, body = targets[kind]
+                    runs[kind].append(
+                        self.loadgen.run(url, body, connections=32, seconds=plan.h2h_seconds)
+                    )
+        out: dict[str, Any] = {"connections": 32, "rounds": plan.h2h_rounds}
+        for kind, rs in runs.items():
+            secs = sum(x.seconds for x in rs)
+            out[kind] = {
+                "rps": round(sum(x.requests for x in rs) / secs, 3) if secs else None,
+                "p99_ms_median": statistics.median(x.p99_ms or 0 for x in rs),
+                "errors": sum(x.errors for x in rs),
+                "runs_rps": [round(x.rps, 2) for x in rs],
+            }
+            say(f"  {kind}: {out[kind]['rps']} req/s (runs {out[kind]['runs_rps']})")
         return out
 
     # -- in process -----------------------------------------------------------------------------
@@ -866,6 +923,10 @@ def run(plan: Plan, *, loadgen_kind: str, keep: bool) -> dict[str, Any]:
             for kind in plan.services:
                 if kind != "champion":
                     step(baselines, kind, functools.partial(bench.baseline, kind))
+            if plan.h2h_rounds:
+                step(results, "head_to_head", bench.head_to_head)
+            else:
+                results["head_to_head"] = {"skipped": "quick mode: the sweeps' figures are used"}
         step(inproc, "drift", bench.drift)
         with pinned(cpus["load"]):
             step(results, "retrain", bench.retrain)
