@@ -63,6 +63,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         "meta",
         "setup",
         "single_row",
+        "head_to_head",
         "batch",
         "monitoring",
         "swap",
@@ -84,12 +85,14 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         assert levels["32"]["requests"] > 0
         assert levels["32"]["errors"] == 0
     assert "skipped" in results["single_row"]["mlflow"]
+    assert "skipped" in results["head_to_head"]  # full mode only
 
     # 2. batch: served rows/s against in-process rows/s.
     batch = results["batch"]
     assert batch["service"]["rows_per_s"] > 0
     assert batch["in_process"]["rows_per_s"] > 0
     assert batch["ratio"] is not None
+    assert batch["validate_batch"]["ms_per_call"] > 0
 
     # 3. monitoring: drift evaluation of 30 features over 10,000 rows.
     drift = results["monitoring"]["drift"]
