@@ -59,7 +59,10 @@ class Server:
         for p in procs:
             try:
                 with p.oneshot():
-                    cmd = " ".join(p.cmdline())
+                    # Program names only: absolute paths would tie the report to one machine.
+                    cmd = " ".join(
+                        os.path.basename(a) if a.startswith("/") else a for a in p.cmdline()
+                    )
                     mem = p.memory_full_info()
                     out.append(
                         {

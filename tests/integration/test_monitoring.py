@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import string
 import subprocess
 import time
@@ -25,7 +23,7 @@ from monitoring.capture import PredictionLog
 from monitoring.metrics import PREDICTION_OUTCOMES
 from service.validation import REASONS
 from tests.integration.conftest import project_raw
-from tests.integration.test_serve import ROOT, ROW, _free_port, _workers_report, serving
+from tests.integration.test_serve import ROOT, ROW, _free_port, _workers_report, serving, stop_group
 from training.gate import Verdict
 from training.simulate import agrawal_frame
 
@@ -379,12 +377,7 @@ def _prometheus(tmp_path: Path, target: str) -> Iterator[str]:
         _until(ready, timeout=30, what="prometheus to be ready")
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 
