@@ -7,6 +7,7 @@ import hmac
 import logging
 import os
 import re
+import sys
 import time
 import uuid
 from typing import Any
@@ -81,11 +82,18 @@ class ProbeMiddleware:
             if svc is None:
                 response = JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
             else:
-                body = svc.readiness()
+                body = svc.readiness() | {"server": _server_stack()}
                 response = JSONResponse(body, status_code=200 if body["ready"] else 503)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _server_stack() -> dict[str, str]:
+    """Which event loop and HTTP parser serve: uvicorn silently falls back to slower ones."""
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    http = "httptools" if "uvicorn.protocols.http.httptools_impl" in sys.modules else "h11"
+    return {"loop": loop, "http": http}
 
 
 @bentoml.service(name="champion", traffic={"timeout": 60})
@@ -122,6 +130,7 @@ class Champion:
             cache_dir=settings.cache_dir,
             on_swap=self._on_swap,
             on_swap_failure=lambda _: metrics.swap_failures.inc(),
+            threads=settings.serve_threads,
         )
         from monitoring.capture import Capture, PredictionLog
 
@@ -256,7 +265,7 @@ class Champion:
                 request_id=rid,
             )
         try:
-            pred, proba = served.predict(batch.frame)
+            pred, proba = served.predict(batch)
         except Exception:
             log.exception("prediction failed", extra={"request_id": rid, "version": served.version})
             self.metrics.predictions.labels("error").inc()
@@ -341,7 +350,10 @@ class Champion:
                 "sha256": served.sha256,
                 "source": served.source,
                 "loaded_at": served.loaded_at,
-                "runtime": served.tags.get("champion.runtime", "sklearn"),
+                # What answers requests in this worker: the registered runtime, unless its
+                # compiled form was refused at load (then scikit-learn, and the note says why).
+                "runtime": served.runtime,
+                "runtime_note": served.runtime_note,
                 "candidate": served.tags.get("champion.candidate"),
                 "cv_metrics": fp.get("cv_metrics"),
                 "trained_on": {k: data.get(k) for k in ("rows", "time_min", "time_max", "sha256")}

@@ -8,23 +8,69 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from training.compiled import (
+    RUNTIME_ONNX,
+    RUNTIME_SKLEARN,
+    CompiledModel,
+    Encoder,
+    frame_columns,
+    parity,
+    parity_frame,
+)
 from training.config import Contract
 from training.data import atomic_write_text
 from training.errors import ChampionError, RegistryError
-from training.registry import ModelRef, Registry, input_example, load_verified, schema_problems
+from training.registry import (
+    TAG_ONNX_SHA256,
+    TAG_RUNTIME,
+    ModelRef,
+    Registry,
+    input_example,
+    load_verified,
+    read_onnx,
+    schema_problems,
+)
 
 log = logging.getLogger(__name__)
 
 CACHE_INDEX = "champion.json"
+
+
+class Inputs(Protocol):
+    """Validated rows: per-feature columns (None = missing) and, on demand, a DataFrame."""
+
+    @property
+    def columns(self) -> Mapping[str, Sequence[Any]]: ...
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def frame(self) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class FrameInputs:
+    """Inputs from an already prepared feature frame (warm-up, parity checks)."""
+
+    frame: pd.DataFrame
+
+    @property
+    def columns(self) -> Mapping[str, Sequence[Any]]:
+        return frame_columns(self.frame, [str(c) for c in self.frame.columns])
+
+    @property
+    def n(self) -> int:
+        return len(self.frame)
 
 
 @dataclass(frozen=True)
@@ -40,14 +86,25 @@ class Served:
     tags: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None
     registered_ms: int = 0
+    compiled: CompiledModel | None = None
+    runtime_note: str = ""
 
-    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    @property
+    def runtime(self) -> str:
+        return RUNTIME_ONNX if self.compiled is not None else RUNTIME_SKLEARN
+
+    def predict(self, inputs: Inputs) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.compiled is not None:
+            out = self.compiled.run(inputs.columns, inputs.n)
+        elif self.classes is None:
+            out = np.asarray(self.pipeline.predict(inputs.frame))
+        else:
+            out = np.asarray(self.pipeline.predict_proba(inputs.frame))
         if self.classes is None:
-            return np.asarray(self.pipeline.predict(frame)), None
+            return out, None
         # One pass: a classifier's prediction is its most probable class, so deriving it from
         # the probabilities halves the model's cost per request.
-        proba = np.asarray(self.pipeline.predict_proba(frame))
-        return np.asarray(self.pipeline.classes_)[proba.argmax(axis=1)], proba
+        return np.asarray(self.pipeline.classes_)[out.argmax(axis=1)], out
 
 
 @dataclass
@@ -72,8 +129,10 @@ class ModelSlot:
         cache_dir: Path,
         on_swap: Callable[[Served], None] | None = None,
         on_swap_failure: Callable[[str], None] | None = None,
+        threads: int = 1,
     ) -> None:
         self.registry = registry
+        self.threads = threads
         self.contract = contract
         self.cache_dir = cache_dir
         self.current: Served | None = None
@@ -125,6 +184,10 @@ class ModelSlot:
             if self.contract.task == "classification"
             else None
         )
+        example = input_example(local_dir)
+        if example is None or example.empty:
+            raise ChampionError(f"v{version} has no input example to warm up on")
+        compiled, note = self._compiled(local_dir, pipeline, tags, example, version)
         served = Served(
             version,
             pipeline,
@@ -135,12 +198,41 @@ class ModelSlot:
             tags,
             run_id,
             registered_ms,
+            compiled,
+            note,
         )
-        example = input_example(local_dir)
-        if example is None or example.empty:
-            raise ChampionError(f"v{version} has no input example to warm up on")
-        served.predict(example.head(1))  # warm-up: the first real request pays no lazy costs
+        # Warm-up: the first real request pays no lazy costs.
+        served.predict(FrameInputs(example.head(1)))
         return served
+
+    def _compiled(
+        self,
+        local_dir: Path,
+        pipeline: Any,
+        tags: Mapping[str, str],
+        example: pd.DataFrame,
+        version: str,
+    ) -> tuple[CompiledModel | None, str]:
+        """The version's compiled form, re-checked against scikit-learn; None = serve sklearn."""
+        if tags.get(TAG_RUNTIME) != RUNTIME_ONNX:
+            return None, "registered for scikit-learn"
+        try:
+            data = read_onnx(local_dir, expected_sha256=tags.get(TAG_ONNX_SHA256))
+            classes = pipeline.classes_ if self.contract.task == "classification" else None
+            compiled = CompiledModel(
+                Encoder.from_pipeline(pipeline), data, classes=classes, threads=self.threads
+            )
+            names = list(self.contract.features)
+            rows = parity_frame(example[names], self.contract, seed=0)
+            diff = parity(compiled, pipeline, rows, names)
+        except Exception as exc:  # NotCompilable, IntegrityError, or a runtime's own
+            # Slower, never wrong: the verified scikit-learn pipeline serves instead.
+            log.error(
+                "compiled model refused; serving with scikit-learn",
+                extra={"version": version, "error": str(exc)},
+            )
+            return None, f"compiled form refused at load: {exc}"
+        return compiled, f"parity {diff:.2g} on {len(rows)} rows at load"
 
     def _cached_dir(self, ref: ModelRef) -> Path:
         target = self.cache_dir / f"v{ref.version}"

@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -57,11 +58,30 @@ class RequestInvalid(Exception):
 
 @dataclass(frozen=True)
 class Batch:
-    """Validated rows as the pipeline's input frame, plus unseen categories per feature."""
+    """Validated rows by feature (None = missing), plus unseen categories per feature.
 
-    frame: pd.DataFrame
+    The compiled model reads the columns directly; the DataFrame the scikit-learn pipeline
+    needs is only built when asked for.
+    """
+
+    columns: Mapping[str, list[Any]]
+    numeric: frozenset[str]
+    n: int
     unseen: Mapping[str, int] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                name: (
+                    np.asarray([np.nan if v is None else v for v in values], dtype="float64")
+                    if name in self.numeric
+                    else pd.Series([np.nan if v is None else v for v in values], dtype=object)
+                )
+                for name, values in self.columns.items()
+            }
+        )
 
 
 def _finite(value: int | float) -> bool:
@@ -172,17 +192,7 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
             reason=problems[0].kind,
             problems=problems,
         )
-    frame = pd.DataFrame(
-        {
-            n: (
-                np.asarray([np.nan if v is None else v for v in columns[n]], dtype="float64")
-                if features[n].type == "numeric"
-                else pd.Series([np.nan if v is None else v for v in columns[n]], dtype=object)
-            )
-            for n in names
-        }
-    )
-    return Batch(frame, unseen, rows)
+    return Batch(columns, frozenset(contract.numeric), len(rows), unseen, rows)
 
 
 def example_instance(contract: Contract) -> dict[str, Any]:

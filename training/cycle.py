@@ -21,6 +21,7 @@ from sklearn.inspection import permutation_importance
 from threadpoolctl import threadpool_limits
 
 from monitoring.profile import build_profile, save_profile
+from training.compiled import compile_pipeline
 from training.config import Contract, Settings
 from training.data import BATCH_COLUMN, Manifest, TrainingData, fingerprint, intake, load_window
 from training.errors import ChampionError, LeaseBusyError
@@ -460,10 +461,28 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
                     decision.numbers,
                 )
         final = build_pipeline(contract, best.candidate, seed=contract.search.seed).fit(X, y)
+        ctx.checkpoint("compile")
+        holdout = splits(contract, y, seed=contract.search.seed)[-1][1]
+        compilation = compile_pipeline(final, contract, X.iloc[holdout], seed=contract.search.seed)
+        log.info(
+            "compiled for serving",
+            extra={
+                "runtime": compilation.runtime,
+                "note": compilation.reason,
+                "seconds": round(compilation.seconds, 2),
+            },
+        )
+        registry.log(
+            run_id,
+            params={"serving_runtime": compilation.runtime},
+            metrics={"compile_seconds": compilation.seconds}
+            | ({} if compilation.max_diff is None else {"parity_max_diff": compilation.max_diff}),
+        )
         ctx.checkpoint("register")
         ref = registry.register(
             run_id,
             final,
+            compilation=compilation,
             example=X.head(5),
             tags={
                 TAG_CANDIDATE: best.candidate.to_json(),

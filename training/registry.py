@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
 
+from training.compiled import ONNX_FILE, RUNTIME_SKLEARN, Compilation
 from training.config import Contract
 from training.data import sha256_file
 from training.errors import IntegrityError, RegistryError
@@ -39,6 +41,8 @@ ALIASES = ("champion", "previous", "challenger")
 TAG_SHA256 = "champion.sha256"
 TAG_CANDIDATE = "champion.candidate"
 TAG_RUNTIME = "champion.runtime"
+TAG_RUNTIME_NOTE = "champion.runtime_note"
+TAG_ONNX_SHA256 = "champion.onnx_sha256"
 TAG_VERDICT = "champion.verdict"
 TAG_KIND = "champion.kind"
 TAG_DATA = "champion.data_sha256"
@@ -93,6 +97,19 @@ def load_verified(local_dir: Path, *, expected_sha256: str | None) -> tuple[Any,
         return sio.load(path, trusted=list(TRUSTED_TYPES)), digest
     except sio.exceptions.UntrustedTypesFoundException as exc:
         raise IntegrityError(f"model file holds types outside the trusted list: {exc}") from None
+
+
+def read_onnx(local_dir: Path, *, expected_sha256: str | None) -> bytes:
+    """The compiled model file of a downloaded version, after checking its recorded digest."""
+    path = local_dir / ONNX_FILE
+    if expected_sha256 is None:
+        raise IntegrityError(f"compiled model in {local_dir} has no recorded digest")
+    if not path.is_file():
+        raise IntegrityError(f"compiled model {ONNX_FILE} is missing from {local_dir}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise IntegrityError(f"{ONNX_FILE} digest does not match the recorded one")
+    return data
 
 
 def input_example(local_dir: Path) -> pd.DataFrame | None:
@@ -289,9 +306,19 @@ class Registry:
         self.client.set_terminated(run_id, status)
 
     def register(
-        self, run_id: str, pipeline: Any, *, example: pd.DataFrame, tags: Mapping[str, str]
+        self,
+        run_id: str,
+        pipeline: Any,
+        *,
+        example: pd.DataFrame,
+        tags: Mapping[str, str],
+        compilation: Compilation | None = None,
     ) -> ModelRef:
-        """Log the pipeline in skops format with signature and example; register a version."""
+        """Log the pipeline (skops, signature, example) and its compiled form; register it.
+
+        The compiled ONNX file sits beside the skops file in the model's artifacts, and the
+        version records which runtime serves it, why, and the file's digest.
+        """
         self.ensure_model()
         signature = infer_signature(example, pipeline.predict(example))
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -309,6 +336,18 @@ class Registry:
             )
         # Leaving the fluent context marks the run finished; the cycle is not done yet.
         self.client.update_run(run_id, status="RUNNING")
+        runtime_tags = {TAG_RUNTIME: RUNTIME_SKLEARN}
+        if compilation is not None:
+            runtime_tags[TAG_RUNTIME_NOTE] = compilation.reason[:5000]
+            if compilation.onnx is not None and compilation.sha256 is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    onnx_path = Path(tmp) / ONNX_FILE
+                    onnx_path.write_bytes(compilation.onnx)
+                    self.client.log_model_artifact(info.model_id, str(onnx_path))
+                runtime_tags |= {
+                    TAG_RUNTIME: compilation.runtime,
+                    TAG_ONNX_SHA256: compilation.sha256,
+                }
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(
                 mlflow.artifacts.download_artifacts(
@@ -322,7 +361,7 @@ class Registry:
             self.model_name,
             source=info.model_uri,
             run_id=run_id,
-            tags={**tags, TAG_SHA256: digest, TAG_RUNTIME: "sklearn"},
+            tags={**tags, TAG_SHA256: digest, **runtime_tags},
         )
         self.client.set_registered_model_alias(self.model_name, "challenger", mv.version)
         return _ref(mv)

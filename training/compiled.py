@@ -1,0 +1,370 @@
+"""Compiled serving form of a fitted pipeline: NumPy encoding + the estimator in ONNX Runtime.
+
+The pipeline's encoding (median impute + scale, constant impute + one-hot, optional PCA) is
+replayed in NumPy from its fitted parameters, with the same float64 operations in the same
+order, straight from validated request columns: no DataFrame per request.  The estimator alone
+goes to ONNX: tree ensembles read float32 like scikit-learn's own trees do, so their splits
+agree; a converted model is only used after its outputs match scikit-learn's on held-out rows.
+Anything this module does not recognise is refused with a reason, and scikit-learn serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from training.config import Contract
+
+log = logging.getLogger(__name__)
+
+RUNTIME_ONNX = "onnxruntime"
+RUNTIME_SKLEARN = "sklearn"
+ONNX_FILE = "model.onnx"
+PARITY_TOLERANCE = 1e-5  # max absolute difference of a probability (or a regression output)
+PARITY_ROWS = 2000
+UNSEEN_MARK = "\x00unseen"  # a category no contract or training batch can hold
+
+Columns = Mapping[str, Sequence[Any]]
+
+
+class NotCompilable(Exception):
+    """The pipeline (or its converted form) cannot serve in ONNX Runtime; the message says why."""
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Numeric:
+    names: tuple[str, ...]
+    fill: np.ndarray  # the imputer's medians
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+
+    @property
+    def width(self) -> int:
+        return len(self.names)
+
+    def encode(self, columns: Columns, n: int, out: np.ndarray) -> None:
+        block = np.empty((n, len(self.names)), dtype=np.float64)
+        for j, name in enumerate(self.names):
+            block[:, j] = np.asarray(
+                [np.nan if v is None else v for v in columns[name]], dtype=np.float64
+            )
+        missing = np.isnan(block)
+        if missing.any():
+            block[missing] = np.broadcast_to(self.fill, block.shape)[missing]
+        # In place and in this order, as StandardScaler.transform does: bit-identical output.
+        if self.mean is not None:
+            block -= self.mean
+        if self.scale is not None:
+            block /= self.scale
+        out[:, : block.shape[1]] = block
+
+
+@dataclass(frozen=True)
+class _Categorical:
+    names: tuple[str, ...]
+    fill: str
+    index: tuple[dict[str, int], ...]  # category -> position within its feature's block
+    widths: tuple[int, ...]
+
+    @property
+    def width(self) -> int:
+        return sum(self.widths)
+
+    def encode(self, columns: Columns, n: int, out: np.ndarray) -> None:
+        offset = 0
+        for name, index, width in zip(self.names, self.index, self.widths, strict=True):
+            values = columns[name]
+            for i in range(n):
+                value = values[i]
+                j = index.get(self.fill if value is None else value)
+                if j is not None:  # unknown levels encode as all zeros (handle_unknown=ignore)
+                    out[i, offset + j] = 1.0
+            offset += width
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """The fitted encoding steps of a pipeline, replayed on request columns."""
+
+    blocks: tuple[_Numeric | _Categorical, ...]
+    pca_components_t: np.ndarray | None
+    pca_offset: np.ndarray | None
+
+    @property
+    def width(self) -> int:
+        return sum(b.width for b in self.blocks)
+
+    def encode(self, columns: Columns, n: int) -> np.ndarray:
+        out = np.zeros((n, self.width), dtype=np.float64)
+        start = 0
+        for block in self.blocks:
+            block.encode(columns, n, out[:, start : start + block.width])
+            start += block.width
+        if self.pca_components_t is not None and self.pca_offset is not None:
+            # PCA._transform: X @ components.T, then minus mean @ components.T.
+            out = out @ self.pca_components_t
+            out -= self.pca_offset
+        return out
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Any) -> Encoder:
+        """Read the fitted encoding parameters; refuse any step this replay does not cover."""
+        if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 3:
+            raise NotCompilable("not a (features, reduce, model) pipeline")
+        features, reduce = pipeline.steps[0][1], pipeline.steps[1][1]
+        if not isinstance(features, ColumnTransformer):
+            raise NotCompilable(f"unexpected encoding step {type(features).__name__}")
+        blocks: list[_Numeric | _Categorical] = []
+        for name, transformer, cols in features.transformers_:
+            if transformer == "drop" or (isinstance(cols, list | tuple) and len(cols) == 0):
+                continue
+            if not isinstance(transformer, Pipeline):
+                raise NotCompilable(f"unexpected transformer {name!r}: {transformer!r}")
+            blocks.append(_block(name, transformer, [str(c) for c in cols]))
+        pca_t: np.ndarray | None = None
+        pca_offset: np.ndarray | None = None
+        if isinstance(reduce, PCA):
+            if reduce.whiten:
+                raise NotCompilable("whitened PCA is not replayed")
+            pca_t = np.asarray(reduce.components_, dtype=np.float64).T
+            pca_offset = np.reshape(np.asarray(reduce.mean_, dtype=np.float64), (1, -1)) @ pca_t
+        elif reduce != "passthrough" and reduce is not None:
+            raise NotCompilable(f"unexpected reduction step {type(reduce).__name__}")
+        return cls(tuple(blocks), pca_t, pca_offset)
+
+
+def _block(name: str, transformer: Pipeline, cols: list[str]) -> _Numeric | _Categorical:
+    steps = [s for _, s in transformer.steps]
+    imputer = steps[0] if steps and isinstance(steps[0], SimpleImputer) else None
+    if imputer is None or imputer.add_indicator or len(imputer.statistics_) != len(cols):
+        raise NotCompilable(f"transformer {name!r}: expected an imputer keeping every column")
+    rest = steps[1:]
+    if len(rest) == 1 and isinstance(rest[0], StandardScaler):
+        stats = np.asarray(imputer.statistics_, dtype=np.float64)
+        if not np.isfinite(stats).all():
+            raise NotCompilable(f"transformer {name!r}: an imputer statistic is not finite")
+        scaler = rest[0]
+        return _Numeric(
+            tuple(cols),
+            stats,
+            np.asarray(scaler.mean_, dtype=np.float64) if scaler.with_mean else None,
+            np.asarray(scaler.scale_, dtype=np.float64) if scaler.with_std else None,
+        )
+    if len(rest) == 1 and isinstance(rest[0], OneHotEncoder):
+        encoder = rest[0]
+        if encoder.drop_idx_ is not None or getattr(encoder, "infrequent_categories_", None):
+            raise NotCompilable(f"transformer {name!r}: dropped or infrequent categories")
+        if imputer.strategy != "constant" or not isinstance(imputer.fill_value, str):
+            raise NotCompilable(f"transformer {name!r}: expected a constant text fill")
+        index = tuple({str(c): j for j, c in enumerate(cats)} for cats in encoder.categories_)
+        return _Categorical(
+            tuple(cols), imputer.fill_value, index, tuple(len(c) for c in encoder.categories_)
+        )
+    raise NotCompilable(
+        f"transformer {name!r}: unexpected steps {[type(s).__name__ for s in rest]}"
+    )
+
+
+def frame_columns(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, list[Any]]:
+    """Columns of a prepared feature frame, missing values as None (the request form)."""
+    out: dict[str, list[Any]] = {}
+    for name in names:
+        col = frame[name]
+        out[name] = [None if pd.isna(v) else v for v in col.tolist()]
+    return out
+
+
+# -- the compiled model -----------------------------------------------------------------------
+
+
+class CompiledModel:
+    """Encoder + ONNX Runtime session, answering like the pipeline it was compiled from."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        onnx_bytes: bytes,
+        *,
+        classes: Sequence[Any] | None,
+        threads: int = 1,
+    ) -> None:
+        import onnxruntime as ort  # serving-only dependency; imported when a model loads
+
+        options = ort.SessionOptions()
+        # One small request at a time per worker: extra threads only add hand-off latency.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise NotCompilable(f"the ONNX model takes {len(inputs)} inputs, expected 1")
+        self.input_name = inputs[0].name
+        self.dtype = np.float32 if inputs[0].type == "tensor(float)" else np.float64
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.classes = None if classes is None else list(classes)
+        if self.classes is not None and "probabilities" not in outputs:
+            raise NotCompilable("the ONNX classifier has no 'probabilities' output")
+        self.output = "probabilities" if self.classes is not None else outputs[0]
+        self.encoder = encoder
+
+    def run(self, columns: Columns, n: int) -> np.ndarray:
+        """Probabilities (n, classes) for a classifier, predictions (n,) for a regressor."""
+        x = self.encoder.encode(columns, n).astype(self.dtype, copy=False)
+        out = self.session.run([self.output], {self.input_name: x})[0]
+        out = np.asarray(out, dtype=np.float64)
+        return out if self.classes is not None else out.reshape(-1)
+
+
+def reference_outputs(pipeline: Any, frame: pd.DataFrame, *, classification: bool) -> np.ndarray:
+    if classification:
+        return np.asarray(pipeline.predict_proba(frame), dtype=np.float64)
+    return np.asarray(pipeline.predict(frame), dtype=np.float64).reshape(-1)
+
+
+def parity(
+    compiled: CompiledModel, pipeline: Any, frame: pd.DataFrame, names: Sequence[str]
+) -> float:
+    """Max absolute output difference on `frame`; raises NotCompilable when it is too large."""
+    classification = compiled.classes is not None
+    want = reference_outputs(pipeline, frame, classification=classification)
+    got = compiled.run(frame_columns(frame, names), len(frame))
+    if got.shape != want.shape:
+        raise NotCompilable(f"output shape {got.shape} differs from scikit-learn's {want.shape}")
+    diff = float(np.max(np.abs(got - want))) if want.size else 0.0
+    if not np.isfinite(got).all() or diff > PARITY_TOLERANCE:
+        raise NotCompilable(
+            f"outputs differ from scikit-learn's by up to {diff:.3g} "
+            f"(tolerance {PARITY_TOLERANCE:g}) on {len(frame)} rows"
+        )
+    if classification and not np.array_equal(got.argmax(axis=1), want.argmax(axis=1)):
+        raise NotCompilable("predicted classes differ from scikit-learn's")
+    return diff
+
+
+def parity_frame(frame: pd.DataFrame, contract: Contract, *, seed: int) -> pd.DataFrame:
+    """Held-out rows plus copies with missing values and unseen categories in every feature."""
+    rng = np.random.default_rng(seed)
+    base = frame.iloc[rng.permutation(len(frame))[:PARITY_ROWS]].reset_index(drop=True)
+    names = list(contract.features)
+    variants = [base]
+    if len(base):
+        holes = base.copy()
+        for k, name in enumerate(names):  # row i loses feature i mod k: every feature, all types
+            holes.loc[holes.index % len(names) == k, name] = np.nan
+        variants.append(holes)
+        if contract.categorical:
+            unseen = base.copy()
+            for name in contract.categorical:
+                unseen.loc[unseen.index % 2 == 0, name] = UNSEEN_MARK
+            variants.append(unseen)
+    out = pd.concat(variants, ignore_index=True)
+    for name in contract.numeric:
+        out[name] = out[name].astype("float64")
+    for name in contract.categorical:
+        out[name] = out[name].astype("object")
+    return out[names]
+
+
+# -- compiling at registration ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compilation:
+    """What registration records: the runtime that will serve, and why."""
+
+    runtime: str
+    reason: str
+    onnx: bytes | None = None
+    max_diff: float | None = None
+    rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def sha256(self) -> str | None:
+        return hashlib.sha256(self.onnx).hexdigest() if self.onnx is not None else None
+
+
+def _convert(model: Any, width: int, dtype: type[np.floating[Any]]) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    tensor = FloatTensorType if dtype is np.float32 else DoubleTensorType
+    onx = convert_sklearn(
+        model,
+        initial_types=[("x", tensor([None, width]))],
+        target_opset={"": 18, "ai.onnx.ml": 3},
+        options={id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None,
+    )
+    return bytes(onx.SerializeToString())
+
+
+def compile_pipeline(
+    pipeline: Any, contract: Contract, holdout: pd.DataFrame, *, seed: int = 0
+) -> Compilation:
+    """Try ONNX Runtime; keep it only on parity with scikit-learn. Never raises."""
+    started = time.monotonic()
+    names = list(contract.features)
+    classes = (
+        list(pipeline.classes_)
+        if contract.task == "classification" and hasattr(pipeline, "classes_")
+        else None
+    )
+    rows = parity_frame(holdout, contract, seed=seed)
+    reasons: list[str] = []
+    if rows.empty:
+        return Compilation(RUNTIME_SKLEARN, "no held-out rows to check parity on")
+    try:
+        encoder = Encoder.from_pipeline(pipeline)
+        encoded = encoder.encode(frame_columns(rows, names), len(rows))
+        expected = np.asarray(pipeline[:-1].transform(rows), dtype=np.float64)
+        if encoded.shape != expected.shape or not np.allclose(
+            encoded, expected, rtol=1e-12, atol=1e-12
+        ):
+            raise NotCompilable("the NumPy encoding differs from the pipeline's")
+    except Exception as exc:  # NotCompilable, or a pipeline that fails on the parity rows
+        return Compilation(RUNTIME_SKLEARN, str(exc), seconds=time.monotonic() - started)
+    model = pipeline.steps[-1][1]
+    # float32 first: scikit-learn's trees compare float32 features, so that is their exact form.
+    for dtype in (np.float32, np.float64):
+        try:
+            onnx = _convert(model, encoded.shape[1], dtype)
+            compiled = CompiledModel(encoder, onnx, classes=classes)
+            diff = parity(compiled, pipeline, rows, names)
+        except NotCompilable as exc:
+            reasons.append(f"{np.dtype(dtype).name}: {exc}")
+            continue
+        except Exception as exc:  # converter gaps surface as any exception type
+            first = (str(exc).splitlines() or [""])[0].split(" and attributes")[0]
+            reasons.append(f"{np.dtype(dtype).name}: {type(exc).__name__}: {first[:160]}")
+            continue
+        return Compilation(
+            RUNTIME_ONNX,
+            f"{np.dtype(dtype).name} inputs; parity {diff:.2g} on {len(rows)} rows",
+            onnx,
+            diff,
+            len(rows),
+            time.monotonic() - started,
+        )
+    return Compilation(
+        RUNTIME_SKLEARN,
+        "; ".join(reasons) or "no conversion attempted",
+        rows=len(rows),
+        seconds=time.monotonic() - started,
+    )
