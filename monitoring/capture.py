@@ -10,9 +10,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,8 @@ CREATE INDEX IF NOT EXISTS predictions_labelled ON predictions (labelled_at);
 """
 
 
-@dataclass(frozen=True)
-class Captured:
-    """One predicted row as it goes into the log."""
+class Captured(NamedTuple):
+    """One predicted row as it goes into the log (a tuple: a 1,000-row request makes 1,000)."""
 
     request_id: str
     row: int
@@ -75,8 +75,8 @@ class PredictionLog:
                 c.row,
                 c.at,
                 c.model_version,
-                json.dumps(c.features, default=str),
-                json.dumps(c.prediction, default=str),
+                orjson.dumps(c.features, default=str).decode(),
+                orjson.dumps(c.prediction, default=str).decode(),
                 c.score,
             )
             for c in items
@@ -217,9 +217,13 @@ class Capture:
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, items: Sequence[Captured]) -> None:
+    def sampled(self) -> bool:
+        """Whether to capture this request: decided before its rows are built."""
+        return self.sample_rate >= 1.0 or self._rng.random() < self.sample_rate
+
+    def offer(self, items: Sequence[Captured], *, sampled: bool | None = None) -> None:
         """Queue rows for the log; when full, drop and count (the request never waits)."""
-        if self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
+        if not (self.sampled() if sampled is None else sampled):
             return
         room = self.capacity - len(self._buffer)
         if room < len(items):

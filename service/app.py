@@ -13,6 +13,8 @@ import uuid
 from typing import Any
 
 import bentoml
+import numpy as np
+import orjson
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -58,6 +60,24 @@ class ErrorBody(BaseModel):
     problems: list[dict[str, Any]] = Field(
         default_factory=list, description="Every problem found: row, field, kind, problem."
     )
+
+
+class _ORJSON(JSONResponse):
+    """JSON via orjson: NumPy arrays serialised directly, several times faster than json."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _plain(value: Any) -> Any:
+    # What orjson leaves to us: arrays of text or objects (string class labels), NumPy scalars.
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _json(content: Any, status: int = 200) -> JSONResponse:
+    return _ORJSON(content, status_code=status)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -272,33 +292,35 @@ class Champion:
             return _error(500, "the model failed on this input", request_id=rid)
         self.metrics.predictions.labels("ok").inc()
         self.metrics.rows.inc(len(pred))
-        self.metrics.classes(pred.tolist(), served.classes)
+        self.metrics.classes(pred, served.classes)
         if served.registered_ms:
             self.metrics.model_age.set(time.time() - served.registered_ms / 1000)
-        now = time.time()
-        # Positive-class probability for binary models: what drift and live quality need.
-        scores = proba[:, -1].tolist() if proba is not None and proba.shape[1] == 2 else None
-        predictions = pred.tolist()
-        self.capture.offer(
-            [
-                Captured(
-                    rid,
-                    i,
-                    now,
-                    served.version,
-                    row,
-                    predictions[i],
-                    None if scores is None else scores[i],
-                )
-                for i, row in enumerate(batch.rows)
-            ]
-        )
-        out: dict[str, Any] = {"predictions": pred.tolist()}
+        if self.capture.sampled():
+            now = time.time()
+            # Positive-class probability for binary models: what drift and live quality need.
+            scores = proba[:, -1].tolist() if proba is not None and proba.shape[1] == 2 else None
+            predictions = pred.tolist()
+            self.capture.offer(
+                [
+                    Captured(
+                        rid,
+                        i,
+                        now,
+                        served.version,
+                        row,
+                        predictions[i],
+                        None if scores is None else scores[i],
+                    )
+                    for i, row in enumerate(batch.rows)
+                ],
+                sampled=True,
+            )
+        out: dict[str, Any] = {"predictions": pred}
         if proba is not None:
-            out["probabilities"] = proba.tolist()
+            out["probabilities"] = proba
             out["classes"] = served.classes
         out |= {"model_version": served.version, "request_id": rid}
-        return JSONResponse(out)
+        return _json(out)
 
     # -- model facts ----------------------------------------------------------------------
 

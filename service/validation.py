@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from training.config import Contract
@@ -84,6 +85,26 @@ class Batch:
         )
 
 
+_ABSENT = object()
+
+
+def _problem(value: Any, *, numeric: bool, nullable: bool) -> tuple[str, str] | None:
+    """Kind and message for a value off the fast path; None when it is acceptable."""
+    if value is _ABSENT:
+        return "missing", "missing feature"
+    if value is None:
+        return None if nullable else ("null", "null is not allowed for this feature")
+    if numeric:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "wrong_type", f"expected a number, got {type(value).__name__}"
+        if not _finite(value):
+            return "not_finite", "value must be a finite 64-bit float"
+        return None
+    if not isinstance(value, str):
+        return "wrong_type", f"expected text, got {type(value).__name__}"
+    return None
+
+
 def _finite(value: int | float) -> bool:
     try:
         return math.isfinite(float(value))  # a huge JSON integer overflows a float
@@ -101,6 +122,12 @@ def parse_body(body: bytes, *, max_bytes: int) -> Any:
         raise RequestInvalid(
             413, f"request body too large: {len(body)} bytes, limit {max_bytes}", reason="too_large"
         )
+    try:
+        return orjson.loads(body)  # strict JSON already: no NaN/Infinity tokens
+    except orjson.JSONDecodeError:
+        pass
+    # Rare path: orjson also refuses numbers that overflow a double (1e400), which are valid
+    # JSON; the standard parser takes them so validation can name the row and field at fault.
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -132,8 +159,18 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
             f"'instances' has {len(rows)} rows; at most {max_rows} allowed",
             reason="too_many_rows",
         )
-    features = contract.features
-    names = list(features)
+    names = list(contract.features)
+    # (name, numeric, nullable, declared values): looked up once, not once per value.
+    specs = [
+        (
+            name,
+            spec.type == "numeric",
+            spec.nullable,
+            frozenset(spec.values) if spec.values is not None else None,
+        )
+        for name, spec in contract.features.items()
+    ]
+    known = frozenset(names)
     problems: list[Problem] = []
     columns: dict[str, list[Any]] = {n: [] for n in names}
     unseen: dict[str, int] = {}
@@ -143,48 +180,31 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
                 Problem(i, None, "not_object", "each instance must be an object of feature values")
             )
             continue
-        for name in names:
-            if name not in row:
-                problems.append(Problem(i, name, "missing", "missing feature"))
-                columns[name].append(None)
+        for name, numeric, nullable, allowed in specs:
+            column = columns[name]
+            value = row.get(name, _ABSENT)
+            kind = type(value)
+            if kind is float and math.isfinite(value):  # the common case first
+                if numeric:
+                    column.append(value)
+                    continue
+            elif kind is str and not numeric:
+                if allowed is not None and value not in allowed:
+                    unseen[name] = unseen.get(name, 0) + 1
+                column.append(value)
                 continue
-            value = row[name]
-            spec = features[name]
-            if value is None:
-                if not spec.nullable:
-                    problems.append(
-                        Problem(i, name, "null", "null is not allowed for this feature")
-                    )
-                columns[name].append(None)
-            elif spec.type == "numeric":
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    problems.append(
-                        Problem(
-                            i, name, "wrong_type", f"expected a number, got {type(value).__name__}"
-                        )
-                    )
-                    columns[name].append(None)
-                elif not _finite(value):
-                    problems.append(
-                        Problem(i, name, "not_finite", "value must be a finite 64-bit float")
-                    )
-                    columns[name].append(None)
-                else:
-                    columns[name].append(float(value))
-            else:
-                if not isinstance(value, str):
-                    problems.append(
-                        Problem(i, name, "wrong_type", f"expected text, got {type(value).__name__}")
-                    )
-                    columns[name].append(None)
-                else:
-                    if spec.values is not None and value not in spec.values:
-                        unseen[name] = unseen.get(name, 0) + 1
-                    columns[name].append(value)
-        for key in sorted(set(row) - set(names)):
-            problems.append(
-                Problem(i, key, "unexpected", "unexpected feature (not in the contract)")
-            )
+            column.append(None)
+            problem = _problem(value, numeric=numeric, nullable=nullable)
+            if problem is None:
+                if value is not None:  # an int that fits a float
+                    column[-1] = float(value)
+                continue
+            problems.append(Problem(i, name, *problem))
+        if len(row) != len(specs) or not known.issuperset(row):
+            for key in sorted(set(row) - known):
+                problems.append(
+                    Problem(i, key, "unexpected", "unexpected feature (not in the contract)")
+                )
     if problems:
         raise RequestInvalid(
             422,
