@@ -392,7 +392,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     plan = meta.get("plan", {})
     add(
         f"Closed-loop load, {plan.get('seconds_per_level')} s per level; one worker per server; "
-        "the champion service with the scheduler off, capture on, alias poll every 1 s. "
+        "the champion service with the scheduler off, capture on, the shipped alias poll "
+        "(every 10 s). "
         'The no-op, naive and champion services get `{"instances": [row]}`; '
         '`mlflow models serve` gets `{"dataframe_records": [row]}` and computes `predict` only.'
     )
@@ -556,7 +557,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     add("")
     if "windows" in s:
         add(
-            f"One continuous run at 32 connections on the champion service (wrk, one connection "
+            f"One continuous run at 32 connections on a champion service of its own polling the "
+            f"alias every 1 s (wrk, one connection "
             f"per thread, every request recorded). {s['promote_at_s']:.1f} s into it "
             f"`training.actions.promote` moves the alias v{s['from_version']} → "
             f"v{s['to_version']} (forest → gbt); the worker notices within its 1 s poll, "

@@ -175,11 +175,18 @@ class ServiceMetrics:
         allowed = {str(c) for c in known or ()}
         if not allowed:
             return
-        try:  # one pass in NumPy: a 1,000-row request adds each class once
-            values, counts = np.unique(np.asarray(predictions), return_counts=True)
-            found = {str(v): int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)}
-        except TypeError:  # mixed types cannot be sorted
-            found = dict(Counter_(str(v) for v in predictions))
+        found: dict[str, int]
+        if len(predictions) > 64:  # one pass in NumPy: a big request adds each class once
+            try:
+                values, counts = np.unique(np.asarray(predictions), return_counts=True)
+                found = {
+                    str(v): int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)
+                }
+            except TypeError:  # mixed types cannot be sorted
+                found = dict(Counter_(str(v) for v in predictions))
+        else:
+            values_ = predictions.tolist() if isinstance(predictions, np.ndarray) else predictions
+            found = dict(Counter_(str(v) for v in values_))
         for label, n in found.items():
             if label in allowed:  # the model's own classes only: a bounded set
                 self.predicted_class.labels(label).inc(n)

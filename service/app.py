@@ -7,9 +7,9 @@ import hmac
 import logging
 import os
 import re
+import secrets
 import sys
 import time
-import uuid
 from typing import Any
 
 import bentoml
@@ -143,6 +143,7 @@ class Champion:
         )
         self.ledger = Ledger(settings.ledger_path)
         self.metrics = metrics = service_metrics(tuple(contract.features))
+        self._predicted_ok = metrics.predictions.labels("ok")  # hot path: resolve labels once
         self._served_version: str | None = None
         self.slot = ModelSlot(
             registry=self.registry,
@@ -260,7 +261,7 @@ class Champion:
     )
     async def predict(self, request: Request) -> JSONResponse:
         rid = request.headers.get("x-request-id", "")
-        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(16)
         served = self.slot.current  # one reference: this request finishes on this model
         try:
             body = await _read_limited(request, self.settings.max_body_bytes)
@@ -290,7 +291,7 @@ class Champion:
             log.exception("prediction failed", extra={"request_id": rid, "version": served.version})
             self.metrics.predictions.labels("error").inc()
             return _error(500, "the model failed on this input", request_id=rid)
-        self.metrics.predictions.labels("ok").inc()
+        self._predicted_ok.inc()
         self.metrics.rows.inc(len(pred))
         self.metrics.classes(pred, served.classes)
         if served.registered_ms:
@@ -537,6 +538,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         raise RequestInvalid(
             413, f"request body too large: {declared} bytes, limit {limit}", reason="too_large"
         )
+    if declared is not None and declared.isdigit():
+        return await request.body()  # the length is known and within the limit
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

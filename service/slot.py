@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,7 +105,11 @@ class Served:
             return out, None
         # One pass: a classifier's prediction is its most probable class, so deriving it from
         # the probabilities halves the model's cost per request.
-        return np.asarray(self.pipeline.classes_)[out.argmax(axis=1)], out
+        return self._class_array[out.argmax(axis=1)], out
+
+    @cached_property
+    def _class_array(self) -> np.ndarray:
+        return np.asarray(self.pipeline.classes_)
 
 
 @dataclass
