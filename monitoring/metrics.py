@@ -41,6 +41,7 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, features: Sequence[str]) -> None:
         self.features = frozenset(features)
+        self._allowed: dict[tuple[Any, ...], frozenset[str]] = {}
         r = registry
         # Data plane
         self.predictions = Counter(
@@ -172,11 +173,15 @@ class ServiceMetrics:
         self.model_info.labels(version).set(1)
 
     def classes(self, predictions: Sequence[Any] | np.ndarray, known: Sequence[Any] | None) -> None:
-        allowed = {str(c) for c in known or ()}
-        if not allowed:
+        if not known:
             return
-        found: dict[str, int]
-        if len(predictions) > 64:  # one pass in NumPy: a big request adds each class once
+        key = tuple(known)
+        allowed = self._allowed.get(key)
+        if allowed is None:
+            allowed = self._allowed[key] = frozenset(str(c) for c in known)
+        if len(predictions) == 1:  # the common request: no counting structure needed
+            found = {str(predictions[0]): 1}
+        elif len(predictions) > 64:  # one pass in NumPy: a big request adds each class once
             try:
                 values, counts = np.unique(np.asarray(predictions), return_counts=True)
                 found = {

@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
@@ -84,28 +86,49 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-class ProbeMiddleware:
-    """Answers /livez and /readyz itself so readiness can say which model is loaded."""
+def _current_service() -> Any:
+    try:
+        return bentoml.get_current_service()
+    except BentoMLException:  # raised, not None, before start-up and after shutdown
+        return None
+
+
+class FastPath:
+    """ASGI handler ahead of FastAPI for the hot and the probe paths.
+
+    POST /predict is answered here, by the same code as the documented FastAPI route, without
+    FastAPI's routing, dependency and exception layers: measured at about 0.5 ms of CPU per
+    request on this service's machine, a third of what the framework costs in all.  /livez and
+    /readyz are answered here too, so readiness can say which model is loaded.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in ("/readyz", "/livez"):
-            if scope["path"] == "/livez":
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/predict" and scope["method"] == "POST":
+                svc = _current_service()
+                if svc is not None:
+                    try:
+                        response = await svc.answer_asgi(scope, receive)
+                    except ClientDisconnect:
+                        return  # nobody left to answer
+                    await response(scope, receive, send)
+                    return
+            elif path == "/livez":
                 await JSONResponse({"alive": True})(scope, receive, send)
                 return
-            try:
-                svc = bentoml.get_current_service()
-            except BentoMLException:  # raised, not None, before start-up and after shutdown
-                svc = None
-            if svc is None:
-                response = JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
-            else:
-                body = svc.readiness() | {"server": _server_stack()}
-                response = JSONResponse(body, status_code=200 if body["ready"] else 503)
-            await response(scope, receive, send)
-            return
+            elif path == "/readyz":
+                svc = _current_service()
+                if svc is None:
+                    response = JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
+                else:
+                    body = svc.readiness() | {"server": _server_stack()}
+                    response = JSONResponse(body, status_code=200 if body["ready"] else 503)
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -260,13 +283,21 @@ class Champion:
         },
     )
     async def predict(self, request: Request) -> JSONResponse:
-        rid = request.headers.get("x-request-id", "")
+        # Documents the endpoint; requests through the service are answered by FastPath.
+        return await self._predict(request.headers, request.receive)
+
+    async def answer_asgi(self, scope: Scope, receive: Receive) -> JSONResponse:
+        return await self._predict(Headers(scope=scope), receive)
+
+    async def _predict(self, headers: Headers, receive: Receive) -> JSONResponse:
+        rid = headers.get("x-request-id", "")
         rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(16)
         served = self.slot.current  # one reference: this request finishes on this model
+        limit = self.settings.max_body_bytes
         try:
-            body = await _read_limited(request, self.settings.max_body_bytes)
+            body = await _receive_limited(receive, headers.get("content-length"), limit)
             batch = validate_instances(
-                parse_body(body, max_bytes=self.settings.max_body_bytes),
+                parse_body(body, max_bytes=limit),
                 contract=self.contract,
                 max_rows=self.settings.max_rows,
             )
@@ -408,7 +439,11 @@ class Champion:
         """Body: {"request_id", "label"[, "row"]} or a list of them (all or nothing)."""
         try:
             payload = parse_body(
-                await _read_limited(request, self.settings.max_body_bytes),
+                await _receive_limited(
+                    request.receive,
+                    request.headers.get("content-length"),
+                    self.settings.max_body_bytes,
+                ),
                 max_bytes=self.settings.max_body_bytes,
             )
         except RequestInvalid as exc:
@@ -531,25 +566,27 @@ class Champion:
         )
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _receive_limited(receive: Receive, declared: str | None, limit: int) -> bytes:
     """Read the body, refusing (413) past `limit` without buffering the rest."""
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestInvalid(
             413, f"request body too large: {declared} bytes, limit {limit}", reason="too_large"
         )
-    if declared is not None and declared.isdigit():
-        return await request.body()  # the length is known and within the limit
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise RequestInvalid(
                 413, f"request body too large: over {limit} bytes", reason="too_large"
             )
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-Champion.add_asgi_middleware(ProbeMiddleware)  # type: ignore[attr-defined]
+Champion.add_asgi_middleware(FastPath)  # type: ignore[attr-defined]

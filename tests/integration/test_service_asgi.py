@@ -394,19 +394,47 @@ def test_probes_say_ready_with_version_1(client):
 
 def test_probes_before_the_service_starts_answer_without_an_error():
     """It answers /livez 200 and /readyz 503 'starting' while no service instance exists yet."""
-    from service.app import ProbeMiddleware
+    from service.app import FastPath
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("the probes are answered by the middleware itself")
 
     # Between lifespans (every `serving` block here has ended) BentoML has no current service.
-    probes = TestClient(ProbeMiddleware(inner), raise_server_exceptions=False)
+    probes = TestClient(FastPath(inner), raise_server_exceptions=False)
     live = probes.get("/livez")
     ready = probes.get("/readyz")
     assert live.status_code == 200, live.text
     assert live.json() == {"alive": True}
     assert ready.status_code == 503, ready.text
     assert ready.json() == {"ready": False, "reason": "starting"}
+
+
+def test_predict_is_answered_ahead_of_fastapi_routing(monkeypatch):
+    """POST /predict goes straight to the service's handler; anything else reaches the app."""
+    import service.app as app_module
+    from service.app import FastPath
+
+    reached: list[str] = []
+
+    class Service:
+        async def answer_asgi(self, scope: Any, receive: Any) -> Any:
+            from fastapi.responses import JSONResponse
+
+            body = await app_module._receive_limited(receive, None, 1000)
+            return JSONResponse({"echo": len(body)})
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        from fastapi.responses import JSONResponse
+
+        reached.append(f"{scope['method']} {scope['path']}")
+        await JSONResponse({"inner": True})(scope, receive, send)
+
+    monkeypatch.setattr(app_module, "_current_service", lambda: Service())
+    client = TestClient(FastPath(inner))
+    assert client.post("/predict", content=b"12345").json() == {"echo": 5}
+    assert client.get("/predict").json() == {"inner": True}
+    assert client.post("/feedback", content=b"{}").json() == {"inner": True}
+    assert reached == ["GET /predict", "POST /feedback"]
 
 
 # -- admin --------------------------------------------------------------------------------------

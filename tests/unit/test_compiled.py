@@ -62,6 +62,18 @@ def test_encoding_replays_the_pipeline_exactly(
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_single_row_path_equals_the_batch_path_bit_for_bit(contract: Contract, data: Any) -> None:
+    """Single rows take a plain-Python path; it must give the very same floats, row by row."""
+    pipeline = _fit(contract, data, Candidate("logistic", {"C": 1.0}))
+    encoder = Encoder.from_pipeline(pipeline)
+    rows = parity_frame(data[2].iloc[:60], contract, seed=3)
+    names = list(contract.features)
+    batch = encoder.encode(frame_columns(rows, names), len(rows))
+    for i in range(len(rows)):
+        one = encoder.encode(frame_columns(rows.iloc[[i]], names), 1)
+        assert np.array_equal(one[0], batch[i]), i
+
+
 def test_parity_rows_hold_missing_values_and_unseen_categories(
     contract: Contract, data: Any
 ) -> None:
