@@ -404,6 +404,7 @@ class Bench:
                 "memory_at_ready": worker_memory(a, pid),
             }
             say(f"  ready in {a.ready_seconds:.2f}s")
+            step(out, "runtime", lambda: self.runtime(a))
             url = f"{a.base}/predict"
             self.warm(url, self.bodies["one"])
             step(out, "single_row", lambda: self.sweep(url, self.bodies["one"]))
@@ -427,6 +428,20 @@ class Bench:
                 step(out, "gbt_single_row", lambda: self.sweep(url, self.bodies["one"]))
                 step(out, "gbt_batch", lambda: self.batch_load(url))
             out["memory_after_load"] = worker_memory(a, pid)
+
+    def runtime(self, server: Server) -> dict[str, Any]:
+        """What serves in the champion worker: runtime, its note, event loop, HTTP parser."""
+        import httpx
+
+        model = httpx.get(f"{server.base}/model", timeout=10).json()
+        ready = httpx.get(f"{server.base}/readyz", timeout=10).json()
+        out = {
+            "runtime": model.get("runtime"),
+            "note": model.get("runtime_note"),
+            "server": ready.get("server"),
+        }
+        say(f"  runtime {out['runtime']} ({out['note']}); {out['server']}")
+        return out
 
     def wait_version(self, server: Server, version: str, timeout: float = 60) -> dict[str, Any]:
         """Until the server answers with `version` (it follows the alias at its own poll)."""
@@ -1022,8 +1037,11 @@ def assemble(
         "in_process_one_row": get(champ, "in_process", "one_row"),
         "validate_batch": get(champ, "in_process", "validate_batch"),
         "validate_one_row": get(champ, "in_process", "validate_one_row"),
+        "compiled": get(champ, "in_process", "compiled_batch"),
+        "compiled_one_row": get(champ, "in_process", "compiled_one_row"),
         "ratio": ratio,
     }
+    results["runtime"] = get(champ, "runtime")
 
     capture = get(champ, "capture") or {"skipped": "quick mode: one champion server only"}
     drift = inproc.get("drift")

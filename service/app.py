@@ -10,7 +10,7 @@ import re
 import secrets
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
@@ -26,7 +26,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from monitoring.capture import Captured
-from service.slot import ModelSlot, Served
 from service.validation import (
     RequestInvalid,
     openapi_request_schema,
@@ -34,6 +33,9 @@ from service.validation import (
     validate_instances,
 )
 from training.scheduler import VERDICTS
+
+if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
+    from service.slot import Served
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ class Champion:
 
     def __init__(self) -> None:
         from monitoring.metrics import service_metrics
+        from service.slot import ModelSlot
         from training import logs
         from training.config import get_settings, load_contract
         from training.ledger import Ledger

@@ -7,13 +7,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from training.config import Contract
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REASONS = (
     "missing",
@@ -73,6 +75,8 @@ class Batch:
 
     @cached_property
     def frame(self) -> pd.DataFrame:
+        import pandas as pd  # only the scikit-learn fallback needs a frame
+
         return pd.DataFrame(
             {
                 name: (
