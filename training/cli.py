@@ -149,6 +149,10 @@ def status() -> None:
             f"champion:    v{champion}, registered {created}, "
             f"{ref.tags.get('champion.rows', '?')} rows, {ref.tags.get('champion.candidate', '')}"
         )
+        typer.echo(
+            f"serves with: {ref.tags.get('champion.runtime', 'sklearn')}"
+            + (f" ({note})" if (note := ref.tags.get("champion.runtime_note")) else "")
+        )
     entries = w.ledger().entries()
     if entries:
         typer.echo("last entry:  " + _describe(entries[-1]).replace("\n", "\n             "))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -50,6 +52,7 @@ def test_simulate_retrain_status_history_tell_a_readable_story(cli):
     status = cli("status")
     assert status.exit_code == 0
     assert "champion=v3" in status.stdout and "previous=v1" in status.stdout
+    assert re.search(r"^serves with: (onnxruntime|sklearn) \(.+\)$", status.stdout, re.M)
     rollback = cli("rollback", "--reason", "drill")
     assert rollback.exit_code == 0 and "v3 → v1" in rollback.stdout
     assert "ROLLBACK" in cli("history", "--limit", "1").stdout
