@@ -6,6 +6,7 @@ import itertools
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,12 @@ class TrialResult:
     seconds: float
     source: str
     error: str | None = None
+    pruned: bool = False  # stopped after the folds in fold_scores; never the best
+
+    @property
+    def complete(self) -> bool:
+        """Every fold scored: the only kind of trial that may be chosen as the best."""
+        return self.error is None and not self.pruned and math.isfinite(self.mean)
 
     @property
     def mean(self) -> float:
@@ -214,6 +221,56 @@ def _random(contract: Contract, seed: int) -> Iterator[Candidate]:
         yield Candidate(family, params, reductions[int(rng.integers(len(reductions)))])
 
 
+def _distribution(param: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution `_suggest` draws this parameter from."""
+    if isinstance(param, Choice):
+        return optuna.distributions.CategoricalDistribution(list(param.choices))
+    if param.integer:
+        return optuna.distributions.IntDistribution(int(param.low), int(param.high), log=param.log)
+    return optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
+
+
+def _inside(param: Param, value: Any) -> bool:
+    """Whether a value is one `_suggest` could have drawn for this parameter."""
+    if isinstance(param, Choice):
+        return any(type(value) is type(c) and value == c for c in param.choices)
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return False
+    if param.integer and float(value) != round(float(value)):
+        return False
+    return bool(param.low <= value <= param.high)
+
+
+def _bayes_trial(
+    contract: Contract, candidate: Candidate
+) -> tuple[dict[str, Any], dict[str, optuna.distributions.BaseDistribution]] | None:
+    """The candidate as the parameters and distributions of an Optuna trial, or None when
+    `_bayes_candidate` could not have proposed it (another space, a value out of range)."""
+    space = spaces_for(contract).get(candidate.family)
+    if space is None or set(candidate.params) != set(space):
+        return None
+    if not all(_inside(space[n], v) for n, v in candidate.params.items()):
+        return None
+    params: dict[str, Any] = {"family": candidate.family}
+    dists: dict[str, optuna.distributions.BaseDistribution] = {
+        "family": optuna.distributions.CategoricalDistribution(sorted(spaces_for(contract)))
+    }
+    for name, param in sorted(space.items()):
+        value = candidate.params[name]
+        key = f"{candidate.family}.{name}"
+        params[key] = int(value) if isinstance(param, Range) and param.integer else value
+        dists[key] = _distribution(param)
+    reductions = _reduction_choices(contract)
+    if len(reductions) > 1:
+        if candidate.components not in reductions:
+            return None
+        params["components"] = candidate.components
+        dists["components"] = optuna.distributions.CategoricalDistribution(reductions)
+    elif candidate.components != reductions[0]:
+        return None
+    return params, dists
+
+
 def _suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
     if isinstance(param, Choice):
         return trial.suggest_categorical(name, list(param.choices))
@@ -235,6 +292,62 @@ def _bayes_candidate(trial: optuna.Trial, contract: Contract) -> Candidate:
     return Candidate(family, params, components)
 
 
+def _middle(param: Param) -> Any:
+    if isinstance(param, Choice):
+        return param.choices[0]
+    value = np.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+    return round(float(value)) if param.integer else float(value)
+
+
+def family_defaults(contract: Contract) -> list[Candidate]:
+    """One starting point per searched family: the estimator's own default for each parameter
+    the space admits it for, else the middle of the range (or the first choice)."""
+    reductions = _reduction_choices(contract)
+    out: list[Candidate] = []
+    for family, space in sorted(spaces_for(contract).items()):
+        try:
+            model = build_pipeline(contract, Candidate(family), seed=0).named_steps["model"]
+        except ValueError:  # an unknown family fails as a trial, not here
+            continue
+        own = model.get_params()
+        params = {
+            n: own[n] if n in own and _inside(p, own[n]) else _middle(p)
+            for n, p in sorted(space.items())
+        }
+        out.append(Candidate(family, params, reductions[0]))
+    return out
+
+
+# Bayes search (measured on the demo contract against an exhaustive grid, see champion.toml):
+# - TPE models the parameters jointly and per family (multivariate, group), not one by one;
+# - it starts from each family's defaults (`family_defaults`) and, when there is one, from the
+#   champion's own score, instead of only from random points;
+# - a trial reports the running mean of its folds after each one, and the median rule stops it
+#   once its best running mean falls below the median of finished trials at the same fold
+#   (from the second fold on, after five finished trials), so the budget buys more trials.
+_TPE_STARTUP = 10
+_PRUNE_STARTUP = 5
+_PRUNE_WARMUP = 1  # fold index of the first pruning decision: decide after two folds
+
+
+def _study(seed: int) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=_TPE_STARTUP, multivariate=True, group=True
+        )
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=_PRUNE_STARTUP, n_warmup_steps=_PRUNE_WARMUP
+    )
+    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+
+
+def _chunks(folds: Sequence[Split], size: int) -> Iterator[Sequence[Split]]:
+    for i in range(0, len(folds), size):
+        yield folds[i : i + size]
+
+
 def tune(
     X: pd.DataFrame,
     y: np.ndarray,
@@ -254,45 +367,71 @@ def tune(
     seed = search.seed
     folds = splits(contract, y, seed=seed)
     primary = contract.metrics.primary
+    names = metric_names(contract)
     started = clock()
     trials: list[TrialResult] = []
     seen: set[str] = set()
     study: optuna.Study | None = None
     grid: Iterator[Candidate] | None = None
     if search.strategy == "bayes":
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
-        )
+        study = _study(seed)
     else:
         grid = _grid(contract) if search.strategy == "grid" else _random(contract, seed)
 
-    def evaluate(candidate: Candidate, source: str) -> TrialResult:
+    def evaluate(
+        candidate: Candidate, source: str, trial: optuna.Trial | None = None
+    ) -> TrialResult:
+        """Score a candidate on the folds; with a bayes trial, folds go n_jobs at a time and
+        the pruner may stop it between batches (then `pruned`, with the folds scored so far)."""
         t0 = clock()
+        scores: dict[str, list[float]] = {n: [] for n in names}
+        pruned = False
         try:
-            scores = cross_validate(
-                contract, candidate, X, y, folds, seed=seed, n_jobs=search.n_jobs
-            )
+            batches = [folds] if trial is None else list(_chunks(folds, search.n_jobs))
+            for batch in batches:
+                part = cross_validate(
+                    contract, candidate, X, y, batch, seed=seed, n_jobs=search.n_jobs
+                )
+                for n in names:
+                    scores[n].extend(part[n])
+                if trial is None:
+                    continue
+                done = len(scores[primary])
+                running = _running_values(primary, scores[primary])
+                if done - 1 in running:
+                    trial.report(running[done - 1], step=done - 1)
+                if done < len(folds) and trial.should_prune():
+                    pruned = True
+                    break
             error = None
         except (
             Exception
         ) as exc:  # a candidate that cannot fit is a failed trial, not a failed cycle
-            scores = {n: (math.nan,) for n in metric_names(contract)}
+            scores = {n: [math.nan] for n in names}
+            pruned = False
             error = f"{type(exc).__name__}: {exc}"
             log.warning("trial failed", extra={"candidate": candidate.label(), "error": error})
         result = TrialResult(
             number=len(trials),
             candidate=candidate,
-            fold_scores=scores[primary],
-            guardrail_scores={k: v for k, v in scores.items() if k != primary},
+            fold_scores=tuple(scores[primary]),
+            guardrail_scores={k: tuple(v) for k, v in scores.items() if k != primary},
             seconds=clock() - t0,
             source=source,
             error=error,
+            pruned=pruned,
         )
         trials.append(result)
         if on_trial is not None:
             on_trial(result)
         return result
+
+    def tell(trial: optuna.Trial, result: TrialResult) -> None:
+        assert study is not None
+        if result.pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, _objective(primary, result))
 
     stopped_by = "trials"
     with tqdm(
@@ -303,17 +442,33 @@ def tune(
     ) as bar:
 
         def best_text() -> str:
-            ok = [t for t in trials if math.isfinite(t.mean)]
+            ok = [t for t in trials if t.complete]
             if not ok:
                 return "-"
             best = max(ok, key=lambda t: oriented(primary, t.mean))
             return f"{best.mean:.4f}"
 
         if baseline is not None and baseline.family in spaces_for(contract):
-            evaluate(baseline, "champion")
+            result = evaluate(baseline, "champion")
             seen.add(baseline.to_json())
             bar.update(1)
             bar.set_postfix_str(f"best {primary}={best_text()}")
+            # Warm start: the champion's score tells TPE where good points were last time.
+            warm = _bayes_trial(contract, baseline) if study is not None else None
+            if study is not None and warm is not None and result.complete:
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params=warm[0],
+                        distributions=warm[1],
+                        value=_objective(primary, result),
+                        intermediate_values=_running_values(primary, result.fold_scores),
+                    )
+                )
+        if study is not None:
+            for default in family_defaults(contract):
+                start = _bayes_trial(contract, default)
+                if start is not None and default.to_json() not in seen:
+                    study.enqueue_trial(start[0])
         while len(trials) < search.max_trials:
             if clock() - started >= search.max_seconds:
                 stopped_by = "time"
@@ -324,13 +479,14 @@ def tune(
                 if candidate.to_json() in seen:
                     # TPE re-proposed a point already scored: tell it the known score, move on.
                     known = next(t for t in trials if t.candidate.to_json() == candidate.to_json())
-                    study.tell(trial, _objective(primary, known))
+                    _report_running(trial, primary, known)
+                    tell(trial, known)
                     if len(study.trials) > search.max_trials * 5:
                         stopped_by = "exhausted"
                         break
                     continue
-                result = evaluate(candidate, "search")
-                study.tell(trial, _objective(primary, result))
+                result = evaluate(candidate, "search", trial)
+                tell(trial, result)
             else:
                 assert grid is not None
                 proposed = next(grid, None)
@@ -344,7 +500,9 @@ def tune(
             seen.add(candidate.to_json())
             bar.update(1)
             bar.set_postfix_str(f"best {primary}={best_text()}")
-    ok = [t for t in trials if math.isfinite(t.mean)]
+    # Only a trial scored on every fold can be the best: a pruned trial's partial mean is not
+    # comparable, and the gate needs the best's full fold scores.
+    ok = [t for t in trials if t.complete]
     if not ok:
         errors = "; ".join(sorted({t.error or "no finite score" for t in trials}))
         raise RuntimeError(f"every trial failed: {errors}")
@@ -353,6 +511,22 @@ def tune(
     return TuneResult(
         best=best, trials=tuple(trials), stopped_by=stopped_by, seconds=clock() - started
     )
+
+
+def _running_values(primary: str, fold_scores: Sequence[float]) -> dict[int, float]:
+    """Running means of the primary metric after each fold (oriented: higher is better), as
+    the pruner sees them; a fold without a finite score adds no value of its own."""
+    out: dict[int, float] = {}
+    for i in range(len(fold_scores)):
+        finite = [s for s in fold_scores[: i + 1] if math.isfinite(s)]
+        if finite:
+            out[i] = oriented(primary, float(np.mean(finite)))
+    return out
+
+
+def _report_running(trial: optuna.Trial, primary: str, result: TrialResult) -> None:
+    for step, value in _running_values(primary, result.fold_scores).items():
+        trial.report(value, step=step)
 
 
 def _objective(primary: str, result: TrialResult) -> float:

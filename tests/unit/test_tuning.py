@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
 from tests.unit.conftest import make_contract, small_raw_contract
+from training import tuning
 from training.config import Contract
 from training.pipeline import Candidate, build_pipeline, prepare_features
 from training.simulate import agrawal_frame
-from training.tuning import TrialResult, splits, tune
+from training.tuning import TrialResult, family_defaults, metric_names, splits, tune
 
 ROWS = 400
 
@@ -207,6 +210,155 @@ def test_best_is_the_highest_mean_and_ties_go_to_the_earlier_trial(
     assert result.best.mean == max(t.mean for t in finite)
     ties = [t for t in finite if t.mean == result.best.mean]
     assert result.best.number == min(t.number for t in ties)
+
+
+# --- pruning and warm starts (bayes) -----------------------------------------------------------
+
+
+def _declining_folds(
+    contract: Contract, y: np.ndarray, calls: list[tuple[int, int]] | None = None
+) -> Callable[..., dict[str, tuple[float, ...]]]:
+    """A stand-in for cross_validate: every candidate scores 0.9, 0.9, 0.5 on folds 0, 1, 2
+    (the last fold is hard), shifted by up to -0.04 by its parameters, so a trial stopped after
+    two folds has a partial mean above every complete trial's mean.  `calls` collects
+    (folds, n_jobs) per call."""
+    order = {len(train): i for i, (train, _) in enumerate(splits(contract, y, seed=0))}
+
+    def fake(
+        contract: Contract,
+        candidate: Candidate,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        folds: Sequence[tuple[np.ndarray, np.ndarray]],
+        *,
+        seed: int,
+        n_jobs: int = 1,
+    ) -> dict[str, tuple[float, ...]]:
+        if calls is not None:
+            calls.append((len(folds), n_jobs))
+        value = float(candidate.params.get("C", 10 * candidate.params.get("learning_rate", 0.1)))
+        shift = -0.02 * min(abs(math.log10(value)), 2.0)
+        scores = tuple((0.9 if order[len(train)] < 2 else 0.5) + shift for train, _ in folds)
+        return {name: scores for name in metric_names(contract)}
+
+    return fake
+
+
+def test_pruned_trials_stop_early_and_are_never_the_best(
+    frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It stops trials whose running mean trails, and picks the best among trials scored on
+    every fold only, even when a pruned trial's partial mean is higher."""
+    contract = make_contract(tmp_path, strategy="bayes", max_trials=16)
+    X, y = _xy(frame, contract)
+    monkeypatch.setattr(tuning, "cross_validate", _declining_folds(contract, y))
+    reported: list[TrialResult] = []
+    result = tune(X, y, contract=contract, on_trial=reported.append, progress=False)
+    pruned = [t for t in result.trials if t.pruned]
+    assert pruned, "expected the median rule to prune some trials"
+    assert all(len(t.fold_scores) < contract.cv.folds for t in pruned)
+    assert all(len(t.fold_scores) == contract.cv.folds for t in result.trials if not t.pruned)
+    assert [t.pruned for t in reported] == [t.pruned for t in result.trials]
+    assert result.best.complete
+    assert not result.best.pruned
+    assert len(result.best.fold_scores) == contract.cv.folds
+    # The guard matters: a pruned trial's partial mean beats every complete trial here.
+    assert max(t.mean for t in pruned) > result.best.mean
+    assert result.best.mean == max(t.mean for t in result.trials if t.complete)
+
+
+def test_pruning_decisions_do_not_depend_on_parallel_folds(
+    frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It prunes the same trials when folds run two at a time (the pruner deciding between
+    batches) as when they run one by one."""
+    runs = []
+    calls: dict[int, list[tuple[int, int]]] = {1: [], 2: []}
+    for n_jobs in (1, 2):
+        contract = make_contract(tmp_path, strategy="bayes", max_trials=12, n_jobs=n_jobs)
+        X, y = _xy(frame, contract)
+        monkeypatch.setattr(tuning, "cross_validate", _declining_folds(contract, y, calls[n_jobs]))
+        runs.append(tune(X, y, contract=contract, progress=False))
+    assert set(calls[1]) == {(1, 1)}
+    assert set(calls[2]) == {(2, 2), (1, 2)}  # folds 0-1 together, then fold 2
+    assert any(t.pruned for t in runs[0].trials)
+    assert _fingerprint(runs[0].trials) == _fingerprint(runs[1].trials)
+    assert [t.pruned for t in runs[0].trials] == [t.pruned for t in runs[1].trials]
+
+
+def test_random_and_grid_search_never_prune(
+    frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It scores every fold of every trial outside the bayes strategy."""
+    for strategy in ("random", "grid"):
+        contract = make_contract(tmp_path, strategy=strategy, max_trials=12)
+        X, y = _xy(frame, contract)
+        monkeypatch.setattr(tuning, "cross_validate", _declining_folds(contract, y))
+        result = tune(X, y, contract=contract, progress=False)
+        assert not any(t.pruned for t in result.trials)
+        assert all(len(t.fold_scores) == contract.cv.folds for t in result.trials)
+
+
+def test_bayes_search_starts_from_each_familys_defaults(
+    frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """It scores one starting point per family first: the estimator's own defaults where the
+    space admits them, else the first choice or the middle of the range."""
+    contract = make_contract(tmp_path, strategy="bayes", max_trials=3)
+    X, y = _xy(frame, contract)
+    result = tune(X, y, contract=contract, progress=False)
+    starts = [
+        Candidate(
+            "hist_gradient_boosting",
+            # learning_rate: the estimator's 0.1; max_iter and max_leaf_nodes: their defaults
+            # (100, 31) are not among the choices, so the first choice.
+            {"learning_rate": 0.1, "max_iter": 15, "max_leaf_nodes": 8},
+        ),
+        Candidate("logistic", {"C": 1.0}),
+    ]
+    assert family_defaults(contract) == starts
+    assert [t.candidate for t in result.trials[:2]] == starts
+    assert result.trials[2].candidate not in starts
+
+
+def test_family_default_outside_a_range_takes_its_middle(tmp_path: Path) -> None:
+    """It starts a range that excludes the estimator's default at its (geometric) middle."""
+    raw = small_raw_contract(strategy="bayes", families=["logistic"])
+    raw["search"]["space"] = {"logistic": {"C": {"low": 4.0, "high": 100.0, "log": True}}}
+    assert family_defaults(make_contract(tmp_path, raw)) == [Candidate("logistic", {"C": 20.0})]
+
+
+def test_champion_in_the_space_warm_starts_the_sampler(
+    frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It tells TPE the champion's score as a finished trial; a champion outside the space is
+    still scored first but not told; a family default equal to it is not scored twice."""
+    told: list[optuna.trial.FrozenTrial] = []
+    add_trial = optuna.Study.add_trial
+
+    def spy(self: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:  # not the enqueued defaults
+            told.append(trial)
+        add_trial(self, trial)
+
+    monkeypatch.setattr(optuna.Study, "add_trial", spy)
+    contract = make_contract(tmp_path, strategy="bayes", max_trials=4)
+    X, y = _xy(frame, contract)
+
+    inside = tune(X, y, contract=contract, baseline=Candidate("logistic", {"C": 2.0}))
+    assert inside.trials[0].source == "champion"
+    assert [(t.params, t.value) for t in told] == [
+        ({"family": "logistic", "logistic.C": 2.0}, inside.trials[0].mean)
+    ]
+
+    told.clear()
+    outside = tune(X, y, contract=contract, baseline=Candidate("logistic", {"C": 500.0}))
+    assert outside.trials[0].candidate == Candidate("logistic", {"C": 500.0})
+    assert told == []
+
+    same = tune(X, y, contract=contract, baseline=Candidate("logistic", {"C": 1.0}))
+    labels = [t.candidate.to_json() for t in same.trials]
+    assert len(labels) == len(set(labels)) == 4
 
 
 def test_candidate_json_round_trip() -> None:
