@@ -116,7 +116,7 @@ QUICK = Plan(
 
 FULL = Plan(
     quick=False,
-    seconds=10,
+    seconds=8,
     levels=(1, 8, 32),
     batch_seconds=10,
     batch_connections=4,
@@ -135,7 +135,7 @@ FULL = Plan(
     demo_rows=1000,
     setup_folds=3,
     drift_repeats=7,
-    in_process_seconds=10,
+    in_process_seconds=6,
     warmup_seconds=1,
     grid_timeout=480,
 )
