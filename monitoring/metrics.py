@@ -20,8 +20,14 @@ TICK_OUTCOMES = (
     "STALE",
     "missed",
     "overlap",
+    "timeout",
     "error",
 )
+# Why a captured prediction did not reach the log.
+DROP_REASONS = ("buffer_full", "write_failed", "unserialisable", "duplicate_request_id")
+# Background loops that must outlive any one failing item.
+LOOPS = ("capture", "slot", "scheduler", "monitor")
+FEEDBACK_REJECTIONS = ("unauthorized", "rate_limited", "invalid", "unknown", "already_labelled")
 
 
 def _gauge(
@@ -65,11 +71,24 @@ class ServiceMetrics:
         )
         self.capture_dropped = Counter(
             "champion_capture_dropped_total",
-            "Predictions not captured (buffer full or log write failed).",
+            "Predicted rows not captured, by reason.",
+            ["reason"],
             registry=r,
         )
         self.feedback = Counter(
             "champion_feedback_labels_total", "Labels joined to captured predictions.", registry=r
+        )
+        self.feedback_rejected = Counter(
+            "champion_feedback_rejected_total",
+            "Refused feedback requests, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.background_errors = Counter(
+            "champion_background_errors_total",
+            "Items a background loop failed on (the loop went on), by loop.",
+            ["loop"],
+            registry=r,
         )
         self.swaps = Counter(
             "champion_model_swaps_total", "Model swaps in this service.", registry=r
@@ -161,6 +180,20 @@ class ServiceMetrics:
             self.retrain_ticks.labels(outcome)
         for verdict in TICK_OUTCOMES[:6]:
             self.retrain_runs.labels(verdict)
+        for reason in DROP_REASONS:
+            self.capture_dropped.labels(reason)
+        for reason in FEEDBACK_REJECTIONS:
+            self.feedback_rejected.labels(reason)
+        for loop in LOOPS:
+            self.background_errors.labels(loop)
+
+    def dropped(self, reason: str, n: int) -> None:
+        """Count captured rows lost, under a bounded reason."""
+        if n > 0:
+            self.capture_dropped.labels(reason if reason in DROP_REASONS else "write_failed").inc(n)
+
+    def background_error(self, loop: str) -> None:
+        self.background_errors.labels(loop if loop in LOOPS else "monitor").inc()
 
     def unseen(self, counts: dict[str, int]) -> None:
         for feature, n in counts.items():

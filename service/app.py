@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import bentoml
@@ -19,20 +21,24 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from monitoring.capture import Captured
+from service.ratelimit import TokenBucket
 from service.validation import (
+    Problem,
     RequestInvalid,
+    finite,
+    openapi_feedback_schema,
     openapi_request_schema,
     parse_body,
     validate_instances,
 )
-from training.scheduler import VERDICTS
+from training.scheduler import VERDICTS, CycleOutcome
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
     from service.slot import Served
@@ -59,11 +65,37 @@ class PredictResponse(BaseModel):
     request_id: str = Field(description="Echoes X-Request-ID, or a new id.")
 
 
+class FeedbackResponse(BaseModel):
+    labelled: int = Field(description="Labels joined to captured predictions.")
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="What went wrong, in one sentence.")
     problems: list[dict[str, Any]] = Field(
         default_factory=list, description="Every problem found: row, field, kind, problem."
     )
+
+
+_STATUS = {
+    400: "Malformed JSON.",
+    401: "No `Authorization: Bearer` token.",
+    403: "Wrong token, or the endpoint is disabled (no token configured).",
+    404: "Not found.",
+    409: "Conflicts with the current state; nothing changed.",
+    413: "Body over CHAMPION_MAX_BODY_BYTES.",
+    422: "The body does not fit; every problem is listed.",
+    429: "Over this worker's rate; see Retry-After.",
+    503: "No champion loaded yet, or the registry is unreachable.",
+}
+
+
+def _errors(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses: every one an endpoint can answer."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        text = described.get(f"s{code}", _STATUS[code])
+        out[code] = {"model": ErrorBody, "description": text}
+    return out
 
 
 class _ORJSON(JSONResponse):
@@ -177,7 +209,11 @@ class Champion:
             cache_dir=settings.cache_dir,
             on_swap=self._on_swap,
             on_swap_failure=lambda _: metrics.swap_failures.inc(),
+            on_error=lambda: metrics.background_error("slot"),
             threads=settings.serve_threads,
+        )
+        self._feedback_bucket = TokenBucket(
+            rate=settings.feedback_labels_per_second, burst=settings.feedback_burst_labels
         )
         from monitoring.capture import Capture, PredictionLog
 
@@ -188,7 +224,8 @@ class Champion:
             self.prediction_log,
             capacity=settings.capture_buffer,
             sample_rate=settings.capture_sample_rate,
-            on_drop=lambda n: metrics.capture_dropped.inc(n),
+            on_drop=metrics.dropped,
+            on_error=lambda: metrics.background_error("capture"),
         )
         self.capture.start()
         from training.watch import Watch
@@ -208,6 +245,7 @@ class Champion:
             count=lambda outcome: metrics.retrain_ticks.labels(outcome).inc(),
             on_cycle=self._on_cycle,
             monitor=self.watch.tick,
+            on_error=metrics.background_error,
         )
         self._details: dict[str, dict[str, Any]] = {}
         schema = self._openapi()
@@ -216,6 +254,9 @@ class Champion:
         self.slot.start(poll_seconds=settings.poll_seconds)
         if settings.scheduler:
             self.scheduler.start()
+        from training.process import exit_with_parent
+
+        exit_with_parent(what="worker")  # a killed supervisor must not leave workers behind
         log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
 
     @bentoml.on_shutdown
@@ -225,10 +266,13 @@ class Champion:
         self.scheduler.stop()
         self.capture.stop()
 
-    def _on_cycle(self, verdict: str, seconds: float) -> None:
-        self.metrics.retrain_runs.labels(verdict if verdict in VERDICTS else "FAILED").inc()
-        self.metrics.retrain_duration.observe(seconds)
-        if verdict != "FAILED":
+    def _on_cycle(self, outcome: CycleOutcome) -> None:
+        verdict = outcome.verdict if outcome.verdict in VERDICTS else "FAILED"
+        self.metrics.retrain_runs.labels(verdict).inc()
+        self.metrics.retrain_duration.observe(outcome.seconds)
+        # A cycle that could not run (another holds the lease, the child timed out) is not a
+        # success: the staleness alert must still see the time since retraining last worked.
+        if outcome.succeeded:
             self.metrics.retrain_last_success.set(time.time())
 
     def _on_swap(self, served: Served) -> None:
@@ -242,14 +286,54 @@ class Champion:
         schema = get_openapi(
             title=api.title, version="1", description=api.description, routes=api.routes
         )
-        body = openapi_request_schema(self.contract, max_rows=self.settings.max_rows)
-        schema.setdefault("components", {}).setdefault("schemas", {})["PredictRequest"] = body
-        op = schema["paths"]["/predict"]["post"]
-        op["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        schemas["PredictRequest"] = openapi_request_schema(
+            self.contract, max_rows=self.settings.max_rows
+        )
+        schemas["FeedbackRequest"] = openapi_feedback_schema(
+            self.contract, max_rows=self.settings.max_rows
+        )
+        schemas["RollbackRequest"] = {
+            "type": "object",
+            "required": ["reason"],
+            "properties": {"reason": {"type": "string", "minLength": 1, "pattern": r"\S"}},
+        }
+        components["securitySchemes"] = {
+            "admin": {"type": "http", "scheme": "bearer", "description": "CHAMPION_ADMIN_TOKEN"},
+            "feedback": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "CHAMPION_FEEDBACK_TOKEN",
             },
+        }
+        paths = schema["paths"]
+        for path, ref in (
+            ("/predict", "PredictRequest"),
+            ("/feedback", "FeedbackRequest"),
+            ("/admin/rollback", "RollbackRequest"),
+        ):
+            paths[path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}
+                },
+            }
+        paths["/feedback"]["post"]["security"] = [{"feedback": []}]
+        for path in ("/admin/reload", "/admin/rollback", "/admin/retrain"):
+            paths[path]["post"]["security"] = [{"admin": []}]
+        # The probes are answered ahead of FastAPI's routing (FastPath); documented here.
+        paths["/readyz"] = {
+            "get": {
+                "summary": "Ready once a champion is loaded; names the version and the worker",
+                "responses": {
+                    "200": {"description": "Ready."},
+                    "503": {"description": "Not ready yet; `reason` says why."},
+                },
+            }
+        }
+        paths["/livez"] = {
+            "get": {"summary": "Alive", "responses": {"200": {"description": "Alive."}}}
         }
         return schema
 
@@ -277,13 +361,7 @@ class Champion:
     @api.post(
         "/predict",
         summary="Predict with the current champion",
-        responses={
-            200: {"model": PredictResponse},
-            400: {"model": ErrorBody},
-            413: {"model": ErrorBody},
-            422: {"model": ErrorBody},
-            503: {"model": ErrorBody},
-        },
+        responses=_errors(400, 413, 422, 503) | {200: {"model": PredictResponse}},
     )
     async def predict(self, request: Request) -> JSONResponse:
         # Documents the endpoint; requests through the service are answered by FastPath.
@@ -316,7 +394,7 @@ class Champion:
             return _error(
                 503,
                 "no champion model is loaded yet: "
-                + (st.last_error or "the registry has no champion"),
+                + (st.last_error or "the registry has no champion yet"),
                 request_id=rid,
             )
         try:
@@ -376,14 +454,18 @@ class Champion:
                 details["data"] = self.registry.run_json(served.run_id, "fingerprint.json")
                 self._details[served.version] = details
             except Exception as exc:  # the registry may be down; say so rather than fail
-                details["unavailable"] = f"registry: {exc}"
+                log.warning(
+                    "model details unavailable",
+                    extra={"version": served.version, "error": str(exc)},
+                )
+                details["unavailable"] = "the registry is unreachable; details in the log"
         return details
 
     @api.get("/model", summary="Which model serves, how it was trained, the last verdict")
     def model(self) -> JSONResponse:
         served = self.slot.current
         st = self.slot.status()
-        last = next((e for e in reversed(self.ledger.entries()) if e.get("event") == "cycle"), None)
+        last = self.ledger.last("cycle")
         body: dict[str, Any] = {
             "model_name": self.contract.project.name,
             "ready": st.ready,
@@ -418,7 +500,11 @@ class Champion:
             }
         return JSONResponse(body)
 
-    @api.get("/drift", summary="The last drift and live-quality evaluation, as JSON")
+    @api.get(
+        "/drift",
+        summary="The last drift and live-quality evaluation, as JSON",
+        responses=_errors(404, s404="No drift evaluation yet."),
+    )
     def drift(self) -> JSONResponse:
         from training.watch import latest
 
@@ -436,84 +522,184 @@ class Champion:
     @api.post(
         "/feedback",
         summary="Join true labels to captured predictions",
-        responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        description=(
+            "Needs `Authorization: Bearer $CHAMPION_FEEDBACK_TOKEN` (labels become training "
+            "data). Body: one item `{request_id, label[, row]}` or a list of them, all or "
+            "nothing. Labels must be one of the contract's classes, with their type "
+            "(classification), or a finite number (regression)."
+        ),
+        responses=_errors(
+            400,
+            401,
+            403,
+            404,
+            409,
+            413,
+            422,
+            429,
+            s404="Unknown request ids (not captured, or rotated out); nothing written.",
+            s409="Already labelled; nothing written.",
+        )
+        | {200: {"model": FeedbackResponse}},
     )
     async def feedback(self, request: Request) -> JSONResponse:
-        """Body: {"request_id", "label"[, "row"]} or a list of them (all or nothing)."""
+        denied = self._authorize(request, self.settings.feedback_token, what="feedback")
+        if denied is not None:
+            self.metrics.feedback_rejected.labels("unauthorized").inc()
+            return denied
         try:
-            payload = parse_body(
-                await _receive_limited(
-                    request.receive,
-                    request.headers.get("content-length"),
-                    self.settings.max_body_bytes,
-                ),
-                max_bytes=self.settings.max_body_bytes,
+            raw = await _receive_limited(
+                request.receive,
+                request.headers.get("content-length"),
+                self.settings.max_body_bytes,
             )
+            # Parsing and checking thousands of items is CPU work: off the event loop.
+            parsed = await asyncio.to_thread(self._feedback_items, raw)
         except RequestInvalid as exc:
+            self.metrics.feedback_rejected.labels("invalid").inc()
             return JSONResponse(exc.body(), status_code=exc.status)
-        items = payload if isinstance(payload, list) else [payload]
-        problems: list[dict[str, Any]] = []
-        parsed: list[tuple[str, int, Any]] = []
-        classes = self.slot.current.classes if self.slot.current else None
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
-                problems.append({"item": i, "problem": "needs a string 'request_id'"})
-                continue
-            row = item.get("row", 0)
-            if not isinstance(row, int) or isinstance(row, bool) or row < 0:
-                problems.append({"item": i, "problem": "'row' must be a non-negative integer"})
-                continue
-            if "label" not in item or item["label"] is None:
-                problems.append({"item": i, "problem": "needs a 'label'"})
-                continue
-            label = item["label"]
-            if classes is not None and label not in classes:
-                problems.append({"item": i, "problem": f"label {label!r} is not one of {classes}"})
-                continue
-            if classes is None and (isinstance(label, bool) or not isinstance(label, int | float)):
-                problems.append({"item": i, "problem": "label must be a number"})
-                continue
-            parsed.append((item["request_id"], row, label))
-        if not items:
-            problems.append({"item": None, "problem": "no feedback items"})
-        if problems:
-            return _error(422, f"{len(problems)} problem(s) in the feedback", problems=problems)
-        self.capture.flush()  # a label may arrive right after its prediction
-        unknown, done = self.prediction_log.label(parsed)
+        wait = self._feedback_bucket.take(len(parsed))
+        if wait > 0:
+            self.metrics.feedback_rejected.labels("rate_limited").inc()
+            response = _error(
+                429,
+                f"over this worker's feedback rate of {self.settings.feedback_labels_per_second:g}"
+                f" labels/s; retry in {wait:.1f}s",
+            )
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
+        unknown, done = await asyncio.to_thread(self._label, parsed, flush=True)
         if unknown:
             # ...and that prediction may sit in another worker's buffer until its next flush.
             await asyncio.sleep(self.capture.flush_seconds * 2 + 0.1)
-            unknown, done = self.prediction_log.label(parsed)
+            unknown, done = await asyncio.to_thread(self._label, parsed, flush=False)
         if unknown:
+            self.metrics.feedback_rejected.labels("unknown").inc()
             return _error(
                 404,
                 "unknown request ids (not captured, or rotated out); nothing was written",
                 unknown=unknown,
             )
         if done:
+            self.metrics.feedback_rejected.labels("already_labelled").inc()
             return _error(409, "already labelled; nothing was written", already_labelled=done)
         self.metrics.feedback.inc(len(parsed))
         return JSONResponse({"labelled": len(parsed)})
 
+    def _label(
+        self, items: list[tuple[str, int, Any]], *, flush: bool
+    ) -> tuple[list[str], list[str]]:
+        if flush:
+            self.capture.flush()  # a label may arrive right after its prediction
+        return self.prediction_log.label(items)
+
+    def _feedback_items(self, raw: bytes) -> list[tuple[str, int, Any]]:
+        """Parse and check feedback items against the contract; raise RequestInvalid."""
+        payload = parse_body(raw, max_bytes=self.settings.max_body_bytes)
+        items = payload if isinstance(payload, list) else [payload]
+        limit = self.settings.max_rows
+        if not items:
+            raise RequestInvalid(422, "no feedback items", reason="empty")
+        if len(items) > limit:
+            raise RequestInvalid(
+                422, f"{len(items)} feedback items; at most {limit} allowed", reason="too_many_rows"
+            )
+        check = self._label_check()
+        problems: list[Problem] = []
+        parsed: list[tuple[str, int, Any]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                problems.append(Problem(i, None, "not_object", "each item must be an object"))
+                continue
+            found = len(problems)
+            for key in sorted(set(item) - {"request_id", "label", "row"})[:5]:
+                problems.append(Problem(i, key[:64], "unexpected", "unexpected key"))
+            rid = item.get("request_id")
+            if not isinstance(rid, str) or not _REQUEST_ID.match(rid):
+                problems.append(
+                    Problem(i, "request_id", "wrong_type", "needs the request_id /predict answered")
+                )
+            row = item.get("row", 0)
+            if type(row) is not int or not 0 <= row < limit:
+                problems.append(
+                    Problem(i, "row", "wrong_type", f"must be an integer from 0 to {limit - 1}")
+                )
+            label = item.get("label")
+            if label is None:
+                problems.append(Problem(i, "label", "missing", "needs a 'label'"))
+            elif (why := check(label)) is not None:
+                problems.append(Problem(i, "label", "wrong_type", why))
+            if len(problems) >= 100:  # enough to fix the client; the rest would be alike
+                break
+            if len(problems) == found:
+                if type(label) is float and label.is_integer():
+                    label = int(label)  # JSON's 1.0 is the class 1
+                parsed.append((str(rid), row, label))
+        if problems:
+            raise RequestInvalid(
+                422,
+                f"{len(problems)} problem(s) in the feedback; nothing was written",
+                reason=problems[0].kind,
+                problems=problems,
+            )
+        return parsed
+
+    def _label_check(self) -> Callable[[Any], str | None]:
+        """A function naming what is wrong with a label, from the contract's declared type."""
+        if self.contract.task == "regression":
+
+            def number(label: Any) -> str | None:
+                if type(label) not in (int, float) or not finite(label):
+                    return "must be a finite number"
+                return None
+
+            return number
+        declared = self.contract.classes
+        served = self.slot.current.classes if self.slot.current else None
+        classes = list(declared) if declared is not None else served
+        if classes is None:
+            return lambda label: "no classes known yet: declare `classes` in the contract"
+        # Type and value: JSON true is not the class 1, nor "1" the class 1; but 1.0 is 1.
+        allowed = {(type(c), c) for c in classes}
+
+        def one_of(label: Any) -> str | None:
+            if type(label) is float and label.is_integer() and (int, int(label)) in allowed:
+                return None
+            try:
+                if (type(label), label) in allowed:
+                    return None
+            except TypeError:  # lists and objects are not hashable, and not classes
+                pass
+            return f"must be one of the classes {classes}"
+
+        return one_of
+
     # -- admin ----------------------------------------------------------------------------
 
-    def _authorize(self, request: Request) -> JSONResponse | None:
-        token = self.settings.admin_token
-        if token is None or not token.get_secret_value():
-            return _error(403, "admin endpoints are disabled: set CHAMPION_ADMIN_TOKEN to enable")
+    def _authorize(
+        self, request: Request, secret: SecretStr | None, *, what: str = "admin"
+    ) -> JSONResponse | None:
+        token = secret.get_secret_value() if secret is not None else ""
+        if not token:
+            variable = "CHAMPION_FEEDBACK_TOKEN" if what == "feedback" else "CHAMPION_ADMIN_TOKEN"
+            return _error(403, f"{what} endpoints are disabled: set {variable} to enable")
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
             response = _error(401, "missing 'Authorization: Bearer <token>' header")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-            return _error(403, "wrong admin token")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(403, f"wrong {what} token")
         return None
 
-    @api.post("/admin/reload", summary="Check the champion alias now and swap if it moved")
+    @api.post(
+        "/admin/reload",
+        summary="Check the champion alias now and swap if it moved",
+        responses=_errors(401, 403, 503),
+    )
     def reload(self, request: Request) -> JSONResponse:
-        if (denied := self._authorize(request)) is not None:
+        if (denied := self._authorize(request, self.settings.admin_token)) is not None:
             return denied
         from training.errors import RegistryError
 
@@ -523,9 +709,15 @@ class Champion:
             return _error(503, f"registry unreachable: {exc}")
         return JSONResponse({"swapped": swapped, "model_version": self.slot.status().version})
 
-    @api.post("/admin/rollback", summary="Make `previous` the champion again (recorded)")
+    @api.post(
+        "/admin/rollback",
+        summary="Make `previous` the champion again (recorded)",
+        responses=_errors(
+            400, 401, 403, 409, 413, 422, s409="Nothing to roll back to, or the alias moved."
+        ),
+    )
     async def rollback(self, request: Request) -> JSONResponse:
-        if (denied := self._authorize(request)) is not None:
+        if (denied := self._authorize(request, self.settings.admin_token)) is not None:
             return denied
         from training import actions
         from training.errors import ChampionError
@@ -539,7 +731,9 @@ class Champion:
         reason = payload.get("reason") if isinstance(payload, dict) else None
         if not isinstance(reason, str) or not reason.strip():
             return _error(422, 'a reason is required: {"reason": "..."}')
-        try:
+
+        def work() -> dict[str, Any]:
+            # Lease wait, download, load and parity check: seconds of blocking work.
             entry = actions.rollback(
                 reason=f"{reason} (via API)",
                 registry=self.registry,
@@ -547,6 +741,10 @@ class Champion:
                 settings=self.settings,
             )
             self.slot.refresh()
+            return entry
+
+        try:
+            entry = await asyncio.to_thread(work)
         except ChampionError as exc:
             return _error(409, str(exc))
         return JSONResponse(
@@ -557,9 +755,14 @@ class Champion:
             }
         )
 
-    @api.post("/admin/retrain", summary="Run a retrain cycle now (in the background)")
+    @api.post(
+        "/admin/retrain",
+        summary="Run a retrain cycle now (in the background)",
+        status_code=202,
+        responses=_errors(401, 403, 409, s409="A retrain requested here is already running."),
+    )
     def retrain(self, request: Request) -> JSONResponse:
-        if (denied := self._authorize(request)) is not None:
+        if (denied := self._authorize(request, self.settings.admin_token)) is not None:
             return denied
         if not self.scheduler.run_now():
             return _error(409, "a retrain requested here is already running")

@@ -29,7 +29,7 @@ from training.compiled import (
 )
 from training.config import Contract
 from training.data import atomic_write_text
-from training.errors import ChampionError, RegistryError
+from training.errors import ChampionError, IntegrityError, RegistryError
 from training.registry import (
     TAG_ONNX_SHA256,
     TAG_RUNTIME,
@@ -44,6 +44,10 @@ from training.registry import (
 log = logging.getLogger(__name__)
 
 CACHE_INDEX = "champion.json"
+
+
+def _cache_name(version: str, sha256: str | None) -> str:
+    return f"v{version}-{(sha256 or 'unknown')[:16]}"
 
 
 class Inputs(Protocol):
@@ -134,6 +138,7 @@ class ModelSlot:
         cache_dir: Path,
         on_swap: Callable[[Served], None] | None = None,
         on_swap_failure: Callable[[str], None] | None = None,
+        on_error: Callable[[], None] | None = None,
         threads: int = 1,
     ) -> None:
         self.registry = registry
@@ -152,6 +157,7 @@ class ModelSlot:
         self._thread: threading.Thread | None = None
         self._on_swap = on_swap or (lambda served: None)
         self._on_swap_failure = on_swap_failure or (lambda reason: None)
+        self._on_error = on_error or (lambda: None)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -240,7 +246,9 @@ class ModelSlot:
         return compiled, f"parity {diff:.2g} on {len(rows)} rows at load"
 
     def _cached_dir(self, ref: ModelRef) -> Path:
-        target = self.cache_dir / f"v{ref.version}"
+        # Keyed by version *and* digest: a re-created registry reuses version numbers, and a
+        # folder holding another model under the same number must never be taken for this one.
+        target = self.cache_dir / _cache_name(ref.version, ref.sha256)
         if target.exists():
             return target
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -256,9 +264,29 @@ class ModelSlot:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def _load_ref(self, ref: ModelRef) -> Served:
+        def prepare() -> Served:
+            return self._prepare(
+                self._cached_dir(ref),
+                sha256=ref.sha256,
+                version=ref.version,
+                source="registry",
+                tags=dict(ref.tags),
+                run_id=ref.run_id,
+                registered_ms=ref.created_ms,
+            )
+
+        try:
+            return prepare()
+        except IntegrityError:
+            # A damaged cached copy (a torn download, a changed file): fetch it once more.
+            shutil.rmtree(self.cache_dir / _cache_name(ref.version, ref.sha256), ignore_errors=True)
+            return prepare()
+
     def _write_index(self, served: Served) -> None:
         body = {
             "version": served.version,
+            "folder": _cache_name(served.version, served.sha256),
             "sha256": served.sha256,
             "tags": served.tags,
             "run_id": served.run_id,
@@ -273,8 +301,11 @@ class ModelSlot:
             return False
         try:
             meta = json.loads(index.read_text(encoding="utf-8"))
+            folder = meta.get("folder") or f"v{meta['version']}"
+            if Path(folder).name != folder:  # the index names a folder inside the cache only
+                raise ChampionError(f"cache index names {folder!r}, not a cache folder")
             served = self._prepare(
-                self.cache_dir / f"v{meta['version']}",
+                self.cache_dir / folder,
                 sha256=meta["sha256"],
                 version=str(meta["version"]),
                 source="cache",
@@ -283,7 +314,7 @@ class ModelSlot:
                 registered_ms=int(meta.get("registered_ms", 0)),
             )
         except Exception as exc:  # a bad cache must not stop the worker
-            self.last_error = f"cache unusable: {exc}"
+            self.last_error = f"model cache unusable ({type(exc).__name__})"
             log.warning("model cache unusable", extra={"error": str(exc)})
             return False
         self._swap(served)
@@ -313,8 +344,10 @@ class ModelSlot:
             try:
                 ref = self.registry.alias("champion")
             except RegistryError as exc:
-                self.degraded = f"registry unreachable: {exc}"
+                # Public text (probes, /model) names no URL or path; the log has the detail.
+                self.degraded = "registry unreachable"
                 self.last_error = self.degraded
+                log.warning("registry unreachable", extra={"error": str(exc)})
                 if self.current is None:
                     self.load_from_cache()
                 raise
@@ -337,19 +370,12 @@ class ModelSlot:
                 self._write_index(prev)
                 return True
             try:
-                local = self._cached_dir(ref)
-                served = self._prepare(
-                    local,
-                    sha256=ref.sha256,
-                    version=ref.version,
-                    source="registry",
-                    tags=dict(ref.tags),
-                    run_id=ref.run_id,
-                    registered_ms=ref.created_ms,
-                )
+                served = self._load_ref(ref)
             except Exception as exc:
                 self.swap_failures += 1
-                self.last_error = f"loading v{ref.version} failed: {exc}"
+                self.last_error = (
+                    f"loading v{ref.version} failed ({type(exc).__name__}); see the service log"
+                )
                 self._on_swap_failure(type(exc).__name__)
                 log.error(
                     "model load failed; keeping the current model",
@@ -359,18 +385,6 @@ class ModelSlot:
             self._write_index(served)
             self._swap(served)
             self.last_error = None
-            return True
-
-    def rollback_local(self) -> bool:
-        """Swap to the previous model held in memory (no download)."""
-        with self._lock:
-            if self.previous is None:
-                return False
-            self.previous, self.current = self.current, self.previous
-            self.swaps += 1
-            assert self.current is not None
-            self._on_swap(self.current)
-            self._write_index(self.current)
             return True
 
     # -- following the alias --------------------------------------------------------------
@@ -407,5 +421,6 @@ class ModelSlot:
                 delay = min(max(delay * 2, poll_seconds), 300.0)  # back off while it is down
             except Exception:  # the poller must outlive any surprise
                 log.exception("model refresh failed")
+                self._on_error()
                 delay = poll_seconds
             time.sleep(0)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from training.config import Contract
+from training.config import FLOAT32_MAX, Contract
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,6 +23,7 @@ REASONS = (
     "wrong_type",
     "null",
     "not_finite",
+    "out_of_range",
     "not_object",
     "malformed_json",
     "too_large",
@@ -101,15 +102,17 @@ def _problem(value: Any, *, numeric: bool, nullable: bool) -> tuple[str, str] | 
     if numeric:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return "wrong_type", f"expected a number, got {type(value).__name__}"
-        if not _finite(value):
-            return "not_finite", "value must be a finite 64-bit float"
+        if not finite(value):
+            return "not_finite", "value must be a finite number"
+        if abs(value) > FLOAT32_MAX:
+            return "out_of_range", f"magnitude must be at most {FLOAT32_MAX:.7g}"
         return None
     if not isinstance(value, str):
         return "wrong_type", f"expected text, got {type(value).__name__}"
     return None
 
 
-def _finite(value: int | float) -> bool:
+def finite(value: int | float) -> bool:
     try:
         return math.isfinite(float(value))  # a huge JSON integer overflows a float
     except OverflowError:
@@ -120,6 +123,11 @@ def _reject_constant(token: str) -> float:
     raise ValueError(f"{token} is not valid JSON")
 
 
+# orjson's message for a valid JSON number that overflows a double (1e400): the one refusal
+# worth a second, slower parse, so validation can name the row and field at fault.
+_OVERFLOW = "number is infinity when parsed as double"
+
+
 def parse_body(body: bytes, *, max_bytes: int) -> Any:
     """Parse JSON strictly: NaN/Infinity tokens are refused here, not silently accepted."""
     if len(body) > max_bytes:
@@ -127,14 +135,17 @@ def parse_body(body: bytes, *, max_bytes: int) -> Any:
             413, f"request body too large: {len(body)} bytes, limit {max_bytes}", reason="too_large"
         )
     try:
-        return orjson.loads(body)  # strict JSON already: no NaN/Infinity tokens
-    except orjson.JSONDecodeError:
-        pass
-    # Rare path: orjson also refuses numbers that overflow a double (1e400), which are valid
-    # JSON; the standard parser takes them so validation can name the row and field at fault.
+        return orjson.loads(body)  # strict JSON: no NaN/Infinity, depth ≤ 1024, valid UTF-8
+    except orjson.JSONDecodeError as exc:
+        if _OVERFLOW not in str(exc):
+            # Nesting too deep, lone surrogates, bad syntax: all refused without a second parse.
+            near = body[exc.pos : exc.pos + 24].decode("utf-8", "replace")
+            raise RequestInvalid(
+                400, f"malformed JSON: {exc} near {near!r}", reason="malformed_json"
+            ) from None
     try:
         return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestInvalid(400, f"malformed JSON: {exc}", reason="malformed_json") from None
 
 
@@ -188,7 +199,7 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
             column = columns[name]
             value = row.get(name, _ABSENT)
             kind = type(value)
-            if kind is float and math.isfinite(value):  # the common case first
+            if kind is float and -FLOAT32_MAX <= value <= FLOAT32_MAX:  # the common case first
                 if numeric:
                     column.append(value)
                     continue
@@ -231,22 +242,36 @@ def example_instance(contract: Contract) -> dict[str, Any]:
 
 
 def openapi_request_schema(contract: Contract, *, max_rows: int) -> dict[str, Any]:
-    """JSON Schema of the request body, generated from the contract."""
+    """JSON Schema of the request body, generated from the contract.
+
+    It says what the validator accepts, no more and no less: unseen categories are accepted
+    (and counted), so a categorical is any string, with the known values as examples; a
+    nullable feature may be null (the model imputes it); numbers lie within float32's range.
+    """
     props: dict[str, Any] = {}
     for name, spec in contract.features.items():
         if spec.type == "numeric":
-            schema: dict[str, Any] = {"type": "number"}
+            schema: dict[str, Any] = {
+                "type": "number",
+                "minimum": -FLOAT32_MAX,
+                "maximum": FLOAT32_MAX,
+            }
+            what = "Numeric."
         else:
             schema = {"type": "string"}
+            what = "Categorical."
             if spec.values is not None:
-                schema["enum"] = list(spec.values)
-                schema["description"] = (
-                    "Categorical. Values outside the list are accepted and counted as unseen."
+                schema["examples"] = list(spec.values)
+                what += (
+                    f" Known values: {', '.join(spec.values)}; any other string is accepted, "
+                    "encoded as unknown and counted as unseen."
                 )
+        what += " May be null (imputed by the model)." if spec.nullable else " Must not be null."
         if spec.nullable:
             schema = {"anyOf": [schema, {"type": "null"}]}
         if spec.description:
             schema["title"] = spec.description
+        schema["description"] = what
         props[name] = schema
     row = {
         "type": "object",
@@ -257,8 +282,55 @@ def openapi_request_schema(contract: Contract, *, max_rows: int) -> dict[str, An
     return {
         "type": "object",
         "required": ["instances"],
+        "additionalProperties": False,
         "properties": {
             "instances": {"type": "array", "items": row, "minItems": 1, "maxItems": max_rows}
         },
         "example": {"instances": [example_instance(contract)]},
     }
+
+
+def openapi_feedback_schema(contract: Contract, *, max_rows: int) -> dict[str, Any]:
+    """JSON Schema of a /feedback body: one item or a list, labels typed by the contract."""
+    if contract.task == "regression":
+        label: dict[str, Any] = {"type": "number", "description": "The true value."}
+    elif contract.classes is not None:
+        label = {"enum": list(contract.classes), "description": "One of the contract's classes."}
+    else:
+        label = {
+            "type": ["integer", "string"],
+            "description": "One of the serving model's classes (see GET /model).",
+        }
+    item = {
+        "type": "object",
+        "required": ["request_id", "label"],
+        "additionalProperties": False,
+        "properties": {
+            "request_id": {
+                "type": "string",
+                "pattern": r"^[A-Za-z0-9._-]{1,64}$",
+                "description": "The request_id /predict answered with.",
+            },
+            "row": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": max_rows - 1,
+                "default": 0,
+                "description": "Which row of that request (0 for single-row requests).",
+            },
+            "label": label,
+        },
+    }
+    return {
+        "oneOf": [
+            item,
+            {"type": "array", "items": item, "minItems": 1, "maxItems": max_rows},
+        ],
+        "example": {"request_id": "3f2a9c", "row": 0, "label": _example_label(contract)},
+    }
+
+
+def _example_label(contract: Contract) -> Any:
+    if contract.task == "regression":
+        return 1.0
+    return contract.classes[-1] if contract.classes else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,49 @@ class Ledger:
                     log.warning("skipping torn ledger line", extra={"line": number})
         return out
 
+    def tail(self) -> Iterator[dict[str, Any]]:
+        """Entries newest first, read backwards in blocks: the cost is what is read, not the
+        ledger's length (a year of half-hourly cycles is ~17,000 lines)."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            end = fh.tell()
+            rest = b""
+            while end > 0:
+                start = max(0, end - _BLOCK)
+                fh.seek(start)
+                block = fh.read(end - start) + rest
+                end = start
+                lines = block.split(b"\n")
+                rest = lines.pop(0) if start > 0 else b""  # may be a partial line
+                for line in reversed(lines):
+                    if entry := _parse(line):
+                        yield entry
+            if rest and (entry := _parse(rest)):
+                yield entry
+
+    def last(self, event: str) -> dict[str, Any] | None:
+        """The newest entry of one event kind ("cycle", "rollback", ...)."""
+        return next((e for e in self.tail() if e.get("event") == event), None)
+
     def last_champion(self) -> str | None:
         """The champion version the ledger last recorded (None before the first promotion)."""
-        for entry in reversed(self.entries()):
+        for entry in self.tail():
             if "champion_after" in entry:
                 return entry["champion_after"]
         return None
+
+
+_BLOCK = 1 << 16
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        found = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("skipping torn ledger line")
+        return None
+    return found if isinstance(found, dict) else None

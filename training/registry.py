@@ -85,16 +85,22 @@ def load_verified(local_dir: Path, *, expected_sha256: str | None) -> tuple[Any,
             f"model in {local_dir} is stored as {flavor.get('serialization_format')!r}; "
             "only 'skops' is loaded"
         )
-    path = local_dir / flavor.get("pickled_model", MODEL_FILE)
-    digest = sha256_file(path)
     if expected_sha256 is None:
         raise IntegrityError(f"model in {local_dir} has no recorded digest ({TAG_SHA256})")
+    name = str(flavor.get("pickled_model", MODEL_FILE))
+    root = local_dir.resolve()
+    path = (root / name).resolve()
+    # The file name comes from the artifact: never follow it out of the model's folder.
+    if not path.is_relative_to(root) or not path.is_file():
+        raise IntegrityError(f"model file {name!r} is not a file inside the model folder")
+    data = path.read_bytes()  # hashed and loaded from the same bytes: nothing swapped between
+    digest = hashlib.sha256(data).hexdigest()
     if digest != expected_sha256:
         raise IntegrityError(
             f"model file digest {digest[:12]}… does not match the recorded {expected_sha256[:12]}…"
         )
     try:
-        return sio.load(path, trusted=list(TRUSTED_TYPES)), digest
+        return sio.loads(data, trusted=list(TRUSTED_TYPES)), digest
     except sio.exceptions.UntrustedTypesFoundException as exc:
         raise IntegrityError(f"model file holds types outside the trusted list: {exc}") from None
 
@@ -209,10 +215,9 @@ class Registry:
             raise RegistryError(f"cannot download v{ref.version}: {exc}") from exc
         return Path(local)
 
-    def load(self, ref: ModelRef, *, cache_dir: Path | None = None) -> LoadedModel:
-        """Download, verify the digest and safe format, and load one version."""
-        base = cache_dir or Path(tempfile.mkdtemp(prefix="champion-model-"))
-        local = self.download(ref, base / f"v{ref.version}")
+    def load(self, ref: ModelRef, *, cache_dir: Path) -> LoadedModel:
+        """Download into `cache_dir` (the caller owns and removes it), verify and load."""
+        local = self.download(ref, cache_dir / f"v{ref.version}")
         pipeline, digest = load_verified(local, expected_sha256=ref.sha256)
         signature = Model.load(str(local)).signature
         names = tuple(signature.inputs.input_names()) if signature else ()

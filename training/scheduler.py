@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,31 +38,100 @@ LEADER_LEASE = "scheduler"
 VERDICTS = ("PROMOTE", "HOLD", "REJECT", "SKIPPED", "FAILED", "STALE")
 
 
-def run_cycle_subprocess(*, trigger: str, timeout: float | None = None) -> str:
-    """Run `champion retrain` in a child process and return its verdict.
+@dataclass(frozen=True)
+class CycleOutcome:
+    """What one run of the retrain job came to, as the scheduler and the metrics see it."""
+
+    verdict: str
+    seconds: float = 0.0
+    reason: str = ""
+    ran: bool = True  # False: another cycle held the lease, so nothing was tried
+    timed_out: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        """The retraining machinery worked: a verdict was reached (SKIPPED for no new data
+        included), not FAILED, not timed out, not crowded out by another cycle."""
+        return self.ran and not self.timed_out and self.verdict in VERDICTS[:4] + VERDICTS[5:]
+
+
+def run_cycle_subprocess(*, trigger: str, timeout: float) -> CycleOutcome:
+    """Run `champion retrain` in a child process and return its outcome.
 
     A child keeps tuning's CPU and memory out of the serving worker, at lower priority, and a
-    crash in it cannot take the worker down.
+    crash in it cannot take the worker down. It runs in its own session, so on timeout the
+    whole group (joblib workers included) is stopped; it exits by itself if this process dies.
     """
-    cmd = [sys.executable, "-m", "training.cli", "retrain", "--no-progress", "--trigger", trigger]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        preexec_fn=lambda: os.nice(10),
-        env=os.environ.copy(),
-    )
-    for line in proc.stdout.splitlines():
-        head = line.split(":", 1)[0]
-        if head in VERDICTS:
-            return head
-    log.error(
-        "retrain child gave no verdict",
-        extra={"returncode": proc.returncode, "stderr": proc.stderr[-2000:]},
-    )
-    return "FAILED"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="champion-cycle-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "retrain",
+            "--no-progress",
+            "--trigger",
+            trigger,
+            "--nice",
+            "10",
+            "--exit-with-parent",
+            "--result-file",
+            str(result_file),
+        ]
+        # No preexec_fn: running Python between fork and exec is unsafe in a threaded process.
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+            log.error(
+                "retrain child timed out and was stopped",
+                extra={"timeout_seconds": timeout, "pid": proc.pid},
+            )
+            return CycleOutcome(
+                "FAILED",
+                time.monotonic() - started,
+                f"the cycle ran over {timeout:g}s and was stopped",
+                timed_out=True,
+            )
+        seconds = time.monotonic() - started
+        try:
+            found = json.loads(result_file.read_text(encoding="utf-8"))
+            verdict = str(found["verdict"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.error(
+                "retrain child gave no verdict",
+                extra={"returncode": proc.returncode, "stderr": (stderr or "")[-2000:]},
+            )
+            return CycleOutcome("FAILED", seconds, f"the child exited {proc.returncode}")
+        return CycleOutcome(
+            verdict if verdict in VERDICTS else "FAILED",
+            seconds,
+            str(found.get("reason", "")),
+            ran=not found.get("busy", False),
+        )
+
+
+def _stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM the child's process group, SIGKILL it after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.communicate(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def trigger_for(contract: Contract) -> Any:
@@ -81,21 +154,27 @@ class RetrainScheduler:
         *,
         contract: Contract,
         settings: Settings,
-        job: Callable[[str], str] | None = None,
+        job: Callable[[str], CycleOutcome] | None = None,
         count: Callable[[str], None] | None = None,
-        on_cycle: Callable[[str, float], None] | None = None,
+        on_cycle: Callable[[CycleOutcome], None] | None = None,
         monitor: Callable[[], Any] | None = None,
+        on_error: Callable[[str], None] | None = None,
         standby_seconds: float = 5.0,
     ) -> None:
         self.contract = contract
         self.settings = settings
-        self.job = job or (lambda trigger: run_cycle_subprocess(trigger=trigger))
+        timeout = settings.retrain_timeout_seconds
+        self.job = job or (lambda trigger: run_cycle_subprocess(trigger=trigger, timeout=timeout))
         self.count = count or (lambda outcome: None)
-        self.on_cycle = on_cycle or (lambda verdict, seconds: None)
+        self.on_cycle = on_cycle or (lambda outcome: None)
         self.monitor = monitor
+        self.on_error = on_error or (lambda loop: None)
         self.standby_seconds = standby_seconds
         self.scheduler: BackgroundScheduler | None = None
-        self._lease = FileLock(str(Path(settings.lock_dir) / f"{LEADER_LEASE}.lock"), timeout=0)
+        # Not thread-local: the standby thread may take the lease and stop() release it.
+        self._lease = FileLock(
+            str(Path(settings.lock_dir) / f"{LEADER_LEASE}.lock"), timeout=0, thread_local=False
+        )
         self._stop = threading.Event()
         self._manual = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -149,16 +228,24 @@ class RetrainScheduler:
 
     def _standby(self) -> None:
         while not self._stop.wait(self.standby_seconds):
-            if self._try_lead():
-                return
+            try:
+                if self._try_lead():
+                    return
+            except Exception:  # a failed attempt (a full disk, a bad lock file) is retried
+                log.exception("scheduler standby could not try the lease")
+                self.on_error("scheduler")
 
-    def _run(self, trigger: str) -> str:
+    def _run(self, trigger: str) -> CycleOutcome:
         started = time.monotonic()
-        verdict = self.job(trigger)
-        self.on_cycle(verdict, time.monotonic() - started)
-        return verdict
+        try:
+            outcome = self.job(trigger)
+        except Exception as exc:
+            log.exception("retrain job raised")
+            outcome = CycleOutcome("FAILED", time.monotonic() - started, f"job raised: {exc!r}")
+        self.on_cycle(outcome)
+        return outcome
 
-    def _tick(self) -> str:
+    def _tick(self) -> CycleOutcome:
         with self._manual:
             return self._run("schedule")
 
@@ -168,16 +255,24 @@ class RetrainScheduler:
             self.monitor()
         except Exception:  # a failed pass must not stop the next one
             log.exception("monitoring pass failed")
+            self.on_error("monitor")
 
     def _on_event(self, event: JobEvent) -> None:
         if getattr(event, "job_id", JOB_ID) != JOB_ID:
             return
         if event.code == EVENT_JOB_EXECUTED:
             assert isinstance(event, JobExecutionEvent)
-            outcome = str(event.retval) if event.retval in VERDICTS else "error"
+            result = event.retval
+            if isinstance(result, CycleOutcome) and result.timed_out:
+                outcome = "timeout"
+            elif isinstance(result, CycleOutcome) and result.verdict in VERDICTS:
+                outcome = result.verdict
+            else:
+                outcome = "error"
             log.info("scheduled retrain finished", extra={"outcome": outcome})
         elif event.code == EVENT_JOB_ERROR:
             outcome = "error"
+            self.on_error("scheduler")
             log.error(
                 "scheduled retrain raised", extra={"error": repr(getattr(event, "exception", None))}
             )
@@ -203,6 +298,7 @@ class RetrainScheduler:
             except Exception:
                 log.exception("manual retrain failed")
                 self.count("error")
+                self.on_error("scheduler")
             finally:
                 self._manual.release()
 

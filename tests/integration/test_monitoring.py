@@ -23,7 +23,15 @@ from monitoring.capture import PredictionLog
 from monitoring.metrics import PREDICTION_OUTCOMES
 from service.validation import REASONS
 from tests.integration.conftest import project_raw
-from tests.integration.test_serve import ROOT, ROW, _free_port, _workers_report, serving, stop_group
+from tests.integration.test_serve import (
+    FEEDBACK,
+    ROOT,
+    ROW,
+    _free_port,
+    _workers_report,
+    serving,
+    stop_group,
+)
 from training.gate import Verdict
 from training.simulate import agrawal_frame
 
@@ -267,7 +275,7 @@ def test_capture_feedback_and_drift_over_http(champion):
 
         labels = [int(v) for v in frame["approved"][:30]]
         feedback = [{"request_id": "drift-0", "row": i, "label": labels[i]} for i in range(30)]
-        r = httpx.post(f"{base}/feedback", json=feedback)
+        r = httpx.post(f"{base}/feedback", json=feedback, headers=FEEDBACK)
         assert r.status_code == 200 and r.json() == {"labelled": 30}, r.text
 
         def drift_seen() -> dict[str, Any] | None:
@@ -306,15 +314,24 @@ def test_capture_feedback_and_drift_over_http(champion):
         # All or nothing: an unknown id refuses the whole call, naming only the unknown one.
         r = httpx.post(
             f"{base}/feedback",
+            headers=FEEDBACK,
             json=[
                 {"request_id": "drift-1", "row": 0, "label": 1},
                 {"request_id": "never-sent", "label": 1},
             ],
         )
         assert r.status_code == 404 and r.json()["unknown"] == ["never-sent#0"], r.text
-        r = httpx.post(f"{base}/feedback", json={"request_id": "drift-1", "row": 0, "label": 1})
+        r = httpx.post(
+            f"{base}/feedback",
+            json={"request_id": "drift-1", "row": 0, "label": 1},
+            headers=FEEDBACK,
+        )
         assert r.status_code == 200 and r.json() == {"labelled": 1}, r.text
-        r = httpx.post(f"{base}/feedback", json={"request_id": "drift-1", "row": 0, "label": 0})
+        r = httpx.post(
+            f"{base}/feedback",
+            json={"request_id": "drift-1", "row": 0, "label": 0},
+            headers=FEEDBACK,
+        )
         assert r.status_code == 409 and r.json()["already_labelled"] == ["drift-1#0"], r.text
         assert _value(_scrape(base), "champion_feedback_labels_total") == 31
 
@@ -330,7 +347,9 @@ def test_label_right_after_its_prediction_is_joined(champion):
             status, predicted_by = _predict_on_new_connection(base, {"instances": [ROW]}, **headers)
             assert status == 200
             with httpx.Client(timeout=10) as client:  # a new connection: any worker
-                r = client.post(f"{base}/feedback", json={"request_id": rid, "label": 1})
+                r = client.post(
+                    f"{base}/feedback", json={"request_id": rid, "label": 1}, headers=FEEDBACK
+                )
                 labelled_by = client.get(f"{base}/readyz").json()["pid"]
             if r.status_code != 200:
                 refused.append((rid, r.status_code, predicted_by, labelled_by))

@@ -20,12 +20,14 @@ import pytest
 from training import actions
 from training.gate import Verdict
 from training.pipeline import prepare_features
-from training.scheduler import RetrainScheduler
+from training.scheduler import CycleOutcome, RetrainScheduler
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token"
+FEEDBACK_TOKEN = "serve-test-feedback-token"
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 ROW = {
     "salary": 61000.0,
     "commission": 20000.0,
@@ -55,6 +57,7 @@ def serving(project, *, workers: int = 2, **env: str) -> Iterator[str]:
             "BENTOML_CONFIG_OPTIONS": f"services.champion.workers={workers}",
             "CHAMPION_POLL_SECONDS": "1",
             "CHAMPION_ADMIN_TOKEN": TOKEN,
+            "CHAMPION_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
             "CHAMPION_SCHEDULER": "false",
             "BENTOML_DO_NOT_TRACK": "true",
         }
@@ -244,7 +247,9 @@ def test_scheduler_runs_once_per_tick_with_two_workers(project, tmp_path):
     with serving(project, CHAMPION_SCHEDULER="true") as base:
         assert httpx.get(f"{base}/livez").status_code == 200
         second = RetrainScheduler(
-            contract=project.contract, settings=project.settings, job=lambda trigger: "SKIPPED"
+            contract=project.contract,
+            settings=project.settings,
+            job=lambda trigger: CycleOutcome("SKIPPED"),
         )
         second.start()
         assert not second.is_leader  # started by mistake: stands by

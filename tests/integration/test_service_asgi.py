@@ -567,9 +567,14 @@ def test_openapi_describes_the_request_from_the_contract(client, served_project)
     assert row["maxItems"] == MAX_ROWS
     props = row["items"]["properties"]
     assert list(props) == list(served_project.contract.features)
-    assert props[NOT_NULL] == {"type": "number", "title": "Yearly salary"}
+    salary = props[NOT_NULL]
+    assert salary["type"] == "number" and salary["title"] == "Yearly salary"
+    assert salary["maximum"] == -salary["minimum"] == pytest.approx(3.4028235e38)
+    assert "Must not be null" in salary["description"]
+    # Unseen categories are served by design: the schema must not forbid them with an enum.
     elevel = next(alt for alt in props["elevel"]["anyOf"] if alt["type"] == "string")
-    assert elevel["enum"] == ["e0", "e1", "e2", "e3", "e4"]
+    assert "enum" not in elevel and elevel["examples"] == ["e0", "e1", "e2", "e3", "e4"]
+    assert "any other string is accepted" in props["elevel"]["description"]
     body = schema["paths"]["/predict"]["post"]["requestBody"]
     ref = body["content"]["application/json"]["schema"]["$ref"]
     assert ref == "#/components/schemas/PredictRequest"

@@ -41,8 +41,13 @@ SMALL_SEARCH: dict[str, Any] = {
 
 
 def raw_contract() -> dict[str, Any]:
-    """The shipped champion.toml as a raw mapping (a fresh deep copy on every call)."""
-    return copy.deepcopy(tomllib.loads(PROJECT_FILE.read_text(encoding="utf-8")))
+    """The shipped champion.toml as a raw mapping (a fresh deep copy on every call).
+
+    Batches written by a test are taken in at once: no settle time.
+    """
+    raw = copy.deepcopy(tomllib.loads(PROJECT_FILE.read_text(encoding="utf-8")))
+    raw["data"]["settle_seconds"] = 0
+    return raw
 
 
 def small_raw_contract(**search: Any) -> dict[str, Any]:

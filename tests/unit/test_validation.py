@@ -17,7 +17,7 @@ from service.validation import (
     validate_instances,
 )
 from tests.unit.conftest import PROJECT_FILE, raw_contract
-from training.config import Contract, load_contract, parse_contract
+from training.config import FLOAT32_MAX, Contract, load_contract, parse_contract
 
 MAX_ROWS = 5
 
@@ -366,7 +366,7 @@ def test_openapi_schema_lists_every_feature_with_its_type(strict):
     assert row["required"] == list(strict.features)
     assert row["additionalProperties"] is False
     props = row["properties"]
-    assert props["salary"] == {"type": "number", "title": "Yearly salary"}
+    assert props["salary"]["type"] == "number" and props["salary"]["title"] == "Yearly salary"
     assert _types(props["age"]) == {"number", "null"}
     for name in strict.numeric:
         assert "number" in _types(props[name]), name
@@ -375,19 +375,36 @@ def test_openapi_schema_lists_every_feature_with_its_type(strict):
     assert props["hvalue"]["title"] == "House value"
 
 
-def test_openapi_schema_gives_enums_for_categorical_values(strict):
-    """It lists each categorical feature's values as an enum and says others are accepted."""
+def test_openapi_schema_lists_known_values_without_forbidding_others(strict):
+    """It gives each categorical's known values as examples, never as an enum: the validator
+    accepts unseen categories, so a schema forbidding them would mislead generated clients."""
     props = openapi_request_schema(strict, max_rows=MAX_ROWS)["properties"]["instances"]["items"][
         "properties"
     ]
     car = props["car"]  # not nullable: a plain string schema
-    assert car["type"] == "string"
-    assert car["enum"] == list(strict.features["car"].values)
+    assert car["type"] == "string" and "enum" not in car
+    assert car["examples"] == list(strict.features["car"].values)
     assert "unseen" in car["description"]
     elevel = next(alt for alt in props["elevel"]["anyOf"] if alt["type"] == "string")
-    assert elevel["enum"] == ["e0", "e1", "e2", "e3", "e4"]
-    zipcode = next(alt for alt in props["zipcode"]["anyOf"] if alt["type"] == "string")
-    assert zipcode["enum"] == [f"z{i}" for i in range(9)]
+    assert "enum" not in elevel and elevel["examples"] == ["e0", "e1", "e2", "e3", "e4"]
+    batch = validate_instances(
+        {"instances": [_row(car="AAA", elevel="AAA")]}, contract=strict, max_rows=MAX_ROWS
+    )
+    assert batch.unseen == {"car": 1, "elevel": 1}  # what the schema promises: accepted
+
+
+def test_openapi_schema_bounds_numbers_as_the_validator_does(strict):
+    """It states the float32 range the validator enforces, and which features may be null."""
+    props = openapi_request_schema(strict, max_rows=MAX_ROWS)["properties"]["instances"]["items"][
+        "properties"
+    ]
+    salary = props["salary"]
+    assert salary["maximum"] == FLOAT32_MAX and salary["minimum"] == -FLOAT32_MAX
+    assert "Must not be null" in salary["description"]
+    assert "May be null" in props["age"]["description"]
+    with pytest.raises(RequestInvalid) as caught:
+        validate_instances({"instances": [_row(salary=1e300)]}, contract=strict, max_rows=MAX_ROWS)
+    assert caught.value.problems[0].kind == "out_of_range"
 
 
 @pytest.mark.parametrize("which", ["shipped", "strict"])
@@ -403,3 +420,33 @@ def test_openapi_example_itself_validates(request, which):
     )
     assert len(batch.frame) == 1
     assert dict(batch.unseen) == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5_000,  # orjson stops at depth 1024; the stdlib parser would recurse and crash
+        b"[" * 40_000 + b"]" * 40_000,
+        b'{"instances": [{"car": "\\ud800"}]}',  # a lone surrogate: not encodable text
+        b'{"a": [1, 2',
+    ],
+    ids=["deep", "deep-balanced", "lone-surrogate", "truncated"],
+)
+def test_bodies_json_cannot_carry_are_a_400_not_a_crash(body):
+    """It refuses deep nesting, lone surrogates and broken syntax as malformed JSON (400)."""
+    with pytest.raises(RequestInvalid) as caught:
+        parse_body(body, max_bytes=1 << 20)
+    assert caught.value.status == 400 and caught.value.reason == "malformed_json"
+
+
+def test_only_an_overflowing_number_takes_the_slow_parse():
+    """It still parses 1e400 (valid JSON) so validation can name the row and field."""
+    assert parse_body(b'{"x": 1e400}', max_bytes=100) == {"x": math.inf}
+
+
+@pytest.mark.parametrize("value", [1e300, -1e39, 10**39])
+def test_numbers_beyond_float32_are_refused_naming_the_field(shipped, value):
+    """It refuses magnitudes the models' 32-bit inputs cannot hold (a forest would fail)."""
+    exc = _refused(shipped, {"instances": [_row(loan=value)]})
+    assert _where(exc) == [(0, "loan", "out_of_range")]
+    assert _validate(shipped, [_row(loan=FLOAT32_MAX)]).columns["loan"] == [FLOAT32_MAX]
