@@ -55,7 +55,30 @@ class CycleOutcome:
         return self.ran and not self.timed_out and self.verdict in VERDICTS[:4] + VERDICTS[5:]
 
 
-def run_cycle_subprocess(*, trigger: str, timeout: float) -> CycleOutcome:
+def retrain_command(trigger: str, result_file: Path) -> list[str]:
+    """The child's command line: `champion retrain`, reporting its outcome into a file."""
+    return [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "retrain",
+        "--no-progress",
+        "--trigger",
+        trigger,
+        "--nice",
+        "10",
+        "--exit-with-parent",
+        "--result-file",
+        str(result_file),
+    ]
+
+
+def run_cycle_subprocess(
+    *,
+    trigger: str,
+    timeout: float,
+    command: Callable[[str, Path], list[str]] = retrain_command,
+) -> CycleOutcome:
     """Run `champion retrain` in a child process and return its outcome.
 
     A child keeps tuning's CPU and memory out of the serving worker, at lower priority, and a
@@ -65,20 +88,7 @@ def run_cycle_subprocess(*, trigger: str, timeout: float) -> CycleOutcome:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="champion-cycle-") as tmp:
         result_file = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "training.cli",
-            "retrain",
-            "--no-progress",
-            "--trigger",
-            trigger,
-            "--nice",
-            "10",
-            "--exit-with-parent",
-            "--result-file",
-            str(result_file),
-        ]
+        cmd = command(trigger, result_file)
         # No preexec_fn: running Python between fork and exec is unsafe in a threaded process.
         proc = subprocess.Popen(
             cmd,

@@ -60,7 +60,10 @@ EXPORTED: dict[str, frozenset[str]] = {
     "champion_predicted_class_total": frozenset({"class"}),
     "champion_validation_failures_total": frozenset({"reason"}),
     "champion_unseen_categories_total": frozenset({"feature"}),
-    "champion_capture_dropped_total": NONE,
+    "champion_capture_dropped_total": frozenset({"reason"}),
+    "champion_feedback_labels_total": NONE,
+    "champion_feedback_rejected_total": frozenset({"reason"}),
+    "champion_background_errors_total": frozenset({"loop"}),
     "champion_model_swaps_total": NONE,
     "champion_model_swap_failures_total": NONE,
     "champion_model_info": frozenset({"version"}),
@@ -94,7 +97,13 @@ VERDICTS = ("PROMOTE", "HOLD", "REJECT", "SKIPPED", "FAILED", "STALE")
 LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("champion_predictions_total", "outcome"): frozenset({"ok", "invalid", "unavailable", "error"}),
     ("champion_retrain_ticks_total", "outcome"): frozenset(
-        {*VERDICTS, "missed", "overlap", "error"}
+        {*VERDICTS, "missed", "overlap", "timeout", "error"}
+    ),
+    ("champion_capture_dropped_total", "reason"): frozenset(
+        {"buffer_full", "write_failed", "unserialisable", "duplicate_request_id"}
+    ),
+    ("champion_background_errors_total", "loop"): frozenset(
+        {"capture", "slot", "scheduler", "monitor"}
     ),
     ("champion_retrain_runs_total", "verdict"): frozenset(VERDICTS),
 }

@@ -355,3 +355,46 @@ def test_predict_command_sends_a_csv_and_reports_problems(project):
         )
         assert wrong.returncode == 1
         assert '"field": "salary"' in wrong.stdout and '"kind": "missing"' in wrong.stdout
+
+
+def test_a_nested_bracket_body_gets_a_400_at_once_and_the_worker_serves_on(project):
+    """It answers a 40 KB body of nested brackets with a 400 at once; the next request is served."""
+    project.simulate(2)
+    assert project.cycle().verdict is Verdict.PROMOTE
+    with serving(project, workers=1) as base:
+        _workers_report(base, want={"1"}, workers=1)
+        for path in ("/predict", "/feedback"):
+            started = time.monotonic()
+            r = httpx.post(f"{base}{path}", content=b"[" * 40_000, headers=FEEDBACK, timeout=30)
+            assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON"), r.text
+            assert time.monotonic() - started < 5
+        r = httpx.post(f"{base}/predict", json={"instances": [ROW]}, timeout=10)
+        assert r.status_code == 200, r.text
+
+
+def test_workers_exit_when_their_supervisor_is_killed(project):
+    """It leaves no worker behind (serving, leading the scheduler) once `bentoml serve` dies."""
+    import psutil
+
+    project.simulate(2)
+    assert project.cycle().verdict is Verdict.PROMOTE
+    with serving(project, workers=2, CHAMPION_SCHEDULER="true") as base:
+        pids = set(_workers_report(base, want={"1"}, workers=2))
+        supervisor = next(
+            p
+            for p in psutil.Process(next(iter(pids))).parents()
+            if "bentoml" in " ".join(p.cmdline())
+        )
+        supervisor.kill()  # SIGKILL: it cannot stop its children itself
+        deadline = time.monotonic() + 30
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = {
+                p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+            }
+            time.sleep(0.2)
+        assert not alive, f"workers {alive} outlived their supervisor"
+    lock = project.settings.lock_dir / "scheduler.lock"
+    from filelock import FileLock
+
+    FileLock(str(lock), timeout=5).acquire()  # the leader's lease was released with it
