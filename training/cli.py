@@ -62,22 +62,48 @@ def _fail(exc: ChampionError) -> typer.Exit:
 def retrain(
     progress: Annotated[bool, typer.Option(help="Show a progress bar while tuning.")] = True,
     trigger: Annotated[str, typer.Option(hidden=True, help="Recorded in the ledger.")] = "cli",
+    nice: Annotated[int, typer.Option(min=0, max=19, help="Lower this process's priority.")] = 0,
+    result_file: Annotated[
+        Path | None, typer.Option(hidden=True, help="Write the outcome here as JSON.")
+    ] = None,
+    exit_with_parent: Annotated[
+        bool, typer.Option(hidden=True, help="Stop when the starting process dies.")
+    ] = False,
 ) -> None:
     """Run one retrain cycle (bootstraps a champion when there is none)."""
     from training.cycle import Context, run_cycle
 
+    if nice:
+        os.nice(nice)
+    if exit_with_parent:
+        from training.process import exit_with_parent as watch_parent
+
+        watch_parent(what="retrain")
     try:
         w = Wiring()
         ctx = Context(w.contract, w.settings, w.registry(), w.ledger(), progress=progress or None)
     except ChampionError as exc:
+        if result_file is not None:
+            _write_result(result_file, {"verdict": "FAILED", "reason": str(exc)})
         raise _fail(exc) from None
     result = run_cycle(ctx, trigger=trigger)
+    if result_file is not None:
+        _write_result(
+            result_file,
+            {"verdict": result.verdict.value, "reason": result.reason, "busy": result.busy},
+        )
     color = {"PROMOTE": typer.colors.GREEN, "FAILED": typer.colors.RED}.get(result.verdict.value)
     typer.secho(f"{result.verdict.value}: {result.reason}", fg=color)
     if result.version:
         typer.echo(f"challenger v{result.version}; champion: {result.champion_after or 'none'}")
     typer.echo(f"{result.trials} trials in {result.seconds:.1f}s")
     raise typer.Exit(result.exit_code)
+
+
+def _write_result(path: Path, body: dict[str, Any]) -> None:
+    from training.data import atomic_write_text
+
+    atomic_write_text(path, json.dumps(body))
 
 
 def _describe(entry: dict[str, Any]) -> str:
@@ -95,8 +121,9 @@ def _describe(entry: dict[str, Any]) -> str:
     version = (
         f" challenger v{entry['challenger_version']}" if entry.get("challenger_version") else ""
     )
+    batch = f" {entry['batch']}" if entry.get("batch") else ""
     who = entry.get("who", "")
-    return f"{at}  {head:<15}{moved}{version}  [{who}]\n    {entry.get('reason', '')}"
+    return f"{at}  {head:<15}{moved}{version}{batch}  [{who}]\n    {entry.get('reason', '')}"
 
 
 @app.command()
@@ -120,7 +147,9 @@ def history(
 @app.command()
 def status() -> None:
     """Show the champion, the aliases, the last verdict and the landing zone."""
-    from training.data import Manifest, pending_files
+    from collections import Counter
+
+    from training.data import Manifest, landing_status
 
     try:
         w = Wiring()
@@ -156,12 +185,116 @@ def status() -> None:
     entries = w.ledger().entries()
     if entries:
         typer.echo("last entry:  " + _describe(entries[-1]).replace("\n", "\n             "))
-    accepted = manifest.accepted()
-    quarantined = [b for b, e in manifest.batches.items() if e["status"] == "quarantined"]
+    counts = Counter(e["status"] for e in manifest.batches.values())
+    landing = landing_status(w.contract, manifest)
     typer.echo(
-        f"batches:     {len(accepted)} accepted ({len(manifest.unconsumed())} not yet "
-        f"trained on), {len(quarantined)} quarantined, "
-        f"{len(pending_files(w.contract.data.landing_zone)) - len(accepted)} waiting"
+        f"batches:     {counts['accepted']} accepted ({len(manifest.unconsumed())} not yet "
+        f"trained on), {counts['retired']} retired, {counts['quarantined']} quarantined"
+    )
+    # Accepted files may stay in the landing zone or go: only files not taken in count here.
+    typer.echo(
+        f"landing:     {len(landing.new) + len(landing.waiting)} waiting to be taken in, "
+        f"{len(landing.ignored)} ignored (`champion batches` names them)"
+    )
+
+
+batches_app = typer.Typer(
+    help="List the batches intake has seen (no subcommand), or retire one.",
+    no_args_is_help=False,
+)
+app.add_typer(batches_app, name="batches")
+
+
+def _batch_line(batch_id: str, entry: dict[str, Any]) -> str:
+    seen = str(entry.get("seen_at", ""))[:19].replace("T", " ")
+    rows = entry.get("usable_rows", entry.get("rows", "?"))
+    trained = entry.get("consumed_by") or "-"
+    line = f"{batch_id}  {entry['status']:<11} {rows:>7} rows  seen {seen}  trained on: {trained}"
+    if entry["status"] == "quarantined" and entry.get("reasons"):
+        line += f"\n    {entry['reasons'][0]}"
+    elif entry["status"] == "retired":
+        line += f"\n    retired: {entry.get('retired_reason', '')}"
+    return line
+
+
+@batches_app.callback(invoke_without_command=True)
+def batches(
+    ctx: typer.Context,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw manifest entries.")
+    ] = False,
+) -> None:
+    """List every batch in the manifest, and the landing-zone files not taken in."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from training.data import Manifest, landing_status
+
+    try:
+        w = Wiring()
+        manifest = Manifest(w.contract.data.manifest)
+        landing = landing_status(w.contract, manifest)
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        body = {
+            "batches": manifest.batches,
+            "classes": manifest.classes,
+            "landing_zone": {
+                "new": list(landing.new),
+                "waiting": list(landing.waiting),
+                "ignored": list(landing.ignored),
+            },
+        }
+        typer.echo(json.dumps(body, indent=1, sort_keys=True))
+        return
+    if not manifest.batches:
+        typer.echo("No batch taken in yet.")
+    for batch_id in sorted(manifest.batches, key=lambda b: manifest.batches[b].get("seen_at", "")):
+        typer.echo(_batch_line(batch_id, manifest.batches[batch_id]))
+    for label, names in (
+        ("new (taken in by the next cycle)", landing.new),
+        (
+            f"still being written (younger than {w.contract.data.settle_seconds:g}s)",
+            landing.waiting,
+        ),
+        ("ignored (not .csv, .csv.gz or .parquet)", landing.ignored),
+    ):
+        if names:
+            typer.echo(f"landing zone, {label}: {', '.join(names)}")
+
+
+@batches_app.command("retire")
+def retire_batch(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Accepted batch to retire.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
+) -> None:
+    """Take an accepted batch out of every future training window (its stored copy stays)."""
+    from training.cycle import actor
+    from training.data import Manifest
+    from training.lease import CYCLE, REGISTRY, lease
+
+    try:
+        reason = reason.strip()
+        if not reason:
+            raise ChampionError("a reason is required (--reason TEXT); it goes into the ledger")
+        w = Wiring()
+        timeout = w.settings.lease_timeout_seconds
+        # The cycle lease keeps a running cycle from saving its older copy of the manifest
+        # over this change; the registry lease serialises ledger writes.
+        with (
+            lease(w.settings.lock_dir, CYCLE, timeout=timeout),
+            lease(w.settings.lock_dir, REGISTRY, timeout=timeout),
+        ):
+            manifest = Manifest(w.contract.data.manifest)
+            who = actor()
+            manifest.retire(batch_id, reason=reason, who=who)
+            w.ledger().append(
+                {"event": "batch_retired", "batch": batch_id, "reason": reason, "who": who}
+            )
+    except ChampionError as exc:
+        raise _fail(exc) from None
+    typer.secho(
+        f"batch {batch_id} retired: it leaves every future training window", fg=typer.colors.GREEN
     )
 
 

@@ -7,12 +7,31 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.errors import ConfigError
 
+# The largest finite float32. Numeric inputs beyond it are refused in training batches and by
+# the service alike: the models' trees (and the compiled runtime) compare 32-bit floats.
+FLOAT32_MAX: float = float(np.finfo(np.float32).max)
+
 Task = Literal["classification", "regression"]
+
+# Largest magnitude a numeric feature may take: the models' trees read 32-bit floats, so
+# batches and requests refuse anything beyond (numpy.finfo(numpy.float32).max).
+FLOAT32_MAX = 3.4028234663852886e38
 
 # Metric name -> (task it applies to, greater is better).
 METRICS: dict[str, tuple[Task, bool]] = {
@@ -47,6 +66,10 @@ class DataSection(_Strict):
     landing_zone: Path
     quarantine: Path
     manifest: Path
+    # Accepted batches are copied here, named by content: the landing zone is only an inbox.
+    store: Path = Path("var/batches")
+    # A file modified more recently than this is left for the next cycle (still being written).
+    settle_seconds: float = Field(default=10.0, ge=0.0)
     max_null_rate: float = Field(default=0.2, ge=0.0, le=1.0)
     min_rows: int = Field(default=20, ge=1)
     max_duplicate_rate: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -144,6 +167,9 @@ class Contract(_Strict):
     data: DataSection
     task: Task
     target: str
+    # Classification: every value the target may take (all integers or all strings). Batches
+    # and labels holding anything else are refused. Regression targets are numbers.
+    classes: tuple[StrictInt, ...] | tuple[StrictStr, ...] | None = None
     timestamp: str | None = None
     features: dict[str, Feature] = Field(min_length=1)
     metrics: MetricsSection
@@ -152,6 +178,20 @@ class Contract(_Strict):
     cv: CVSection = CVSection()
     gate: GateSection
     schedule: ScheduleSection
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_of_one_type(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, list | tuple) or not (
+            all(type(v) is int for v in value) or all(type(v) is str for v in value)
+        ):
+            raise ValueError(
+                f"{value!r} must be a list of all integers or all strings, "
+                'e.g. [0, 1] or ["no", "yes"]'
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:
@@ -167,6 +207,13 @@ class Contract(_Strict):
                 raise ValueError(f"metrics: {name!r} does not apply to task {self.task!r}")
         if self.target in self.features:
             raise ValueError(f"target: {self.target!r} is also declared as a feature")
+        if self.classes is not None:
+            if self.task != "classification":
+                raise ValueError("classes: only a classification contract declares classes")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes: {list(self.classes)} lists a value more than once")
+            if len(self.classes) < 2:
+                raise ValueError("classes: declare at least two classes")
         if self.timestamp is not None and self.timestamp == self.target:
             raise ValueError(f"timestamp: {self.timestamp!r} is also the target")
         if self.timestamp is not None and self.timestamp in self.features:
@@ -238,7 +285,7 @@ def parse_contract(
                 if getattr(data, key).is_absolute()
                 else base / getattr(data, key)
             )
-            for key in ("landing_zone", "quarantine", "manifest")
+            for key in ("landing_zone", "quarantine", "manifest", "store")
         }
         contract = contract.model_copy(update={"data": data.model_copy(update=resolved)})
     return contract
@@ -269,10 +316,16 @@ class Settings(BaseSettings):
     serve_threads: int = Field(default=1, ge=1)
     # Serving
     admin_token: SecretStr | None = None
+    # POST /feedback writes training data: it needs its own token (disabled without one).
+    feedback_token: SecretStr | None = None
+    feedback_labels_per_second: float = Field(default=200.0, gt=0)  # per worker, sustained
+    feedback_burst_labels: int = Field(default=2000, ge=1)  # per worker, at once
     max_rows: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     poll_seconds: float = Field(default=10.0, gt=0)
     scheduler: bool = True
+    # A retrain child running longer than this is killed and the cycle counted as timed out.
+    retrain_timeout_seconds: float = Field(default=3600.0, gt=0)
     # Monitoring
     capture_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     capture_buffer: int = Field(default=10_000, ge=1)
@@ -283,6 +336,7 @@ class Settings(BaseSettings):
     drift_sustained_windows: int = Field(default=3, ge=1)
     drift_cooldown_seconds: float = Field(default=3600.0, ge=0)
     quality_window_rows: int = Field(default=500, ge=10)
+    drift_history_rows: int = Field(default=10_000, ge=10)  # drift/history.jsonl keeps these
 
     @property
     def ledger_path(self) -> Path:

@@ -63,6 +63,7 @@ class CycleResult:
     seconds: float = 0.0
     trials: int = 0
     numbers: dict[str, Any] = field(default_factory=dict)
+    busy: bool = False  # another cycle held the lease: nothing was tried
 
     @property
     def exit_code(self) -> int:
@@ -300,6 +301,7 @@ def run_cycle(ctx: Context, *, trigger: str = "manual") -> CycleResult:
             Verdict.SKIPPED,
             "Another retrain cycle is running; this one did nothing.",
             seconds=time.monotonic() - started,
+            busy=True,
         )
         _ledger_entry(ctx, result, trigger=trigger, fp=None)
     log.info(
@@ -349,6 +351,14 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
         if data.rows == 0:
             why = f" ({len(report.quarantined)} batches quarantined)" if report.quarantined else ""
             return finish(Verdict.SKIPPED, f"No valid data in the landing zone{why}.")
+        if contract.task == "classification" and data.frame[contract.target].nunique() < 2:
+            # Its batches stay unconsumed: they are trained on once another class arrives.
+            only = ", ".join(str(v) for v in data.frame[contract.target].unique())
+            return finish(
+                Verdict.SKIPPED,
+                f"The training window holds a single class ({only}); "
+                "waiting for batches with other classes.",
+            )
         if not data.new_batch_ids:
             return finish(Verdict.SKIPPED, "No new batches since the last cycle.")
         fp = fingerprint(data, contract)
@@ -356,7 +366,8 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
         fresh = np.ones(data.rows, dtype=bool)
         comparable = False
         if champion_ref is not None:
-            champion = registry.load(champion_ref)
+            with tempfile.TemporaryDirectory(prefix="champion-model-") as tmp:
+                champion = registry.load(champion_ref, cache_dir=Path(tmp))
             comparable = list(champion.input_names) == list(contract.features)
             seen = _champion_batches(ctx, champion_ref)
             fresh = ~data.frame[BATCH_COLUMN].isin(seen).to_numpy()

@@ -1,12 +1,16 @@
-"""Landing-zone intake: validate batches, quarantine bad ones, keep a manifest."""
+"""Landing-zone intake: validate batches, quarantine bad ones, keep accepted ones by content."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import stat
 import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,14 +21,20 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from training.config import Contract
+from training.config import FLOAT32_MAX, Contract
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
-BATCH_SUFFIXES = (".csv", ".parquet")
+# Longest first, so "daily.csv.gz" is gzipped CSV and not "daily.csv" + ".gz". Matched
+# case-insensitively; the store names a batch with the lower-case form.
+BATCH_SUFFIXES = (".csv.gz", ".csv", ".parquet")
+# Names that download tools and copy programs give files they are still writing.
+PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".filepart", ".tmp", "~")
 MANIFEST_VERSION = 1
 BATCH_COLUMN = "__batch__"
+# Statuses whose content intake took in (and keeps in the store).
+KEPT = ("accepted", "retired")
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,36 @@ class BatchReport:
     reasons: tuple[str, ...] = ()
     unknown_categories: dict[str, int] = field(default_factory=dict)
     duplicates_dropped: int = 0
+    # Classification: the distinct target values of the batch.
+    classes: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
 class IntakeReport:
     accepted: tuple[BatchReport, ...]
     quarantined: tuple[BatchReport, ...]
+    # Batch files modified within the settle time, left for the next cycle.
+    waiting: tuple[str, ...] = ()
+    # Files of a type intake does not read, left where they are.
+    ignored: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LandingScan:
+    """The landing zone's files by what intake will do with them now."""
+
+    ready: tuple[Path, ...]
+    waiting: tuple[Path, ...]
+    ignored: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class LandingStatus:
+    """Landing-zone file names not (yet) taken in, for `champion status` and `batches`."""
+
+    new: tuple[str, ...]
+    waiting: tuple[str, ...]
+    ignored: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -68,6 +102,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so readers see the old or the new content, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,12 +121,74 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes so readers see the old or the new file, never a torn one, and durably.
+
+    The folder is synced too: the landing-zone original may be deleted once this returns.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the rename is still atomic
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def batch_suffix(name: str) -> str | None:
+    """The batch format of a file name (lower case), or None when intake does not read it."""
+    lower = name.lower()
+    for suffix in BATCH_SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return suffix
+    return None
+
+
+def batch_id_for(name: str, digest: str) -> str:
+    """Name stem plus content prefix: a file overwritten with new content is a new batch."""
+    suffix = batch_suffix(name) or ""
+    return f"{name[: len(name) - len(suffix)]}-{digest[:12]}"
+
+
+def _class_key(value: Any) -> tuple[str, Any]:
+    # True == 1 and 1 == 1.0 in Python; a class is a number, a text or a boolean, never mixed.
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))
+    if isinstance(value, str):
+        return ("text", value)
+    return ("other", repr(value))
+
+
+def _merge_classes(known: Sequence[Any], new: Sequence[Any]) -> list[Any]:
+    merged = {_class_key(v): v for v in [*known, *new]}
+    return [merged[k] for k in sorted(merged)]
+
+
 class Manifest:
     """Remembers every batch ever seen, so none is used twice or lost."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.batches: dict[str, dict[str, Any]] = {}
+        # Target values of the accepted batches; None for a manifest written before they were
+        # recorded (learnt from the batches when first needed).
+        self.classes: list[Any] | None = []
         if path.exists():
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
@@ -97,19 +197,26 @@ class Manifest:
             if raw.get("version") != MANIFEST_VERSION:
                 raise DataError(f"manifest {path} has unknown version {raw.get('version')!r}")
             self.batches = raw["batches"]
+            self.classes = raw.get("classes")
 
     def save(self) -> None:
-        body = {"version": MANIFEST_VERSION, "batches": self.batches}
+        body = {"version": MANIFEST_VERSION, "batches": self.batches, "classes": self.classes}
         atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
     def by_digest(self, sha256: str) -> str | None:
-        """The accepted batch with this content; a quarantined one may come back once fixed."""
+        """The batch taken in with this content; a quarantined one may come back once fixed."""
         for batch_id, entry in self.batches.items():
-            if entry["sha256"] == sha256 and entry["status"] == "accepted":
+            if entry["sha256"] == sha256 and entry["status"] in KEPT:
                 return batch_id
         return None
 
+    def holds(self, name: str, batch_id: str) -> bool:
+        """Whether this landing-zone file, with this content, was already taken in."""
+        entry = self.batches.get(batch_id)
+        return entry is not None and entry["status"] in KEPT and entry["file"] == name
+
     def accepted(self) -> list[str]:
+        """Batches in the training window's pool (retired and quarantined ones excluded)."""
         return sorted(b for b, e in self.batches.items() if e["status"] == "accepted")
 
     def unconsumed(self) -> list[str]:
@@ -119,6 +226,27 @@ class Manifest:
         for batch_id in batch_ids:
             self.batches[batch_id]["consumed_by"] = run_id
         self.save()
+
+    def retire(self, batch_id: str, *, reason: str, who: str) -> dict[str, Any]:
+        """Take an accepted batch out of every future window; its stored file is kept."""
+        entry = self.batches.get(batch_id)
+        if entry is None:
+            raise DataError(
+                f"no batch {batch_id!r} in the manifest {self.path}; `champion batches` lists them"
+            )
+        if entry["status"] != "accepted":
+            raise DataError(
+                f"batch {batch_id} is {entry['status']}, not accepted; "
+                "only an accepted batch can be retired"
+            )
+        entry.update(
+            status="retired",
+            retired_at=datetime.now(UTC).isoformat(),
+            retired_reason=reason,
+            retired_by=who,
+        )
+        self.save()
+        return entry
 
 
 def _null_rate_check(limit: float) -> pa.Check:
@@ -131,7 +259,10 @@ def _null_rate_check(limit: float) -> pa.Check:
 
 
 def batch_schema(contract: Contract) -> pa.DataFrameSchema:
-    """The pandera schema a batch must satisfy; derived from the contract, never hand-kept."""
+    """The pandera schema a batch must satisfy; derived from the contract, never hand-kept.
+
+    The target's type and values are checked separately (`validate_batch`), value by value.
+    """
     limit = contract.data.max_null_rate
     columns: dict[str, pa.Column] = {}
     for name, feat in contract.features.items():
@@ -143,27 +274,17 @@ def batch_schema(contract: Contract) -> pa.DataFrameSchema:
             checks=[_null_rate_check(0.0 if not feat.nullable else limit)],
             required=True,
         )
-    target_checks = [
-        pa.Check(
-            lambda s: bool(s.notna().all()),
-            element_wise=False,
-            ignore_na=False,
-            error="target has missing values",
-        ),
-    ]
-    if contract.task == "classification":
-        target_checks.append(
-            pa.Check(
-                lambda s: s.nunique(dropna=True) >= 2,
-                element_wise=False,
-                error="target has a single class",
-            )
-        )
-        target_dtype: Any = None
-    else:
-        target_dtype = float
     columns[contract.target] = pa.Column(
-        target_dtype, nullable=True, coerce=target_dtype is not None, checks=target_checks
+        None,
+        nullable=True,
+        checks=[
+            pa.Check(
+                lambda s: bool(s.notna().all()),
+                element_wise=False,
+                ignore_na=False,
+                error="target has missing values",
+            )
+        ],
     )
     if contract.timestamp is not None:
         columns[contract.timestamp] = pa.Column(
@@ -172,12 +293,24 @@ def batch_schema(contract: Contract) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=False, coerce=True)
 
 
-def read_batch(path: Path, contract: Contract) -> pd.DataFrame:
-    """Read a CSV or Parquet batch; categorical columns stay text so "01" is not 1."""
-    if path.suffix == ".csv":
-        dtypes = {n: "string" for n in contract.categorical}
-        return pd.read_csv(path, dtype=dtypes, keep_default_na=True)
-    return pd.read_parquet(path)
+def _text_classes(contract: Contract) -> bool:
+    return contract.classes is not None and isinstance(contract.classes[0], str)
+
+
+def parse_batch(data: bytes, suffix: str, contract: Contract) -> pd.DataFrame:
+    """Parse a batch from its bytes; categorical columns (and text classes) stay text."""
+    buffer = io.BytesIO(data)
+    if suffix == ".parquet":
+        return pd.read_parquet(buffer)
+    dtypes = {n: "string" for n in contract.categorical}
+    if _text_classes(contract):
+        dtypes[contract.target] = "string"  # so "01" stays "01"
+    return pd.read_csv(
+        buffer,
+        dtype=dtypes,
+        keep_default_na=True,
+        compression="gzip" if suffix == ".csv.gz" else None,
+    )
 
 
 def _describe_failures(exc: SchemaErrors) -> list[str]:
@@ -198,25 +331,141 @@ def _describe_failures(exc: SchemaErrors) -> list[str]:
     return sorted(set(reasons))
 
 
+def _distinct(series: pd.Series) -> list[Any]:
+    """Distinct non-missing values as Python scalars; True, 1 and "1" stay apart."""
+    values = series.dropna()
+    if values.dtype != object:
+        return list(pd.unique(values).tolist())
+    seen: dict[tuple[type, Any], Any] = {}
+    for value in values.tolist():
+        plain = value.item() if isinstance(value, np.generic) else value
+        seen.setdefault((type(plain), plain), plain)
+    return list(seen.values())
+
+
+def _show(values: Sequence[Any], limit: int = 5) -> str:
+    ordered = sorted(values, key=repr)
+    text = "[" + ", ".join(repr(v) for v in ordered[:limit]) + "]"
+    return text if len(ordered) <= limit else f"{text} (and {len(ordered) - limit} more)"
+
+
+def _is_whole(value: Any) -> bool:
+    """An integer-valued number; a boolean is not one."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, str):  # CSV text in a column that also holds non-numbers
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _check_target(
+    raw: pd.Series, contract: Contract, known: Sequence[Any] | None
+) -> tuple[pd.Series | None, list[str], tuple[Any, ...]]:
+    """Check the target's type and values; returns it cast to one dtype, reasons, classes."""
+    name = contract.target
+    values = _distinct(raw)
+    if contract.task == "regression":
+        bad = [v for v in values if not _is_number(v)]
+        if bad:
+            return None, [f"column '{name}': values {_show(bad)} are not numbers"], ()
+        if raw.isna().any():  # refused by the schema; nothing to cast
+            return None, [], ()
+        return pd.to_numeric(raw.astype(object)).astype("float64"), [], ()
+    declared = contract.classes
+    if declared is not None:
+        if isinstance(declared[0], int):
+            bad = [v for v in values if not (_is_whole(v) and int(v) in declared)]
+        else:
+            bad = [v for v in values if not (isinstance(v, str) and v in declared)]
+        if bad:
+            return (
+                None,
+                [
+                    f"column '{name}': values {_show(bad)} are not among the declared classes "
+                    f"{list(declared)}"
+                ],
+                (),
+            )
+    elif known:
+        keys = {_class_key(v) for v in known}
+        new = [v for v in values if _class_key(v) not in keys]
+        if new:
+            return (
+                None,
+                [
+                    f"column '{name}': values {_show(new)} are not among the classes of the "
+                    f"batches taken in so far {_show(known, limit=20)}; if they are real "
+                    "classes, declare every class in champion.toml (classes = [...])"
+                ],
+                (),
+            )
+    if raw.isna().any():
+        return None, [], tuple(values)
+    if declared is None:
+        return raw, [], tuple(values)
+    if isinstance(declared[0], int):
+        return raw.astype(object).astype("int64"), [], tuple(int(v) for v in values)
+    return raw.astype(object), [], tuple(values)
+
+
+def _range_reasons(frame: pd.DataFrame, contract: Contract) -> list[str]:
+    # The models' trees compare 32-bit floats, and serving refuses these values too.
+    reasons: list[str] = []
+    for name in contract.numeric:
+        column = frame[name].to_numpy(dtype="float64", na_value=np.nan)
+        over = np.abs(column) > FLOAT32_MAX
+        if over.any():
+            reasons.append(
+                f"column '{name}': {int(over.sum())} values beyond the 32-bit float range "
+                f"(magnitude above {FLOAT32_MAX:.8g}), e.g. {float(column[over][0])!r}"
+            )
+    return reasons
+
+
 def validate_batch(
-    raw: pd.DataFrame, contract: Contract
+    raw: pd.DataFrame, contract: Contract, *, known_classes: Sequence[Any] | None = None
 ) -> tuple[pd.DataFrame | None, BatchReport]:
-    """Check one batch; returns the clean frame (or None) and what was found."""
+    """Check one batch; returns the clean frame (or None) and what was found.
+
+    `known_classes`: without declared classes, the target values of the batches taken in so
+    far; a value outside them is refused (empty or None: anything goes).
+    """
     reasons: list[str] = []
     try:
         frame = batch_schema(contract).validate(raw, lazy=True)
     except SchemaErrors as exc:
         reasons.extend(_describe_failures(exc))
         frame = None
+    target: pd.Series | None = None
+    classes: tuple[Any, ...] = ()
+    if contract.target in raw.columns:
+        target, target_reasons, classes = _check_target(
+            raw[contract.target], contract, known_classes
+        )
+        reasons.extend(target_reasons)
+    if frame is not None:
+        reasons.extend(_range_reasons(frame, contract))
     if frame is not None and len(frame) < contract.data.min_rows:
         reasons.append(f"only {len(frame)} rows; at least {contract.data.min_rows} needed")
     unknown: dict[str, int] = {}
     dropped = 0
-    if frame is not None and not reasons:
+    if frame is not None and target is not None and not reasons:
         keep = [*contract.features, contract.target]
         if contract.timestamp:
             keep.append(contract.timestamp)
-        frame = frame[keep]
+        frame = frame[keep].assign(**{contract.target: target})
         duplicated = frame.duplicated()
         dropped = int(duplicated.sum())
         if dropped / max(len(frame), 1) > contract.data.max_duplicate_rate:
@@ -232,70 +481,268 @@ def validate_batch(
                 count = int((col.notna() & ~col.isin(allowed)).sum())
                 if count:
                     unknown[name] = count
+    accepted = not reasons and frame is not None and target is not None
     report = BatchReport(
         batch_id="",
         file="",
-        accepted=not reasons,
+        accepted=accepted,
         rows=len(raw),
         reasons=tuple(reasons),
         unknown_categories=unknown,
         duplicates_dropped=dropped,
+        classes=classes if contract.task == "classification" else (),
     )
-    return (frame if not reasons else None), report
+    return (frame if accepted else None), report
 
 
-def _quarantine(path: Path, quarantine: Path, batch_id: str, reasons: list[str]) -> Path:
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+    )
+
+
+def _read_whole(path: Path) -> tuple[bytes, os.stat_result] | None:
+    """The file's bytes, or None when it changed while being read (still being written)."""
+    with path.open("rb") as fh:
+        before = os.fstat(fh.fileno())
+        data = fh.read()
+        after = os.fstat(fh.fileno())
+    if not _same_file(before, after) or len(data) != after.st_size:
+        return None
+    return data, after
+
+
+def _quarantine(
+    path: Path,
+    data: bytes,
+    seen: os.stat_result,
+    quarantine: Path,
+    batch_id: str,
+    reasons: list[str],
+) -> Path:
+    """Put the judged bytes in quarantine, then remove the landing file unless it changed."""
     quarantine.mkdir(parents=True, exist_ok=True)
     target = quarantine / path.name
     if target.exists():
-        target = quarantine / f"{path.stem}.{batch_id}{path.suffix}"
+        suffix_len = len(batch_suffix(path.name) or "")
+        stem, suffix = path.name[: len(path.name) - suffix_len], path.name[-suffix_len:]
+        target = quarantine / f"{stem}.{batch_id}{suffix}"
     reason = {
         "batch_id": batch_id,
         "file": path.name,
         "quarantined_at": datetime.now(UTC).isoformat(),
         "reasons": reasons,
     }
-    # The reason goes first: a crash between the two steps leaves an explained file, never a
+    # The reason goes first: a crash between the steps leaves an explained file, never a
     # silently missing one.
     atomic_write_text(target.with_name(target.name + ".reason.json"), json.dumps(reason, indent=1))
-    os.replace(path, target)
+    atomic_write_bytes(target, data)
+    try:
+        if _same_file(path.stat(), seen):
+            path.unlink()
+        else:  # rewritten since it was read: the new content is judged by the next cycle
+            log.info("quarantined file changed since it was read", extra={"file": path.name})
+    except FileNotFoundError:
+        pass
     return target
 
 
-def pending_files(landing_zone: Path) -> list[Path]:
+def scan_landing(
+    landing_zone: Path, settle_seconds: float, *, now: float | None = None
+) -> LandingScan:
+    """Sort the landing zone's files: batches ready, batches still settling, unknown types.
+
+    Hidden files and partial-download names are not looked at.
+    """
     if not landing_zone.exists():
-        return []
-    return sorted(
-        p
-        for p in landing_zone.iterdir()
-        if p.is_file() and p.suffix in BATCH_SUFFIXES and not p.name.startswith(".")
+        return LandingScan((), (), ())
+    cutoff = (time.time() if now is None else now) - settle_seconds
+    ready: list[Path] = []
+    waiting: list[Path] = []
+    ignored: list[Path] = []
+    for path in sorted(landing_zone.iterdir()):
+        name = path.name
+        if name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES):
+            continue
+        try:
+            info = path.stat()
+        except FileNotFoundError:  # removed since the listing
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        if batch_suffix(name) is None:
+            ignored.append(path)
+        elif settle_seconds > 0 and info.st_mtime > cutoff:
+            waiting.append(path)
+        else:
+            ready.append(path)
+    return LandingScan(tuple(ready), tuple(waiting), tuple(ignored))
+
+
+def pending_files(landing_zone: Path) -> list[Path]:
+    """Every batch file in the landing zone, settled or not, taken in or not."""
+    scan = scan_landing(landing_zone, 0.0)
+    return list(scan.ready)
+
+
+def landing_status(
+    contract: Contract, manifest: Manifest, *, now: float | None = None
+) -> LandingStatus:
+    """The landing-zone files intake has not taken in: new, still settling, or ignored."""
+    scan = scan_landing(contract.data.landing_zone, contract.data.settle_seconds, now=now)
+    new: list[str] = []
+    for path in scan.ready:
+        try:
+            digest = sha256_file(path)
+        except FileNotFoundError:
+            continue
+        if not manifest.holds(path.name, batch_id_for(path.name, digest)):
+            new.append(path.name)
+    return LandingStatus(
+        tuple(new), tuple(p.name for p in scan.waiting), tuple(p.name for p in scan.ignored)
     )
 
 
-def intake(contract: Contract, manifest: Manifest) -> IntakeReport:
-    """Validate every batch not seen before; accept it into the manifest or quarantine it."""
+def _store(path: Path, data: bytes, digest: str) -> None:
+    if path.exists() and sha256_file(path) == digest:
+        return  # written by an intake that stopped before saving the manifest
+    atomic_write_bytes(path, data)
+
+
+def _stored_bytes(contract: Contract, manifest: Manifest, batch_id: str) -> tuple[bytes, str]:
+    """An accepted batch's bytes from the store, checked against the digest taken at intake."""
+    entry = manifest.batches[batch_id]
+    stored = entry.get("stored")
+    if stored is None:
+        return _migrate(contract, manifest, batch_id), batch_suffix(entry["file"]) or ".csv"
+    path = contract.data.store / stored
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(
+            f"accepted batch {batch_id}: its stored copy {path} is missing; restore it, or "
+            f"retire the batch (champion batches retire {batch_id} --reason ...)"
+        ) from None
+    if sha256_bytes(data) != entry["sha256"]:
+        raise DataError(
+            f"accepted batch {batch_id}: the stored file {path} does not match the digest "
+            "recorded at intake; it was altered after intake (restore it from a backup, or "
+            f"retire the batch: champion batches retire {batch_id} --reason ...)"
+        )
+    return data, batch_suffix(stored) or ".csv"
+
+
+def _migrate(contract: Contract, manifest: Manifest, batch_id: str) -> bytes:
+    """Copy a batch accepted before the store existed into it, if its file is unchanged."""
+    entry = manifest.batches[batch_id]
+    path = contract.data.landing_zone / entry["file"]
+    try:
+        data: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        data = None
+    if data is None or sha256_bytes(data) != entry["sha256"]:
+        state = "is missing" if data is None else "has changed since intake"
+        raise DataError(
+            f"accepted batch {batch_id} predates the batch store and its landing-zone file "
+            f"{path} {state}; retire it: champion batches retire {batch_id} --reason ..."
+        )
+    stored = f"{entry['sha256']}{batch_suffix(entry['file']) or '.csv'}"
+    atomic_write_bytes(contract.data.store / stored, data)
+    entry["stored"] = stored
+    manifest.save()
+    log.info("batch copied into the store", extra={"batch": batch_id, "stored": stored})
+    return data
+
+
+def _load_batch(contract: Contract, manifest: Manifest, batch_id: str) -> pd.DataFrame:
+    data, suffix = _stored_bytes(contract, manifest, batch_id)
+    retire = f"champion batches retire {batch_id} --reason ..."
+    try:
+        raw = parse_batch(data, suffix, contract)
+    except Exception as exc:  # any parser failure means the batch is unusable
+        raise DataError(
+            f"accepted batch {batch_id} cannot be read: {type(exc).__name__}: {exc}; {retire}"
+        ) from None
+    frame, report = validate_batch(raw, contract)
+    if frame is None:
+        raise DataError(
+            f"accepted batch {batch_id} no longer validates against the contract: "
+            f"{'; '.join(report.reasons)}; fix the contract or retire the batch ({retire})"
+        )
+    return frame
+
+
+def _known_classes(contract: Contract, manifest: Manifest) -> list[Any]:
+    """The target values taken in so far, learnt from the accepted batches if not recorded."""
+    if manifest.classes is None:
+        values: list[Any] = []
+        for batch_id in manifest.accepted():
+            try:
+                frame = _load_batch(contract, manifest, batch_id)
+            except DataError as exc:  # the window will name it; locking goes on without it
+                log.warning(
+                    "accepted batch unreadable", extra={"batch": batch_id, "error": str(exc)}
+                )
+                continue
+            values = _merge_classes(values, _distinct(frame[contract.target]))
+        manifest.classes = values
+        manifest.save()
+    return manifest.classes
+
+
+def intake(contract: Contract, manifest: Manifest, *, now: float | None = None) -> IntakeReport:
+    """Validate every batch not seen before; store and accept it, or quarantine it.
+
+    Each file is read once: the digest, the checks and the stored copy all come from the
+    same bytes, so a file rewritten meanwhile can never be accepted under another's digest.
+    """
+    scan = scan_landing(contract.data.landing_zone, contract.data.settle_seconds, now=now)
+    if scan.ignored:
+        log.warning(
+            "files of a type intake does not read are left in the landing zone",
+            extra={
+                "files": [p.name for p in scan.ignored],
+                "accepted_types": list(BATCH_SUFFIXES),
+            },
+        )
+    lock = contract.task == "classification" and contract.classes is None
     accepted: list[BatchReport] = []
     quarantined: list[BatchReport] = []
-    known_files = {e["file"]: b for b, e in manifest.batches.items() if e["status"] == "accepted"}
-    for path in pending_files(contract.data.landing_zone):
-        digest = sha256_file(path)
-        batch_id = f"{path.stem}-{digest[:12]}"
-        if known_files.get(path.name) == batch_id:
+    waiting = [p.name for p in scan.waiting]
+    for path in scan.ready:
+        suffix = batch_suffix(path.name) or ".csv"
+        try:
+            taken = _read_whole(path)
+        except FileNotFoundError:  # removed since the listing
+            continue
+        if taken is None:
+            waiting.append(path.name)
+            continue
+        data, seen = taken
+        digest = sha256_bytes(data)
+        batch_id = batch_id_for(path.name, digest)
+        if manifest.holds(path.name, batch_id):
             continue
         duplicate_of = manifest.by_digest(digest)
         reasons: list[str]
         frame: pd.DataFrame | None = None
         if duplicate_of is not None:
-            reasons = [f"same content as batch {duplicate_of}, already taken in"]
+            status = manifest.batches[duplicate_of]["status"]
+            done = "already taken in" + (" and retired" if status == "retired" else "")
+            reasons = [f"same content as batch {duplicate_of}, {done}"]
             report = BatchReport(batch_id, path.name, False, 0, tuple(reasons))
         else:
             try:
-                raw = read_batch(path, contract)
+                raw = parse_batch(data, suffix, contract)
             except Exception as exc:  # any parser failure means the file is unusable
                 reasons = [f"unreadable: {type(exc).__name__}: {exc}"]
                 report = BatchReport(batch_id, path.name, False, 0, tuple(reasons))
             else:
-                frame, report = validate_batch(raw, contract)
+                known = _known_classes(contract, manifest) if lock else None
+                frame, report = validate_batch(raw, contract, known_classes=known)
                 reasons = list(report.reasons)
                 report = BatchReport(
                     batch_id,
@@ -305,6 +752,7 @@ def intake(contract: Contract, manifest: Manifest) -> IntakeReport:
                     report.reasons,
                     report.unknown_categories,
                     report.duplicates_dropped,
+                    report.classes,
                 )
         entry: dict[str, Any] = {
             "file": path.name,
@@ -315,32 +763,35 @@ def intake(contract: Contract, manifest: Manifest) -> IntakeReport:
             "duplicates_dropped": report.duplicates_dropped,
         }
         if report.accepted and frame is not None:
-            entry.update(status="accepted", consumed_by=None, usable_rows=len(frame))
+            stored = f"{digest}{suffix}"
+            _store(contract.data.store / stored, data, digest)
+            entry.update(status="accepted", consumed_by=None, usable_rows=len(frame), stored=stored)
+            if manifest.classes is not None and contract.task == "classification":
+                manifest.classes = _merge_classes(manifest.classes, report.classes)
             accepted.append(report)
             log.info("batch accepted", extra={"batch": batch_id, "rows": len(frame)})
         else:
-            moved = _quarantine(path, contract.data.quarantine, batch_id, reasons)
+            moved = _quarantine(path, data, seen, contract.data.quarantine, batch_id, reasons)
             entry.update(status="quarantined", reasons=reasons, quarantined_as=moved.name)
             quarantined.append(report)
             log.warning("batch quarantined", extra={"batch": batch_id, "reasons": reasons})
         manifest.batches[batch_id] = entry
         manifest.save()
-    return IntakeReport(tuple(accepted), tuple(quarantined))
+    if waiting:
+        log.info(
+            "batch files still being written are left for the next cycle",
+            extra={"waiting": len(waiting), "settle_seconds": contract.data.settle_seconds},
+        )
+    return IntakeReport(
+        tuple(accepted), tuple(quarantined), tuple(waiting), tuple(p.name for p in scan.ignored)
+    )
 
 
 def load_window(contract: Contract, manifest: Manifest) -> TrainingData:
-    """Re-read accepted batches and keep the most recent rows the window allows."""
+    """Read accepted batches from the store and keep the most recent rows the window allows."""
     frames: list[pd.DataFrame] = []
     for batch_id in manifest.accepted():
-        entry = manifest.batches[batch_id]
-        path = contract.data.landing_zone / entry["file"]
-        if not path.exists():
-            raise DataError(f"accepted batch {batch_id} is missing from {path.parent}")
-        if sha256_file(path) != entry["sha256"]:
-            raise DataError(f"accepted batch {path} changed after intake; move it aside")
-        frame, report = validate_batch(read_batch(path, contract), contract)
-        if frame is None:
-            raise DataError(f"accepted batch {path} no longer validates: {report.reasons}")
+        frame = _load_batch(contract, manifest, batch_id)
         frame[BATCH_COLUMN] = batch_id
         frames.append(frame)
     if not frames:

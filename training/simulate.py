@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -336,6 +337,10 @@ class SimulationPlan:
         return self.seed * SEED_STRIDE + global_index
 
 
+# How far back a written batch is dated (longer than any sensible `data.settle_seconds`).
+SETTLED_AGE_SECONDS = 24 * 3600
+
+
 def _existing_batch_numbers(folder: Path) -> list[int]:
     """File numbers (1-based) of the `batch-NNNNN.*` files in `folder` (hidden files skipped)."""
     numbers = []
@@ -358,6 +363,9 @@ def _write_atomically(frame: pd.DataFrame, target: Path, fmt: str) -> None:
             frame.to_parquet(tmp, index=False)
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
+        # Complete the moment it appears: dated back so intake's settle time does not hold it.
+        settled = time.time() - SETTLED_AGE_SECONDS
+        os.utime(tmp, (settled, settled))
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

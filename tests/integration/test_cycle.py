@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from training import actions
+from training.data import Manifest
 from training.gate import Verdict
 from training.registry import TAG_SHA256, load_verified
 
@@ -24,7 +25,7 @@ def test_bootstrap_on_empty_registry_makes_version_1_champion(project):
     assert registry.aliases()["champion"] == "1"
     ref = registry.alias("champion")
     assert ref.sha256 and ref.candidate_json
-    loaded = registry.load(ref)
+    loaded = registry.load(ref, cache_dir=project.root / "dl")
     assert list(loaded.input_names) == list(project.contract.features)
     run = registry.run_info(ref.run_id)
     assert run.info.status == "FINISHED"
@@ -96,7 +97,7 @@ def test_corrupt_batches_are_quarantined_and_the_cycle_continues(project):
     bad = {
         "missing-column.csv": base.drop(columns=["age"]),
         "wrong-type.csv": base.assign(salary="lots"),
-        "single-class.csv": base.assign(approved=1),
+        "unknown-class.csv": base.assign(approved=2),
     }
     originals = {}
     for name, frame in bad.items():
@@ -112,9 +113,25 @@ def test_corrupt_batches_are_quarantined_and_the_cycle_continues(project):
     reasons = {n: json.loads((quarantine / f"{n}.reason.json").read_text())["reasons"] for n in bad}
     assert any("'age': missing" in r for r in reasons["missing-column.csv"])
     assert any("'salary': wrong type" in r for r in reasons["wrong-type.csv"])
-    assert any("single class" in r for r in reasons["single-class.csv"])
+    assert any("not among the declared classes [0, 1]" in r for r in reasons["unknown-class.csv"])
     fp = project.registry().run_json(result.run_id, "fingerprint.json")
     assert fp["rows"] == 1200
+
+
+def test_single_class_window_skips_until_another_class_arrives(project):
+    """It skips a window holding one class and trains on those batches once others arrive."""
+    (path,) = project.simulate(1)
+    pd.read_csv(path).assign(approved=1).to_csv(path, index=False)
+    result = project.cycle()
+    assert result.verdict is Verdict.SKIPPED, result.reason
+    assert "single class (1)" in result.reason
+    manifest = Manifest(project.contract.data.manifest)
+    (single,) = manifest.unconsumed()
+    project.simulate(2)
+    result = project.cycle()
+    assert result.verdict is Verdict.PROMOTE, result.reason
+    fp = project.registry().run_json(result.run_id, "fingerprint.json")
+    assert single in fp["batches"] and fp["rows"] == 1800
 
 
 def test_no_valid_data_skips_with_a_reason(project):

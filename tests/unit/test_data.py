@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.unit.conftest import BatchWriter, make_contract, small_raw_contract
-from training.config import Contract
+from training.config import FLOAT32_MAX, Contract
 from training.data import (
     BATCH_COLUMN,
     MANIFEST_VERSION,
@@ -111,10 +115,12 @@ def test_missing_target_values_are_rejected(contract: Contract) -> None:
     assert _reasons(frame, contract) == ("column 'approved': target has missing values",)
 
 
-def test_single_class_target_is_rejected(contract: Contract) -> None:
-    """It rejects a classification batch whose target has a single class."""
-    frame = _frame().assign(approved=1)
-    assert _reasons(frame, contract) == ("column 'approved': target has a single class",)
+def test_single_class_batch_is_accepted(contract: Contract) -> None:
+    """It accepts a batch holding one class only: the window, not the batch, needs two."""
+    clean, report = validate_batch(_frame().assign(approved=1), contract)
+    assert report.accepted, report.reasons
+    assert clean is not None
+    assert report.classes == (1,)
 
 
 def test_null_rate_over_the_bound_is_named(contract: Contract) -> None:
@@ -421,27 +427,416 @@ def test_empty_manifest_gives_an_empty_window(contract: Contract) -> None:
     assert data.new_batch_ids == ()
 
 
-def test_window_refuses_a_batch_modified_after_intake(
+# --- the batch store ---------------------------------------------------------------------------
+
+
+def _accept(contract: Contract, path: Path) -> str:
+    """Take the landing zone in and return the batch id accepted from `path`."""
+    report = intake(contract, Manifest(contract.data.manifest))
+    (taken,) = [r for r in report.accepted if r.file == path.name]
+    return taken.batch_id
+
+
+def test_accepted_batch_is_stored_under_its_digest(
     contract: Contract, write_batch: BatchWriter
 ) -> None:
-    """It raises DataError when an accepted batch file changed after it was taken in."""
+    """It writes the exact bytes it judged into the store, named by their SHA-256."""
     path = write_batch(_frame(), "b1")
+    content = path.read_bytes()
+    batch_id = _accept(contract, path)
+    entry = Manifest(contract.data.manifest).batches[batch_id]
+    digest = hashlib.sha256(content).hexdigest()
+    assert entry["sha256"] == digest
+    assert entry["stored"] == f"{digest}.csv"
+    assert (contract.data.store / entry["stored"]).read_bytes() == content
+    assert batch_id == f"b1-{digest[:12]}"
+    leftovers = [p.name for p in contract.data.store.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_overwritten_accepted_file_is_a_new_batch(
+    contract: Contract, write_batch: BatchWriter
+) -> None:
+    """It keeps training on the old content and takes the new content in as another batch."""
+    path = write_batch(_frame(seed=1), "b1")
+    first = _accept(contract, path)
+    write_batch(_frame(seed=5), "b1")  # same name, new content
     manifest = Manifest(contract.data.manifest)
-    intake(contract, manifest)
+    (second,) = intake(contract, manifest).accepted
+    assert second.batch_id != first
+    assert second.file == "b1.csv"
+    data = load_window(contract, manifest)
+    assert set(data.batch_ids) == {first, second.batch_id}
+    assert data.rows == 200
+    assert manifest.batches[first]["status"] == "accepted"
+
+
+def test_deleted_landing_file_leaves_the_window_unchanged(
+    contract: Contract, write_batch: BatchWriter
+) -> None:
+    """It reads accepted batches from the store, so deleting the landing file changes nothing."""
+    path = write_batch(_frame(), "b1")
+    batch_id = _accept(contract, path)
+    manifest = Manifest(contract.data.manifest)
+    before = load_window(contract, manifest)
+    path.unlink()
+    after = load_window(contract, Manifest(contract.data.manifest))
+    assert after.batch_ids == before.batch_ids == (batch_id,)
+    pd.testing.assert_frame_equal(after.frame, before.frame)
+
+
+def test_renamed_landing_file_is_not_taken_in_twice(
+    contract: Contract, write_batch: BatchWriter
+) -> None:
+    """It quarantines a renamed accepted file as a duplicate; the window keeps one copy."""
+    path = write_batch(_frame(), "b1")
+    batch_id = _accept(contract, path)
+    path.rename(path.with_name("renamed.csv"))
+    manifest = Manifest(contract.data.manifest)
+    report = intake(contract, manifest)
+    (dup,) = report.quarantined
+    assert batch_id in dup.reasons[0]
+    assert load_window(contract, manifest).batch_ids == (batch_id,)
+
+
+def test_tampered_stored_file_is_refused(contract: Contract, write_batch: BatchWriter) -> None:
+    """It raises DataError naming the stored file when its bytes no longer match the digest."""
+    path = write_batch(_frame(), "b1")
+    batch_id = _accept(contract, path)
+    manifest = Manifest(contract.data.manifest)
+    stored = contract.data.store / manifest.batches[batch_id]["stored"]
     altered = _frame()
     altered["salary"] = altered["salary"] + 1.0  # still a valid batch, but not the one taken in
-    altered.to_csv(path, index=False)
-    with pytest.raises(DataError, match="changed after intake"):
+    altered.to_csv(stored, index=False)
+    with pytest.raises(DataError, match="does not match the digest") as caught:
         load_window(contract, manifest)
+    assert batch_id in str(caught.value) and stored.name in str(caught.value)
 
 
-def test_window_refuses_a_missing_accepted_batch(
+def test_missing_stored_file_is_refused(contract: Contract, write_batch: BatchWriter) -> None:
+    """It raises DataError naming the batch when its stored copy has disappeared."""
+    path = write_batch(_frame(), "b1")
+    batch_id = _accept(contract, path)
+    manifest = Manifest(contract.data.manifest)
+    (contract.data.store / manifest.batches[batch_id]["stored"]).unlink()
+    with pytest.raises(DataError, match="missing") as caught:
+        load_window(contract, manifest)
+    assert batch_id in str(caught.value)
+
+
+def _as_legacy(contract: Contract) -> None:
+    """Rewrite the manifest as a version without the store and the classes wrote it."""
+    body = json.loads(contract.data.manifest.read_text(encoding="utf-8"))
+    for entry in body["batches"].values():
+        entry.pop("stored", None)
+    body.pop("classes")
+    contract.data.manifest.write_text(json.dumps(body), encoding="utf-8")
+    for stored in contract.data.store.iterdir():
+        stored.unlink()
+
+
+def test_legacy_batch_is_copied_into_the_store_on_first_use(
     contract: Contract, write_batch: BatchWriter
 ) -> None:
-    """It raises DataError when an accepted batch file has disappeared."""
+    """It copies a batch accepted before the store existed, when its file still matches."""
     path = write_batch(_frame(), "b1")
-    manifest = Manifest(contract.data.manifest)
-    intake(contract, manifest)
+    batch_id = _accept(contract, path)
+    _as_legacy(contract)
+    data = load_window(contract, Manifest(contract.data.manifest))
+    assert data.batch_ids == (batch_id,)
+    entry = Manifest(contract.data.manifest).batches[batch_id]
+    assert (contract.data.store / entry["stored"]).read_bytes() == path.read_bytes()
     path.unlink()
-    with pytest.raises(DataError, match="missing"):
-        load_window(contract, manifest)
+    assert load_window(contract, Manifest(contract.data.manifest)).batch_ids == (batch_id,)
+
+
+@pytest.mark.parametrize("change", ["rewrite", "delete"])
+def test_legacy_batch_whose_file_changed_must_be_retired(
+    contract: Contract, write_batch: BatchWriter, change: str
+) -> None:
+    """It raises DataError naming the batch and the retire command when the file is gone."""
+    path = write_batch(_frame(), "b1")
+    batch_id = _accept(contract, path)
+    _as_legacy(contract)
+    if change == "delete":
+        path.unlink()
+    else:
+        write_batch(_frame(seed=9), "b1")
+    with pytest.raises(DataError, match="champion batches retire") as caught:
+        load_window(contract, Manifest(contract.data.manifest))
+    assert batch_id in str(caught.value)
+
+
+# --- settle time and file types ----------------------------------------------------------------
+
+
+def _settling(contract: Contract, seconds: float) -> Contract:
+    data = contract.data.model_copy(update={"settle_seconds": seconds})
+    return contract.model_copy(update={"data": data})
+
+
+def test_file_younger_than_the_settle_time_is_left_for_later(
+    contract: Contract, write_batch: BatchWriter
+) -> None:
+    """It leaves a just-written file in the landing zone, reports it waiting, takes it later."""
+    slow = _settling(contract, 60)
+    old = write_batch(_frame(seed=1), "old")
+    past = time.time() - 120
+    os.utime(old, (past, past))
+    fresh = write_batch(_frame(seed=2), "fresh")
+    manifest = Manifest(slow.data.manifest)
+    report = intake(slow, manifest)
+    assert [r.file for r in report.accepted] == ["old.csv"]
+    assert report.waiting == ("fresh.csv",)
+    assert fresh.exists()
+    assert all(e["file"] != "fresh.csv" for e in manifest.batches.values())
+    later = intake(slow, manifest, now=time.time() + 61)
+    assert [r.file for r in later.accepted] == ["fresh.csv"]
+    assert later.waiting == ()
+
+
+def test_batch_file_types_are_matched_case_insensitively(contract: Contract) -> None:
+    """It reads .CSV, .Csv.GZ and .parquet files and reports other files as ignored."""
+    zone = contract.data.landing_zone
+    zone.mkdir(parents=True)
+    _frame(seed=1).to_csv(zone / "upper.CSV", index=False)
+    _frame(seed=2).to_csv(zone / "daily.Csv.GZ", index=False, compression="gzip")
+    _frame(seed=3).to_parquet(zone / "columnar.parquet", index=False)
+    (zone / "notes.txt").write_text("not a batch")
+    (zone / ".hidden.csv").write_text("x")
+    (zone / "download.csv.part").write_text("x")
+    manifest = Manifest(contract.data.manifest)
+    report = intake(contract, manifest)
+    assert sorted(r.file for r in report.accepted) == [
+        "columnar.parquet",
+        "daily.Csv.GZ",
+        "upper.CSV",
+    ]
+    assert report.quarantined == ()
+    assert report.ignored == ("notes.txt",)
+    assert (zone / "notes.txt").exists()
+    stored = sorted(e["stored"][64:] for e in manifest.batches.values())
+    assert stored == [".csv", ".csv.gz", ".parquet"]
+    ids = {r.file: r.batch_id for r in report.accepted}
+    assert ids["daily.Csv.GZ"].startswith("daily-")
+    assert load_window(contract, manifest).rows == 300
+
+
+def test_unknown_file_types_are_logged_by_name(
+    contract: Contract, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It warns about files it does not read, naming them and the types it does read."""
+    zone = contract.data.landing_zone
+    zone.mkdir(parents=True)
+    (zone / "notes.txt").write_text("not a batch")
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        intake(contract, Manifest(contract.data.manifest))
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert record.files == ["notes.txt"]  # type: ignore[attr-defined]
+    assert ".csv.gz" in record.accepted_types  # type: ignore[attr-defined]
+
+
+# --- typed targets -----------------------------------------------------------------------------
+
+
+def _with_target(values: list[object], n: int = 100) -> pd.DataFrame:
+    frame = _frame(n)
+    frame["approved"] = pd.Series([values[i % len(values)] for i in range(n)], dtype=object)
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [(True, "True"), ("1", "'1'"), (1.5, "1.5"), ("yes", "'yes'")],
+)
+def test_integer_classes_refuse_other_types(contract: Contract, bad: object, shown: str) -> None:
+    """It refuses a target value that is not an integer among the declared classes."""
+    (reason,) = _reasons(_with_target([0, 1, bad]), contract)
+    assert reason == (
+        f"column 'approved': values [{shown}] are not among the declared classes [0, 1]"
+    )
+
+
+def test_integer_classes_refuse_a_boolean_column(
+    contract: Contract, write_batch: BatchWriter
+) -> None:
+    """It quarantines a CSV whose target reads as booleans, naming the values and classes."""
+    write_batch(_frame().assign(approved=lambda f: f["approved"] == 1), "bools")
+    (bad,) = intake(contract, Manifest(contract.data.manifest)).quarantined
+    assert bad.reasons == (
+        "column 'approved': values [False, True] are not among the declared classes [0, 1]",
+    )
+
+
+def test_integer_classes_name_text_values(contract: Contract, write_batch: BatchWriter) -> None:
+    """It names the values of a CSV target that reads as text, as text."""
+    frame = _frame().assign(approved=lambda f: f["approved"].map({0: "0", 1: "True"}))
+    write_batch(frame, "texts")
+    (bad,) = intake(contract, Manifest(contract.data.manifest)).quarantined
+    assert bad.reasons == (
+        "column 'approved': values ['0', 'True'] are not among the declared classes [0, 1]",
+    )
+
+
+def test_integer_classes_give_an_int64_target(contract: Contract) -> None:
+    """It accepts integer-valued numbers and hands the target on as int64."""
+    clean, report = validate_batch(_with_target([0.0, 1.0]), contract)
+    assert report.accepted, report.reasons
+    assert clean is not None
+    assert clean["approved"].dtype == np.int64
+
+
+def _text_classes(tmp_path: Path, classes: list[str]) -> Contract:
+    raw = small_raw_contract()
+    raw["classes"] = classes
+    return make_contract(tmp_path, raw)
+
+
+def test_text_classes_are_compared_exactly(tmp_path: Path) -> None:
+    """It accepts No/Yes against classes ["No", "Yes"] and refuses no/yes (case matters)."""
+    contract = _text_classes(tmp_path, ["No", "Yes"])
+    good = _drop(
+        contract,
+        _frame(seed=1).assign(approved=lambda f: f["approved"].map({0: "No", 1: "Yes"})),
+        "good",
+    )
+    _drop(
+        contract,
+        _frame(seed=2).assign(approved=lambda f: f["approved"].map({0: "no", 1: "yes"})),
+        "lower",
+    )
+    manifest = Manifest(contract.data.manifest)
+    report = intake(contract, manifest)
+    assert [r.file for r in report.accepted] == [good.name]
+    (bad,) = report.quarantined
+    assert bad.reasons == (
+        "column 'approved': values ['no', 'yes'] are not among the declared classes ['No', 'Yes']",
+    )
+    target = load_window(contract, manifest).frame["approved"]
+    assert set(target) == {"No", "Yes"}
+    assert all(isinstance(v, str) for v in target)
+
+
+def test_text_classes_read_the_target_as_text(tmp_path: Path) -> None:
+    """It keeps "01" as "01" in a CSV target when the classes are strings."""
+    contract = _text_classes(tmp_path, ["01", "10"])
+    _drop(contract, _frame().assign(approved=lambda f: f["approved"].map({0: "01", 1: "10"})), "b")
+    manifest = Manifest(contract.data.manifest)
+    (taken,) = intake(contract, manifest).accepted
+    assert set(load_window(contract, manifest).frame["approved"]) == {"01", "10"}
+    assert set(taken.classes) == {"01", "10"}
+
+
+def _undeclared(tmp_path: Path) -> Contract:
+    raw = small_raw_contract()
+    del raw["classes"]
+    return make_contract(tmp_path, raw)
+
+
+def test_undeclared_classes_are_locked_after_the_first_batch(tmp_path: Path) -> None:
+    """It records the classes of the first batch and refuses a later batch with a new one."""
+    contract = _undeclared(tmp_path)
+    _drop(contract, _frame(seed=1), "first")
+    manifest = Manifest(contract.data.manifest)
+    assert len(intake(contract, manifest).accepted) == 1
+    assert _manifest_json(contract)["classes"] == [0, 1]
+    _drop(contract, _frame(seed=2).assign(approved=lambda f: f["approved"].replace(1, 2)), "new")
+    _drop(
+        contract,
+        _frame(seed=3).assign(approved=lambda f: f["approved"].map({0: "no", 1: "yes"})),
+        "text",
+    )
+    _drop(contract, _frame(seed=4).assign(approved=1), "same")
+    report = intake(contract, Manifest(contract.data.manifest))
+    assert [r.file for r in report.accepted] == ["same.csv"]
+    reasons = {r.file: r.reasons for r in report.quarantined}
+    (new,) = reasons["new.csv"]
+    assert new.startswith("column 'approved': values [2] are not among the classes")
+    assert "declare every class in champion.toml" in new
+    assert "values ['no', 'yes']" in reasons["text.csv"][0]
+    assert _manifest_json(contract)["classes"] == [0, 1]
+
+
+def test_legacy_manifest_learns_its_classes_from_the_accepted_batches(tmp_path: Path) -> None:
+    """It derives the locked classes from accepted batches when the manifest has none."""
+    contract = _undeclared(tmp_path)
+    _drop(contract, _frame(seed=1), "first")
+    intake(contract, Manifest(contract.data.manifest))
+    _as_legacy(contract)
+    assert Manifest(contract.data.manifest).classes is None
+    _drop(contract, _frame(seed=2).assign(approved=lambda f: f["approved"].replace(1, 2)), "new")
+    (bad,) = intake(contract, Manifest(contract.data.manifest)).quarantined
+    assert "values [2]" in bad.reasons[0]
+    assert _manifest_json(contract)["classes"] == [0, 1]
+
+
+def _regression(tmp_path: Path) -> Contract:
+    raw = small_raw_contract()
+    del raw["classes"]
+    raw["task"] = "regression"
+    raw["metrics"] = {"primary": "rmse", "guardrails": {}}
+    raw["search"]["families"] = ["linear"]
+    raw["search"]["space"] = {}
+    return make_contract(tmp_path, raw)
+
+
+@pytest.mark.parametrize(("bad", "shown"), [(True, "True"), ("abc", "'abc'")])
+def test_regression_target_must_be_numbers(tmp_path: Path, bad: object, shown: str) -> None:
+    """It refuses booleans and text in a regression target, naming them."""
+    contract = _regression(tmp_path)
+    (reason,) = _reasons(_with_target([0.5, 2, bad]), contract)
+    assert reason == f"column 'approved': values [{shown}] are not numbers"
+    frame = _frame().assign(approved=lambda f: f["approved"] == 1)
+    assert _reasons(frame, contract) == ("column 'approved': values [False, True] are not numbers",)
+    clean, report = validate_batch(_with_target([0.5, 2]), contract)
+    assert report.accepted and clean is not None
+    assert clean["approved"].dtype == np.float64
+
+
+# --- numeric range -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [1e300, -1e39, np.inf])
+def test_values_beyond_float32_are_refused(contract: Contract, value: float) -> None:
+    """It refuses a numeric value beyond the 32-bit float range, naming column and value."""
+    frame = _frame()
+    frame.loc[7, "salary"] = value
+    (reason,) = _reasons(frame, contract)
+    assert reason.startswith("column 'salary': 1 values beyond the 32-bit float range")
+    assert repr(float(value)) in reason
+    frame.loc[7, "salary"] = 3.0e38  # inside the range
+    assert validate_batch(frame, contract)[1].accepted
+
+
+def test_float32_limit_is_numpys() -> None:
+    """It uses float32's own maximum, the number serving checks against too."""
+    assert float(np.finfo(np.float32).max) == FLOAT32_MAX
+
+
+# --- retiring ----------------------------------------------------------------------------------
+
+
+def test_retired_batch_leaves_the_window_and_is_not_taken_in_again(
+    contract: Contract, write_batch: BatchWriter
+) -> None:
+    """It drops a retired batch from the window, keeps its stored file, and never retakes it."""
+    keep = write_batch(_frame(seed=1), "keep")
+    drop = write_batch(_frame(seed=2), "drop")
+    manifest = Manifest(contract.data.manifest)
+    ids = {r.file: r.batch_id for r in intake(contract, manifest).accepted}
+    manifest.retire(ids[drop.name], reason="labels were wrong", who="tester")
+    reloaded = Manifest(contract.data.manifest)
+    assert reloaded.accepted() == [ids[keep.name]]
+    entry = reloaded.batches[ids[drop.name]]
+    assert entry["status"] == "retired" and entry["retired_reason"] == "labels were wrong"
+    assert (contract.data.store / entry["stored"]).exists()
+    assert load_window(contract, reloaded).batch_ids == (ids[keep.name],)
+    assert intake(contract, reloaded).accepted == ()
+    copy = drop.with_name("drop-again.csv")
+    copy.write_bytes(drop.read_bytes())
+    (dup,) = intake(contract, reloaded).quarantined
+    assert "retired" in dup.reasons[0]
+    with pytest.raises(DataError, match="not accepted"):
+        reloaded.retire(ids[drop.name], reason="again", who="tester")
+    with pytest.raises(DataError, match="no batch 'nope'"):
+        reloaded.retire("nope", reason="x", who="tester")
