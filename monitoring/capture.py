@@ -8,8 +8,8 @@ import random
 import sqlite3
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,11 +30,25 @@ CREATE TABLE IF NOT EXISTS predictions (
     label TEXT,
     labelled_at REAL,
     exported INTEGER NOT NULL DEFAULT 0,
+    export_name TEXT,
     UNIQUE (request_id, row)
 );
 CREATE INDEX IF NOT EXISTS predictions_at ON predictions (at);
 CREATE INDEX IF NOT EXISTS predictions_labelled ON predictions (labelled_at);
 """
+# Created after the migration: they name columns an older log may not have yet.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS predictions_version ON predictions (model_version, id);
+CREATE INDEX IF NOT EXISTS predictions_pending ON predictions (export_name, id)
+    WHERE label IS NOT NULL AND exported = 0;
+"""
+# Columns added since the first release, with their declarations.
+ADDED_COLUMNS = {"export_name": "TEXT"}
+
+# SQLite integers are signed 64-bit; a larger Python int cannot be bound.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# What encoding a row raises when it cannot be stored (orjson raises a TypeError subclass).
+UNSTORABLE = (TypeError, ValueError, OverflowError)
 
 
 class Captured(NamedTuple):
@@ -49,6 +63,78 @@ class Captured(NamedTuple):
     score: float | None
 
 
+class Written(NamedTuple):
+    """What one `PredictionLog.write` did with the rows it was offered."""
+
+    inserted: int
+    duplicates: int  # (request_id, row) already in the log: the first row is kept
+    unserialisable: int  # rows that cannot be stored (e.g. a lone surrogate in a string)
+
+
+class Fresh(NamedTuple):
+    """The newest rows of one model version after a given row id."""
+
+    rows: list[dict[str, Any]]  # oldest first, at most the limit asked for
+    max_id: int  # the newest id in `rows` (the id asked from when there are none)
+    fresh: int  # how many rows of the version come after that id, returned or not
+
+
+class LogLimiter:
+    """Logs the first event of each key, then at most one per `every` seconds per key.
+
+    A failure repeating on every row or every pass must not flood the log: held-back
+    events are counted and reported as `suppressed` on the next line logged for that key.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        every: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.every = every
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def warning(
+        self, key: str, message: str, *, extra: Mapping[str, Any], exc_info: bool = False
+    ) -> bool:
+        """Log `message` unless `key` was logged within `every` seconds; True when logged."""
+        with self._lock:
+            now = self.clock()
+            last = self._last.get(key)
+            if last is not None and now - last < self.every:
+                self._held[key] += 1
+                return False
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        self.logger.warning(message, extra={**extra, "suppressed": held}, exc_info=exc_info)
+        return True
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Add the columns a log written by an older release lacks (workers may race here)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
+    if not set(ADDED_COLUMNS) - have:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Checked again under the write lock: another worker may have migrated meanwhile.
+        have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
+        for name, declaration in ADDED_COLUMNS.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {declaration}")
+                log.info("prediction log migrated", extra={"path": str(path), "added": name})
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open the log; WAL lets several workers write while a reader scans."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +142,54 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    _migrate(conn, path)
+    conn.executescript(INDEXES)
     return conn
+
+
+def _encode(c: Captured) -> tuple[Any, ...]:
+    """One row as SQLite parameters; raises one of UNSTORABLE when it cannot be stored."""
+    # SQLite text must be valid UTF-8: a lone surrogate would fail inside executemany.
+    str.encode(c.request_id)
+    str.encode(c.model_version)
+    if not INT_MIN <= c.row <= INT_MAX:
+        raise OverflowError(f"row {c.row} is outside SQLite's integer range")
+    return (
+        c.request_id,
+        c.row,
+        float(c.at),
+        c.model_version,
+        orjson.dumps(c.features, default=str).decode(),
+        orjson.dumps(c.prediction, default=str).decode(),
+        None if c.score is None else float(c.score),
+    )
+
+
+def _storable_key(request_id: Any, row: Any) -> bool:
+    """Whether (request_id, row) could be in the log at all (no bind error possible)."""
+    if not isinstance(request_id, str) or not isinstance(row, int):
+        return False
+    try:
+        request_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return INT_MIN <= row <= INT_MAX
+
+
+_COLUMNS = "id, request_id, row, at, model_version, features, prediction, score"
+
+
+def _as_row(r: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": r[0],
+        "request_id": r[1],
+        "row": r[2],
+        "at": r[3],
+        "model_version": r[4],
+        "features": json.loads(r[5]),
+        "prediction": json.loads(r[6]),
+        "score": r[7],
+    }
 
 
 class PredictionLog:
@@ -68,38 +201,42 @@ class PredictionLog:
         self._conn = connect(path)
         self._lock = threading.Lock()
 
-    def write(self, items: Sequence[Captured]) -> None:
-        rows = [
-            (
-                c.request_id,
-                c.row,
-                c.at,
-                c.model_version,
-                orjson.dumps(c.features, default=str).decode(),
-                orjson.dumps(c.prediction, default=str).decode(),
-                c.score,
-            )
-            for c in items
-        ]
+    def write(self, items: Sequence[Captured]) -> Written:
+        """Insert rows; a row that cannot be stored or whose key is taken is skipped, counted."""
+        bad = 0
+        try:
+            rows = [_encode(c) for c in items]
+        except UNSTORABLE:
+            # One bad row must not cost the batch: find the bad ones one by one.
+            rows = []
+            for c in items:
+                try:
+                    rows.append(_encode(c))
+                except UNSTORABLE:
+                    bad += 1
+        inserted = 0
         with self._lock, self._conn:
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO predictions (request_id, row, at, model_version, features,"
-                " prediction, score) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            # Disk bound: drop the oldest rows past the limit (labelled-but-unexported kept).
+            if rows:
+                # rowcount sums the rows each execution inserted: a conflict adds 0.
+                cursor = self._conn.executemany(
+                    "INSERT INTO predictions (request_id, row, at, model_version, features,"
+                    " prediction, score) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (request_id, row) DO NOTHING",
+                    rows,
+                )
+                inserted = max(cursor.rowcount, 0)
+            # Disk bound: drop the oldest rows past the limit (labelled-but-unexported kept,
+            # whether or not they are already named into an export batch).
             self._conn.execute(
                 "DELETE FROM predictions WHERE id <= (SELECT MAX(id) FROM predictions) - ?"
                 " AND NOT (label IS NOT NULL AND exported = 0)",
                 (self.max_rows,),
             )
+        return Written(inserted=inserted, duplicates=len(rows) - inserted, unserialisable=bad)
 
     def recent(self, *, limit: int, version: str | None = None) -> list[dict[str, Any]]:
         """The most recent captured rows (optionally of one model version), oldest first."""
-        query = (
-            "SELECT request_id, row, at, model_version, features, prediction, score"
-            " FROM predictions"
-        )
+        query = f"SELECT {_COLUMNS} FROM predictions"
         args: list[Any] = []
         if version is not None:
             query += " WHERE model_version = ?"
@@ -108,47 +245,64 @@ class PredictionLog:
         args.append(limit)
         with self._lock:
             found = self._conn.execute(query, args).fetchall()
-        return [
-            {
-                "request_id": r[0],
-                "row": r[1],
-                "at": r[2],
-                "model_version": r[3],
-                "features": json.loads(r[4]),
-                "prediction": json.loads(r[5]),
-                "score": r[6],
-            }
-            for r in reversed(found)
-        ]
+        return [_as_row(r) for r in reversed(found)]
+
+    def since(self, after_id: int, *, limit: int, version: str) -> Fresh:
+        """The most recent `limit` rows of `version` with ids above `after_id`, oldest first."""
+        with self._lock:
+            fresh = int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM predictions WHERE model_version = ? AND id > ?",
+                    (version, after_id),
+                ).fetchone()[0]
+            )
+            found = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM predictions WHERE model_version = ? AND id > ?"
+                " ORDER BY id DESC LIMIT ?",
+                (version, after_id, limit),
+            ).fetchall()
+        rows = [_as_row(r) for r in reversed(found)]
+        return Fresh(rows=rows, max_id=rows[-1]["id"] if rows else after_id, fresh=fresh)
 
     def label(self, items: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[str]]:
-        """Join labels to captured rows; all or nothing.
+        """Join labels to captured rows; all or nothing, exactly once across processes.
 
         Returns (unknown keys, already labelled keys); when either is non-empty nothing is
-        written, so a retried call never labels a row twice.
+        written, so a retried call never labels a row twice. Check and update are one write
+        transaction: of two workers labelling one row, exactly one succeeds.
         """
         now = time.time()
-        with self._lock, self._conn:
-            unknown: list[str] = []
-            done: list[str] = []
-            for request_id, row, _ in items:
-                found = self._conn.execute(
-                    "SELECT label FROM predictions WHERE request_id = ? AND row = ?",
-                    (request_id, row),
-                ).fetchone()
-                key = f"{request_id}#{row}"
-                if found is None:
-                    unknown.append(key)
-                elif found[0] is not None:
-                    done.append(key)
-            if unknown or done:
-                return unknown, done
-            self._conn.executemany(
-                "UPDATE predictions SET label = ?, labelled_at = ?"
-                " WHERE request_id = ? AND row = ?",
-                [(json.dumps(label), now, rid, row) for rid, row, label in items],
-            )
-        return [], []
+        unknown: list[str] = []
+        done: list[str] = []
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: no check goes stale
+            try:
+                for request_id, row, label in items:
+                    key = f"{request_id}#{row}"
+                    if not _storable_key(request_id, row):
+                        unknown.append(key)  # it could never have been captured
+                        continue
+                    updated = conn.execute(
+                        "UPDATE predictions SET label = ?, labelled_at = ?"
+                        " WHERE request_id = ? AND row = ? AND label IS NULL",
+                        (json.dumps(label), now, request_id, row),
+                    ).rowcount
+                    if updated == 1:
+                        continue
+                    found = conn.execute(
+                        "SELECT 1 FROM predictions WHERE request_id = ? AND row = ?",
+                        (request_id, row),
+                    ).fetchone()
+                    (unknown if found is None else done).append(key)
+                if unknown or done:
+                    conn.rollback()
+                else:
+                    conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return unknown, done
 
     def labelled(self, *, limit: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -168,6 +322,7 @@ class PredictionLog:
         ]
 
     def unexported(self) -> list[tuple[int, dict[str, Any], Any, float]]:
+        """Labelled rows not yet exported (named into a batch or not), oldest first."""
         with self._lock:
             found = self._conn.execute(
                 "SELECT id, features, label, at FROM predictions"
@@ -181,6 +336,66 @@ class PredictionLog:
                 "UPDATE predictions SET exported = 1 WHERE id = ?", [(i,) for i in ids]
             )
 
+    # -- two-phase feedback export: name the rows, write the file, mark them ---------------
+
+    def claim_export(self, name: str, *, min_rows: int) -> int:
+        """Name every pending labelled row into batch `name` once there are `min_rows`.
+
+        Returns the rows named (0 when too few are pending: nothing is named). One write
+        transaction, so a row is named into one batch only, whoever else exports.
+        """
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                pending = int(
+                    conn.execute(
+                        "SELECT COUNT(*) FROM predictions"
+                        " WHERE label IS NOT NULL AND exported = 0 AND export_name IS NULL"
+                    ).fetchone()[0]
+                )
+                named = 0
+                if pending >= min_rows:
+                    named = conn.execute(
+                        "UPDATE predictions SET export_name = ?"
+                        " WHERE label IS NOT NULL AND exported = 0 AND export_name IS NULL",
+                        (name,),
+                    ).rowcount
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return named
+
+    def claimed(self) -> list[str]:
+        """Batches named but not yet marked exported (a crash came in between), oldest first."""
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT export_name FROM predictions"
+                " WHERE label IS NOT NULL AND exported = 0 AND export_name IS NOT NULL"
+                " GROUP BY export_name ORDER BY MIN(id)"
+            ).fetchall()
+        return [name for (name,) in found]
+
+    def export_rows(self, name: str) -> list[tuple[int, dict[str, Any], Any, float]]:
+        """The rows of batch `name`, in id order: the same answer every time it is asked."""
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT id, features, label, at FROM predictions WHERE export_name = ? ORDER BY id",
+                (name,),
+            ).fetchall()
+        return [(i, json.loads(f), json.loads(lab), at) for i, f, lab, at in found]
+
+    def finish_export(self, name: str) -> int:
+        """Mark batch `name` exported (its file is written); returns the rows marked."""
+        with self._lock, self._conn:
+            return int(
+                self._conn.execute(
+                    "UPDATE predictions SET exported = 1 WHERE export_name = ? AND exported = 0",
+                    (name,),
+                ).rowcount
+            )
+
     def count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
@@ -190,8 +405,21 @@ class PredictionLog:
             self._conn.close()
 
 
+def _ignore_drop(reason: str, n: int) -> None:
+    return None
+
+
+def _ignore_error() -> None:
+    return None
+
+
 class Capture:
-    """Bounded buffer + flusher thread: `offer` never blocks and never raises."""
+    """Bounded buffer + flusher thread: `offer` never blocks and never raises.
+
+    Every row offered and not written is reported to `on_drop(reason, rows)` with a reason
+    from `monitoring.metrics.DROP_REASONS`; every failed flush pass to `on_error()`. The
+    flusher thread outlives any failure of the log.
+    """
 
     def __init__(
         self,
@@ -200,15 +428,23 @@ class Capture:
         capacity: int = 10_000,
         sample_rate: float = 1.0,
         flush_seconds: float = 0.5,
-        on_drop: Any = None,
+        on_drop: Callable[[str, int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
         seed: int | None = None,
+        batch_rows: int = 5_000,
+        log_every: float = 300.0,
     ) -> None:
         self.log = log_
         self.capacity = capacity
         self.sample_rate = sample_rate
         self.flush_seconds = flush_seconds
+        self.batch_rows = batch_rows
         self.dropped = 0
-        self._on_drop = on_drop or (lambda n: None)
+        self.drops: Counter[str] = Counter()  # rows dropped, by reason
+        self.errors = 0  # failed flush passes
+        self._on_drop = on_drop or _ignore_drop
+        self._on_error = on_error or _ignore_error
+        self._warn = LogLimiter(log, every=log_every)
         self._buffer: deque[Captured] = deque()
         self._stop = threading.Event()
         self._rng = random.Random(seed)
@@ -216,6 +452,9 @@ class Capture:
 
     def start(self) -> None:
         self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def sampled(self) -> bool:
         """Whether to capture this request: decided before its rows are built."""
@@ -227,32 +466,73 @@ class Capture:
             return
         room = self.capacity - len(self._buffer)
         if room < len(items):
-            lost = len(items) - max(room, 0)
-            self.dropped += lost
-            self._on_drop(lost)
+            self._drop("buffer_full", len(items) - max(room, 0), capacity=self.capacity)
             items = items[: max(room, 0)]
         self._buffer.extend(items)  # deque.extend is atomic under the GIL
 
     def flush(self) -> int:
+        """Write up to `batch_rows` buffered rows; returns how many were taken. Never raises."""
         batch: list[Captured] = []
-        while len(batch) < 5_000:
+        while len(batch) < self.batch_rows:
             try:
                 batch.append(self._buffer.popleft())  # atomic; another flusher may race us
             except IndexError:
                 break
         if batch:
-            try:
-                self.log.write(batch)
-            except sqlite3.Error as exc:  # losing capture must never hurt serving
-                self.dropped += len(batch)
-                self._on_drop(len(batch))
-                log.warning("prediction capture write failed", extra={"error": str(exc)})
+            self._write(batch)
         return len(batch)
+
+    def _write(self, batch: list[Captured]) -> None:
+        try:
+            written = self.log.write(batch)
+        except Exception as exc:  # losing capture must never hurt serving, nor stop capture
+            self.errors += 1
+            self._call(self._on_error)
+            self._drop("write_failed", len(batch), error=exc)
+            return
+        if written.unserialisable:
+            self._drop("unserialisable", written.unserialisable)
+        if written.duplicates:
+            self._drop("duplicate_request_id", written.duplicates)
+
+    def _drop(self, reason: str, n: int, *, error: Exception | None = None, **detail: Any) -> None:
+        if n <= 0:
+            return
+        self.dropped += n
+        self.drops[reason] += n
+        self._call(self._on_drop, reason, n)
+        key = reason if error is None else f"{reason}:{type(error).__name__}"
+        extra: dict[str, Any] = {"reason": reason, "rows": n, **detail}
+        if error is not None:
+            extra["error"] = f"{type(error).__name__}: {error}"
+        # A traceback for a failure nobody expected; the known reasons speak for themselves.
+        unexpected = error is not None and not isinstance(error, sqlite3.Error)
+        self._warn.warning(key, "prediction capture dropped rows", extra=extra, exc_info=unexpected)
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:  # a broken counter must not stop capture either
+            self._warn.warning(
+                f"callback:{type(exc).__name__}",
+                "prediction capture callback failed",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds):
-            while self.flush() > 0:
-                pass
+            try:
+                while self.flush() > 0:
+                    pass
+            except Exception as exc:  # flush guards itself; this keeps the thread whatever
+                self.errors += 1
+                self._call(self._on_error)
+                self._warn.warning(
+                    f"loop:{type(exc).__name__}",
+                    "prediction capture pass failed",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                    exc_info=True,
+                )
 
     def stop(self) -> None:
         """Stop the flusher, wait for a write under way, then write what is left."""

@@ -238,6 +238,7 @@ class Champion:
             ledger=self.ledger,
             metrics=metrics,
             trigger_retrain=lambda trigger: self.scheduler.run_now(trigger),
+            on_error=lambda: metrics.background_error("monitor"),
         )
         self.scheduler = RetrainScheduler(
             contract=contract,

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from monitoring.capture import PredictionLog
+from monitoring.capture import LogLimiter, PredictionLog
 from monitoring.drift import DriftReport, evaluate
 from monitoring.metrics import ServiceMetrics
 from training.config import Contract, Settings
@@ -28,11 +29,20 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest.json"
 HISTORY = "history.jsonl"
+STATE = "state.json"
+
+T = TypeVar("T")
+Window = tuple[dict[str, list[Any]], np.ndarray, np.ndarray | None]
 
 
 @dataclass
 class Watch:
-    """State kept between monitoring ticks by the scheduler leader."""
+    """State kept between monitoring ticks by the scheduler leader.
+
+    The drift streak, the cooldown and the last row tested are persisted in
+    `drift/state.json`, so a restart (or a new leader) neither re-tests old rows nor forgets
+    a streak or a recent trigger.
+    """
 
     contract: Contract
     settings: Settings
@@ -42,13 +52,84 @@ class Watch:
     metrics: ServiceMetrics | None = None
     trigger_retrain: Callable[[str], bool] = lambda trigger: False
     clock: Callable[[], float] = time.time
+    # Called once per failed part of a tick (champion_background_errors_total{loop="monitor"}).
+    on_error: Callable[[], None] | None = None
     streak: int = 0
     last_trigger: float = float("-inf")
+    last_tested_id: int = 0  # the newest prediction id already part of a tested window
+    version: str | None = None  # the champion the streak and last_tested_id belong to
     _profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (size, lines) of history.jsonl after this process last wrote it; recounted on a change.
+    _history_mark: tuple[int, int] | None = field(default=None, repr=False)
+    _warn: LogLimiter = field(default_factory=lambda: LogLimiter(log), repr=False)
+
+    def __post_init__(self) -> None:
+        self._load_state(at_start=True)
 
     @property
     def folder(self) -> Path:
         return self.settings.home / "drift"
+
+    # -- persisted state -----------------------------------------------------------------
+
+    def _load_state(self, *, at_start: bool) -> None:
+        """Read drift/state.json; at each tick too, since a new leader may have written it."""
+        path = self.folder / STATE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            last_tested_id = int(raw["last_tested_id"])
+            streak = int(raw["streak"])
+            trigger = raw["last_trigger"]
+            version = raw["version"]
+            if trigger is not None and not isinstance(trigger, int | float):
+                raise TypeError(f"last_trigger is {trigger!r}")
+            if version is not None and not isinstance(version, str):
+                raise TypeError(f"version is {version!r}")
+        except FileNotFoundError:
+            if at_start:
+                log.info("no drift state yet: starting fresh", extra={"path": str(path)})
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._warn.warning(
+                "state",
+                "drift state unreadable: starting fresh" if at_start else "drift state unreadable",
+                extra={"path": str(path), "error": f"{type(exc).__name__}: {exc}"},
+            )
+            return
+        self.last_tested_id = last_tested_id
+        self.streak = streak
+        self.last_trigger = float("-inf") if trigger is None else float(trigger)
+        self.version = version
+        if at_start:
+            log.info(
+                "drift state loaded",
+                extra={"path": str(path), "streak": streak, "last_tested_id": last_tested_id},
+            )
+
+    def _save_state(self) -> None:
+        state = {
+            "last_tested_id": self.last_tested_id,
+            "streak": self.streak,
+            "last_trigger": self.last_trigger if math.isfinite(self.last_trigger) else None,
+            "version": self.version,
+        }
+        atomic_write_text(self.folder / STATE, json.dumps(state))
+
+    def _follow(self, version: str) -> None:
+        """A new champion starts a new streak over its own rows."""
+        if version == self.version:
+            return
+        if self.version is not None:
+            log.info(
+                "champion changed: drift streak starts over",
+                extra={"old": self.version, "new": version, "streak": self.streak},
+            )
+        self.version = version
+        self.streak = 0
+        self.last_tested_id = 0
+        self._save_state()
+
+    # -- drift ---------------------------------------------------------------------------
 
     def profile(self, ref: ModelRef) -> dict[str, Any] | None:
         if ref.version not in self._profiles and ref.run_id:
@@ -57,8 +138,7 @@ class Watch:
                 self._profiles[ref.version] = found
         return self._profiles.get(ref.version)
 
-    def window(self, version: str) -> tuple[dict[str, list[Any]], np.ndarray, np.ndarray | None]:
-        rows = self.prediction_log.recent(limit=self.settings.drift_window_rows, version=version)
+    def _columns(self, rows: list[dict[str, Any]]) -> Window:
         columns = {f: [r["features"].get(f) for r in rows] for f in self.contract.features}
         predictions = np.asarray([r["prediction"] for r in rows], dtype=object)
         scores = [r["score"] for r in rows]
@@ -67,11 +147,13 @@ class Watch:
         )
         return columns, predictions, score_array
 
-    def drift(self, ref: ModelRef) -> DriftReport | None:
-        profile = self.profile(ref)
-        if profile is None:
-            return None
-        columns, predictions, scores = self.window(ref.version)
+    def window(self, version: str) -> Window:
+        """The most recent `drift_window_rows` rows of `version`, tested or not (for reports)."""
+        rows = self.prediction_log.recent(limit=self.settings.drift_window_rows, version=version)
+        return self._columns(rows)
+
+    def _evaluate(self, window: Window, profile: dict[str, Any]) -> DriftReport:
+        columns, predictions, scores = window
         return evaluate(
             columns,
             profile,
@@ -79,6 +161,77 @@ class Watch:
             scores=scores,
             alpha=self.settings.drift_alpha,
         )
+
+    def drift(self, ref: ModelRef) -> DriftReport | None:
+        """Drift of the most recent rows (`champion drift-report`); the tick tests fresh ones."""
+        profile = self.profile(ref)
+        if profile is None:
+            return None
+        return self._evaluate(self.window(ref.version), profile)
+
+    def fresh_drift(self, ref: ModelRef, summary: dict[str, Any]) -> DriftReport | None:
+        """Test a window of rows no earlier window held; None when there are too few yet.
+
+        Re-testing the same rows would count one burst as drift "sustained" over many
+        windows, so a window is the newest `drift_window_rows` rows after the last one tested.
+        The caller passes the report to `_sustained`, which counts it and saves the state.
+        """
+        profile = self.profile(ref)
+        if profile is None:
+            summary["drift_window"] = {"tested": False, "reason": "no reference profile"}
+            return None
+        self._follow(ref.version)
+        needed = self.settings.drift_window_rows
+        fresh = self.prediction_log.since(self.last_tested_id, limit=needed, version=ref.version)
+        summary["drift_window"] = {
+            "tested": False,
+            "fresh_rows": fresh.fresh,
+            "needed_rows": needed,
+            "after_id": self.last_tested_id,
+        }
+        if fresh.fresh < needed:
+            return None
+        self.last_tested_id = fresh.max_id
+        try:
+            report = self._evaluate(self._columns(fresh.rows), profile)
+        except Exception:
+            self._save_state()  # the window is spent even when it cannot be evaluated
+            raise
+        summary["drift_window"] |= {"tested": True, "last_id": fresh.max_id}
+        return report
+
+    def _sustained(self, report: DriftReport, ref: ModelRef) -> None:
+        self._follow(ref.version)
+        self.streak = self.streak + 1 if report.dataset_drift else 0
+        try:
+            self._maybe_trigger(report, ref)
+        finally:
+            self._save_state()
+
+    def _maybe_trigger(self, report: DriftReport, ref: ModelRef) -> None:
+        needed = self.settings.drift_sustained_windows
+        cooling = self.clock() - self.last_trigger < self.settings.drift_cooldown_seconds
+        if self.streak < needed or cooling:
+            return
+        flagged = list(report.family_flagged)
+        if self.trigger_retrain("drift"):
+            self.last_trigger = self.clock()
+            self.streak = 0
+            if self.metrics is not None:
+                self.metrics.drift_triggers.inc()
+            self.ledger.append(
+                {
+                    "event": "drift_trigger",
+                    "reason": (
+                        f"Drift sustained over {needed} windows of "
+                        f"{report.window_rows} rows (features {flagged}); retrain started."
+                    ),
+                    "champion_after": ref.version,
+                    "features": flagged,
+                }
+            )
+
+    # -- live quality and feedback -------------------------------------------------------
 
     def quality(self) -> dict[str, float]:
         labelled = self.prediction_log.labelled(limit=self.settings.quality_window_rows)
@@ -107,10 +260,24 @@ class Watch:
         return {k: v for k, v in out.items() if np.isfinite(v)}
 
     def export_feedback(self) -> Path | None:
-        """Write labelled rows as a landing-zone batch once there are enough of them."""
-        pending = self.prediction_log.unexported()
-        if len(pending) < self.contract.data.min_rows:
-            return None
+        """Write labelled rows into the landing zone as batches; each row in exactly one.
+
+        Two phases in the prediction log around the file: the pending rows are first named
+        into a batch (one transaction), the file is written atomically from those rows alone,
+        then they are marked exported. A batch named but never marked (a crash in between) is
+        written again first, under the same name and with the same bytes. Returns the last
+        batch written, if any.
+        """
+        written: Path | None = None
+        for name in self.prediction_log.claimed():
+            written = self._write_batch(name, resumed=True)
+        name = f"feedback-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.csv"
+        if self.prediction_log.claim_export(name, min_rows=self.contract.data.min_rows):
+            written = self._write_batch(name, resumed=False)
+        return written
+
+    def _write_batch(self, name: str, *, resumed: bool) -> Path:
+        pending = self.prediction_log.export_rows(name)
         rows = []
         for _, features, label, at in pending:
             row = dict(features)
@@ -118,96 +285,118 @@ class Watch:
             if self.contract.timestamp:
                 row[self.contract.timestamp] = datetime.fromtimestamp(at, UTC).isoformat()
             rows.append(row)
-        landing = self.contract.data.landing_zone
-        name = f"feedback-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.csv"
-        atomic_write_text(landing / name, pd.DataFrame(rows).to_csv(index=False))
-        self.prediction_log.mark_exported([i for i, *_ in pending])
-        log.info("feedback exported", extra={"batch": name, "rows": len(rows)})
-        return landing / name
+        path = self.contract.data.landing_zone / name
+        # The content depends on the rows only: a rewrite after a crash is byte-identical.
+        atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+        marked = self.prediction_log.finish_export(name)
+        log.info(
+            "feedback exported",
+            extra={"batch": name, "rows": len(rows), "marked": marked, "resumed": resumed},
+        )
+        return path
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def _part(self, name: str, run: Callable[[], T], summary: dict[str, Any]) -> T | None:
+        """Run one part of a tick; a failure is logged, counted and the tick goes on."""
+        try:
+            return run()
+        except Exception as exc:
+            self._failed(name, exc, summary, traceback=True)
+            return None
+
+    def _failed(
+        self, name: str, exc: Exception, summary: dict[str, Any], *, traceback: bool
+    ) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        summary.setdefault("errors", {})[name] = error
+        self._warn.warning(
+            f"{name}:{type(exc).__name__}",
+            "monitoring step failed; the pass goes on",
+            extra={"step": name, "error": error},
+            exc_info=traceback,
+        )
+        if self.on_error is not None:
+            try:
+                self.on_error()
+            except Exception as count_exc:  # a broken counter must not end the tick
+                log.warning("monitor error counter failed", extra={"error": str(count_exc)})
 
     def tick(self) -> dict[str, Any]:
-        """One monitoring pass; never raises (the scheduler logs and goes on)."""
+        """One monitoring pass; never raises (each part fails on its own, counted)."""
         summary: dict[str, Any] = {"at": datetime.now(UTC).isoformat()}
-        try:
-            exported = self.export_feedback()
-            summary["feedback_batch"] = exported.name if exported else None
-        except OSError as exc:
-            log.warning("feedback export failed", extra={"error": str(exc)})
+        # The file is the truth: this worker may lead only since another one stopped.
+        self._part("state", lambda: self._load_state(at_start=False), summary)
+        exported = self._part("export", self.export_feedback, summary)
+        summary["feedback_batch"] = exported.name if exported else None
         try:
             ref = self.registry.alias("champion")
-        except RegistryError as exc:
+        except Exception as exc:  # RegistryError, or anything the client raised
             summary["error"] = f"registry unreachable: {exc}"
+            self._failed("registry", exc, summary, traceback=not isinstance(exc, RegistryError))
             return summary
         if ref is None:
             summary["error"] = "no champion yet"
             return summary
         summary["model_version"] = ref.version
-        report = self.drift(ref)
-        quality = self.quality()
+        report = self._part("drift", lambda: self.fresh_drift(ref, summary), summary)
+        if report is not None:
+            self._part("trigger", lambda: self._sustained(report, ref), summary)
+        quality = self._part("quality", self.quality, summary) or {}
         summary["live_quality"] = quality
         if report is not None:
             summary["drift"] = report.to_dict()
-            self._sustained(report, ref)
+            summary["drift_at"] = summary["at"]
+            summary["drift_model_version"] = ref.version
+        else:
+            # GET /drift keeps showing the last evaluation until a fresh window is tested.
+            previous = self._part("previous", lambda: latest(self.settings), summary) or {}
+            for key in ("drift", "drift_at", "drift_model_version"):
+                if key in previous:
+                    summary[key] = previous[key]
         summary["streak"] = self.streak
-        self._export(summary, report, quality, ref)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.folder / LATEST, json.dumps(summary, indent=1))
-        with (self.folder / HISTORY).open("a", encoding="utf-8") as fh:
-            fh.write(
-                json.dumps(
-                    {k: summary.get(k) for k in ("at", "model_version", "streak")}
-                    | {
-                        "drift_share": (summary.get("drift") or {}).get("drift_share"),
-                        "dataset_drift": (summary.get("drift") or {}).get("dataset_drift"),
-                    }
-                )
-                + "\n"
-            )
+        self._part("metrics", lambda: self._export(report, quality), summary)
+        self._part("cv_score", lambda: self._export_cv(ref), summary)
+        self._part("write", lambda: self._write(summary, report), summary)
         return summary
 
-    def _sustained(self, report: DriftReport, ref: ModelRef) -> None:
-        self.streak = self.streak + 1 if report.dataset_drift else 0
-        needed = self.settings.drift_sustained_windows
-        cooling = self.clock() - self.last_trigger < self.settings.drift_cooldown_seconds
-        if self.streak < needed or cooling:
-            return
-        flagged = list(report.family_flagged)
-        if self.trigger_retrain("drift"):
-            self.last_trigger = self.clock()
-            self.streak = 0
-            if self.metrics is not None:
-                self.metrics.drift_triggers.inc()
-            self.ledger.append(
-                {
-                    "event": "drift_trigger",
-                    "reason": (
-                        f"Drift sustained over {needed} windows of "
-                        f"{report.window_rows} rows (features {flagged}); retrain started."
-                    ),
-                    "champion_after": ref.version,
-                    "features": flagged,
-                }
-            )
+    def _write(self, summary: dict[str, Any], report: DriftReport | None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.folder / LATEST, json.dumps(summary, indent=1))
+        entry = {k: summary.get(k) for k in ("at", "model_version", "streak")} | {
+            "tested": report is not None,
+            "drift_share": report.drift_share if report is not None else None,
+            "dataset_drift": report.dataset_drift if report is not None else None,
+        }
+        self._append_history(entry)
 
-    def _export(
-        self,
-        summary: dict[str, Any],
-        report: DriftReport | None,
-        quality: dict[str, float],
-        ref: ModelRef,
-    ) -> None:
+    def _append_history(self, entry: dict[str, Any]) -> None:
+        """Append one line; past `drift_history_rows` + 10 % keep only the newest lines."""
+        path = self.folder / HISTORY
+        size = path.stat().st_size if path.exists() else 0
+        if self._history_mark is not None and self._history_mark[0] == size:
+            lines = self._history_mark[1]
+        else:  # first append here, or another process wrote since: count again
+            with path.open("a+b") as fh:
+                fh.seek(0)
+                lines = sum(1 for _ in fh)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        lines += 1
+        keep = self.settings.drift_history_rows
+        # Rewritten only once the excess is 10 %: one rewrite per keep/10 ticks, not each.
+        if lines > keep + keep // 10:
+            kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[-keep:]
+            atomic_write_text(path, "".join(kept))
+            lines = len(kept)
+        self._history_mark = (path.stat().st_size, lines)
+
+    def _export(self, report: DriftReport | None, quality: dict[str, float]) -> None:
         m = self.metrics
         if m is None:
             return
         for name, value in quality.items():
             m.live_quality.labels(name).set(value)
-        try:
-            run = self.registry.run_info(ref.run_id) if ref.run_id else None
-            primary = self.contract.metrics.primary
-            if run is not None and f"cv_{primary}_mean" in run.data.metrics:
-                m.cv_score.labels(primary).set(run.data.metrics[f"cv_{primary}_mean"])
-        except Exception as exc:  # a dashboard number is not worth failing the tick
-            log.warning("cv score unavailable", extra={"error": str(exc)})
         if report is None:
             return
         m.drift_window.set(report.window_rows)
@@ -226,6 +415,15 @@ class Watch:
                     gauge.labels(f.feature).set(number)
         if report.prediction is not None and report.prediction.psi is not None:
             m.prediction_drift.set(report.prediction.psi)
+
+    def _export_cv(self, ref: ModelRef) -> None:
+        m = self.metrics
+        if m is None or not ref.run_id:
+            return
+        run = self.registry.run_info(ref.run_id)
+        primary = self.contract.metrics.primary
+        if run is not None and f"cv_{primary}_mean" in run.data.metrics:
+            m.cv_score.labels(primary).set(run.data.metrics[f"cv_{primary}_mean"])
 
 
 def latest(settings: Settings) -> dict[str, Any] | None:

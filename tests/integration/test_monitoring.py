@@ -409,7 +409,9 @@ def _query(prom: str, expr: str) -> list[dict[str, Any]]:
 @pytest.mark.skipif(not PROMETHEUS.exists(), reason="run monitoring/install-prometheus.sh")
 def test_prometheus_scrapes_the_service_and_evaluates_the_rules(champion, tmp_path):
     """It lets a real Prometheus scrape every champion_* family and evaluate the alert rules."""
-    records = _records(agrawal_frame(100, function=1, seed=9))
+    # A drift window is tested once it holds CHAMPION_DRIFT_WINDOW_ROWS fresh rows.
+    window = int(MONITOR_ENV["CHAMPION_DRIFT_WINDOW_ROWS"])
+    records = _records(agrawal_frame(window, function=1, seed=9))
     with serving(champion, **MONITOR_ENV) as base:
         _workers_report(base, want={"1"})
         r = httpx.post(f"{base}/predict", json={"instances": records}, timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitoring.capture import Capture, Captured, PredictionLog
+from monitoring.capture import Capture, Captured, PredictionLog, Written
 from monitoring.drift import DriftReport, FeatureDrift
 from monitoring.metrics import ServiceMetrics
 from training.config import Contract, Settings, load_contract
@@ -56,10 +57,11 @@ class _BlockingLog:
         self.entered = threading.Event()
         self.written: list[Captured] = []
 
-    def write(self, items: Sequence[Captured]) -> None:
+    def write(self, items: Sequence[Captured]) -> Written:
         self.entered.set()
         assert self.release.wait(30)
         self.written.extend(items)
+        return Written(len(items), 0, 0)
 
 
 # -- Capture -----------------------------------------------------------------------------------
@@ -89,12 +91,12 @@ def test_stop_flushes_what_is_buffered(plog):
 
 def test_full_buffer_drops_and_counts(plog):
     """It keeps what fits, drops the rest and reports the number lost to on_drop."""
-    drops: list[int] = []
-    capture = Capture(plog, capacity=5, on_drop=drops.append)
+    drops: list[tuple[str, int]] = []
+    capture = Capture(plog, capacity=5, on_drop=lambda reason, n: drops.append((reason, n)))
     capture.offer(_items("a", 3))
     capture.offer(_items("b", 4))  # room for 2
     capture.offer(_items("c", 2))  # no room
-    assert drops == [2, 2]
+    assert drops == [("buffer_full", 2), ("buffer_full", 2)]
     assert capture.dropped == 4
     capture.flush()
     kept = [(r["request_id"], r["row"]) for r in plog.recent(limit=10)]
@@ -105,7 +107,12 @@ def test_offer_never_blocks_while_the_log_is_stuck():
     """It returns from offer at once while the flusher is stuck in a slow write."""
     log = _BlockingLog()
     drops: list[int] = []
-    capture = Capture(log, capacity=10, flush_seconds=0.01, on_drop=drops.append)  # type: ignore[arg-type]
+    capture = Capture(
+        log,  # type: ignore[arg-type]
+        capacity=10,
+        flush_seconds=0.01,
+        on_drop=lambda reason, n: drops.append(n),
+    )
     capture.start()
 
     def offer_many() -> None:
@@ -133,8 +140,9 @@ class _CountingLog:
     def __init__(self) -> None:
         self.rows = 0
 
-    def write(self, items: Sequence[Captured]) -> None:
+    def write(self, items: Sequence[Captured]) -> Written:
         self.rows += len(items)
+        return Written(len(items), 0, 0)
 
 
 class _SlowDeque(deque):  # type: ignore[type-arg]
@@ -200,6 +208,170 @@ def test_sample_rate_half_captures_about_half(tmp_path):
     requests = {r["request_id"] for r in rows}
     assert 420 <= len(requests) <= 580
     assert len(rows) == 2 * len(requests)  # a request is captured whole or not at all
+
+
+class _FlakyLog:
+    """A log whose first `failures` writes raise `error`, then write normally."""
+
+    def __init__(self, error: Exception, failures: int = 1) -> None:
+        self.error = error
+        self.failures = failures
+        self.calls = 0
+        self.written: list[Captured] = []
+
+    def write(self, items: Sequence[Captured]) -> Written:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        self.written.extend(items)
+        return Written(len(items), 0, 0)
+
+
+class _Recorder:
+    """on_drop and on_error callbacks that remember what they were told."""
+
+    def __init__(self) -> None:
+        self.drops: list[tuple[str, int]] = []
+        self.errors = 0
+
+    def drop(self, reason: str, n: int) -> None:
+        self.drops.append((reason, n))
+
+    def error(self) -> None:
+        self.errors += 1
+
+
+def _wait(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def _capture_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name == "monitoring.capture" and r.levelno == logging.WARNING
+    ]
+
+
+def test_unserialisable_rows_are_dropped_alone_and_capture_goes_on(plog):
+    """It drops only rows that cannot be stored (lone surrogate, huge row), writes the rest."""
+    seen = _Recorder()
+    capture = Capture(plog, flush_seconds=0.01, on_drop=seen.drop, on_error=seen.error)
+    capture.start()
+    try:
+        bad_features = _item("a", 1)._replace(features={"salary": 1.0, "elevel": "\ud800"})
+        bad_id = _item("\ud800", 0)
+        bad_row = _item("a", 2**70)
+        capture.offer([_item("a", 0), bad_features, _item("a", 2), bad_id, bad_row])
+        assert _wait(lambda: plog.count() == 2), "the good rows of the batch were not written"
+        capture.offer(_items("later", 3))
+        assert _wait(lambda: plog.count() == 5), "capture stopped after an unserialisable row"
+        assert capture.is_alive()
+    finally:
+        capture.stop()
+    kept = [(r["request_id"], r["row"]) for r in plog.recent(limit=10)]
+    assert kept[:2] == [("a", 0), ("a", 2)]
+    assert seen.drops == [("unserialisable", 3)] and seen.errors == 0
+    assert capture.drops == {"unserialisable": 3} and capture.dropped == 3
+
+
+def test_the_flusher_survives_any_error_and_writes_later_rows():
+    """It counts a pass failing with any exception, drops that batch, and keeps flushing."""
+    log = _FlakyLog(RuntimeError("disk on fire"))
+    seen = _Recorder()
+    capture = Capture(
+        log,  # type: ignore[arg-type]
+        flush_seconds=0.01,
+        on_drop=seen.drop,
+        on_error=seen.error,
+    )
+    capture.start()
+    try:
+        capture.offer(_items("lost", 3))
+        assert _wait(lambda: log.calls >= 1)
+        capture.offer(_items("kept", 2))
+        assert _wait(lambda: len(log.written) == 2), "the flusher died after an error"
+        assert capture.is_alive()
+    finally:
+        capture.stop()
+    assert [c.request_id for c in log.written] == ["kept", "kept"]
+    assert seen.drops == [("write_failed", 3)] and seen.errors == 1
+    assert capture.errors == 1
+
+
+def test_a_database_error_drops_the_batch_as_write_failed():
+    """It drops the whole batch as write_failed when the database refuses it."""
+    log = _FlakyLog(sqlite3.OperationalError("database is locked"))
+    seen = _Recorder()
+    capture = Capture(log, on_drop=seen.drop, on_error=seen.error)  # type: ignore[arg-type]
+    capture.offer(_items("a", 4))
+    assert capture.flush() == 4
+    capture.offer(_items("b", 1))
+    capture.flush()
+    assert seen.drops == [("write_failed", 4)] and seen.errors == 1
+    assert len(log.written) == 1
+
+
+def test_repeated_failures_are_logged_once_per_error_type(caplog):
+    """It logs a failure that repeats on every pass once per error type, counting all rows."""
+    log = _FlakyLog(RuntimeError("disk on fire"), failures=10**6)
+    seen = _Recorder()
+    capture = Capture(log, on_drop=seen.drop, on_error=seen.error)  # type: ignore[arg-type]
+    caplog.set_level(logging.WARNING, logger="monitoring.capture")
+    for _ in range(50):
+        capture.offer(_items("a", 2))
+        capture.flush()
+    log.error = ValueError("bad value")
+    for _ in range(50):
+        capture.offer(_items("b", 2))
+        capture.flush()
+    records = _capture_warnings(caplog)
+    assert len(records) == 2, [r.getMessage() for r in records]
+    assert [getattr(r, "reason", None) for r in records] == ["write_failed", "write_failed"]
+    assert "RuntimeError" in records[0].error and "ValueError" in records[1].error  # type: ignore[attr-defined]
+    assert seen.errors == 100 and sum(n for _, n in seen.drops) == 200
+
+
+def test_a_failing_callback_never_reaches_the_request(plog):
+    """It keeps offering and writing when the drop counter itself raises."""
+
+    def broken(reason: str, n: int) -> None:
+        raise RuntimeError("metrics down")
+
+    capture = Capture(plog, capacity=2, on_drop=broken)
+    capture.offer(_items("a", 3))  # one row over: the callback raises, offer must not
+    capture.flush()
+    assert plog.count() == 2 and capture.dropped == 1
+
+
+def test_a_reused_request_id_keeps_the_first_row_and_counts_the_rest(plog, caplog):
+    """It keeps the first row of a (request_id, row) key and counts every later one."""
+    first = plog.write([_item("a", 0, salary=1.0), _item("a", 1, salary=2.0)])
+    assert first == Written(inserted=2, duplicates=0, unserialisable=0)
+    again = plog.write(
+        [
+            _item("a", 0, salary=99.0),  # already in the log
+            _item("b", 0, salary=3.0),
+            _item("b", 0, salary=98.0),  # twice in one batch
+        ]
+    )
+    assert again == Written(inserted=1, duplicates=2, unserialisable=0)
+    rows = {(r["request_id"], r["row"]): r["features"]["salary"] for r in plog.recent(limit=10)}
+    assert rows == {("a", 0): 1.0, ("a", 1): 2.0, ("b", 0): 3.0}
+
+    seen = _Recorder()
+    capture = Capture(plog, on_drop=seen.drop, on_error=seen.error)
+    caplog.set_level(logging.WARNING, logger="monitoring.capture")
+    for _ in range(3):
+        capture.offer([_item("a", 1), _item("c", 0)])
+        capture.flush()
+    assert seen.drops == [("duplicate_request_id", n) for n in (1, 2, 2)]
+    assert seen.errors == 0
+    warned = _capture_warnings(caplog)
+    assert len(warned) == 1 and warned[0].reason == "duplicate_request_id"  # type: ignore[attr-defined]
 
 
 # -- PredictionLog -----------------------------------------------------------------------------
@@ -300,6 +472,127 @@ def test_two_logs_on_one_file_both_write_while_a_reader_scans(tmp_path):
     assert first.path.with_name("p.db-wal").exists()
     first.close()
     second.close()
+
+
+def test_label_is_exactly_once_across_two_connections(tmp_path):
+    """It labels each row once when two workers (two connections) label the same rows."""
+    path = tmp_path / "p.db"
+    rows = 300
+    first, second = PredictionLog(path), PredictionLog(path)
+    first.write(_items("a", rows))
+    won: dict[int, list[int]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def hammer(log: PredictionLog, label: int) -> None:
+        try:
+            start.wait(10)
+            for i in range(rows):
+                if log.label([("a", i, label)]) == ([], []):
+                    won[label].append(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=hammer, args=(first, 0)),
+        threading.Thread(target=hammer, args=(second, 1)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert len(won[0]) + len(won[1]) == rows, "a row was labelled twice (or not at all)"
+    assert sorted(won[0] + won[1]) == list(range(rows))
+    stored = {r["row"]: r for r in first.recent(limit=rows)}
+    labels = dict(
+        first._conn.execute("SELECT row, label FROM predictions WHERE request_id = 'a'").fetchall()
+    )
+    for label, mine in won.items():
+        assert all(labels[i] == str(label) for i in mine)  # the winner's label is the one kept
+    assert len(stored) == rows
+    first.close()
+    second.close()
+
+
+def test_label_is_all_or_nothing_inside_one_transaction(plog):
+    """It rolls back the rows it already updated when a later key of the call is refused."""
+    plog.write(_items("a", 3))
+    assert plog.label([("a", 2, 1)]) == ([], [])
+    unknown, done = plog.label([("a", 0, 1), ("a", 1, 0), ("a", 2, 0), ("zz", 0, 1)])
+    assert unknown == ["zz#0"] and done == ["a#2"]
+    assert [r["label"] for r in plog.labelled(limit=10)] == [1]
+    unknown, done = plog.label([("a", 0, 1), ("a", 0, 0)])  # one row twice in a call
+    assert unknown == [] and done == ["a#0"]
+    assert len(plog.labelled(limit=10)) == 1
+
+
+def test_label_with_an_out_of_range_row_is_unknown(plog):
+    """It answers unknown, without raising, for a row beyond SQLite's 64-bit integers."""
+    plog.write(_items("a", 1))
+    huge = 2**70
+    unknown, done = plog.label([("a", 0, 1), ("a", huge, 1), ("a", -huge, 0), ("\ud800", 0, 1)])
+    assert unknown == [f"a#{huge}", f"a#{-huge}", "\ud800#0"] and done == []
+    assert plog.labelled(limit=10) == []
+
+
+def test_since_returns_the_newest_rows_after_an_id(plog):
+    """It returns the newest rows of one version after an id, with the count of fresh rows."""
+    plog.write(_items("a", 5))
+    plog.write([_item("other", 0)._replace(model_version="2")])
+    plog.write(_items("b", 5))
+    everything = plog.since(0, limit=100, version="1")
+    assert everything.fresh == 10 and len(everything.rows) == 10
+    assert all(r["model_version"] == "1" for r in everything.rows)
+    after = everything.rows[4]["id"]  # the last row of "a"
+    fresh = plog.since(after, limit=3, version="1")
+    assert fresh.fresh == 5
+    assert [(r["request_id"], r["row"]) for r in fresh.rows] == [("b", 2), ("b", 3), ("b", 4)]
+    assert fresh.max_id == everything.rows[-1]["id"]
+    none = plog.since(fresh.max_id, limit=3, version="1")
+    assert none == (([], fresh.max_id, 0))
+
+
+def test_an_old_log_gains_the_export_name_column(tmp_path):
+    """It adds export_name to a log file written before the column existed, keeping its rows."""
+    path = tmp_path / "p.db"
+    old = sqlite3.connect(str(path))
+    old.executescript(
+        "CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " request_id TEXT NOT NULL, row INTEGER NOT NULL, at REAL NOT NULL,"
+        " model_version TEXT NOT NULL, features TEXT NOT NULL, prediction TEXT NOT NULL,"
+        " score REAL, label TEXT, labelled_at REAL, exported INTEGER NOT NULL DEFAULT 0,"
+        " UNIQUE (request_id, row));"
+        " INSERT INTO predictions (request_id, row, at, model_version, features, prediction,"
+        " score, label) VALUES ('old', 0, 1.0, '1', '{\"salary\": 5.0}', '1', 0.5, '1');"
+    )
+    old.commit()
+    old.close()
+    log = PredictionLog(path)
+    again = PredictionLog(path)  # a second worker opening the migrated file
+    columns = {r[1] for r in log._conn.execute("PRAGMA table_info(predictions)")}
+    assert "export_name" in columns
+    assert log.claim_export("feedback-x.csv", min_rows=1) == 1
+    assert again.claimed() == ["feedback-x.csv"]
+    assert [f for _, f, _, _ in log.export_rows("feedback-x.csv")] == [{"salary": 5.0}]
+    log.close()
+    again.close()
+
+
+def test_rotation_keeps_rows_named_into_an_unfinished_export(tmp_path):
+    """It keeps labelled rows named into a batch not yet marked exported past the bound."""
+    log = PredictionLog(tmp_path / "p.db", max_rows=10)
+    log.write(_items("old", 3))
+    log.label([("old", 0, 1), ("old", 1, 0)])
+    assert log.claim_export("feedback-1.csv", min_rows=2) == 2
+    for i in range(3):
+        log.write(_items(f"new{i}", 10))
+    assert log.count() == 12
+    assert [label for _, _, label, _ in log.export_rows("feedback-1.csv")] == [1, 0]
+    assert log.finish_export("feedback-1.csv") == 2
+    log.write([_item("last")])
+    assert log.count() == 10
+    log.close()
 
 
 # -- Watch: feedback export --------------------------------------------------------------------
