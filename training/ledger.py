@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,18 +17,35 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 
-class Ledger:
-    """JSON lines, appended under a lock and fsynced; a torn last line is skipped on read."""
+SEGMENT = "ledger_segment"  # first entry of a new segment: what the archived one ended with
 
-    def __init__(self, path: Path) -> None:
+
+class Ledger:
+    """JSON lines, appended under a lock and fsynced; a torn last line is skipped on read.
+
+    The current file holds at most about `max_bytes`: past it, the file is archived whole
+    (gzip, `ledger-0001.jsonl.gz`, ...; nothing is deleted) and the new one starts with a
+    segment entry carrying the last champion and the last cycle, so every reader of the
+    current file (the service's /model, reconciliation) still finds them.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int = 8 << 20) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self._lock = FileLock(str(path) + ".lock")
 
     def append(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         record = {"at": datetime.now(UTC).isoformat(), **entry}
         line = json.dumps(record, sort_keys=True, default=str)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, self.path.open("ab+") as fh:
+        with self._lock:
+            if self.path.exists() and self.path.stat().st_size > self.max_bytes:
+                self._rotate()
+            self._write(line)
+        return record
+
+    def _write(self, line: str) -> None:
+        with self.path.open("ab+") as fh:
             # A crash mid-write can leave a line without its newline; never glue onto it.
             fh.seek(0, os.SEEK_END)
             if fh.tell() > 0:
@@ -36,21 +55,41 @@ class Ledger:
             fh.write(line.encode("utf-8") + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
-        return record
+
+    def archives(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f"{self.path.stem}-*.jsonl.gz"))
+
+    def _rotate(self) -> None:
+        """Archive the current file (caller holds the lock) and start a segment."""
+        carried: dict[str, Any] = {"event": SEGMENT, "at": datetime.now(UTC).isoformat()}
+        champion = self.last_champion()
+        if champion is not None:
+            carried["champion_after"] = champion
+        if (cycle := self.last("cycle")) is not None:
+            carried["last_cycle"] = cycle
+        target = self.path.with_name(f"{self.path.stem}-{len(self.archives()) + 1:04d}.jsonl.gz")
+        tmp = target.with_name("." + target.name)
+        with self.path.open("rb") as src, gzip.open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)  # the archive is complete before the current file goes
+        carried["archived"] = target.name
+        fresh = self.path.with_name("." + self.path.name + ".new")
+        fresh.write_text(json.dumps(carried, sort_keys=True, default=str) + "\n")
+        os.replace(fresh, self.path)
+        log.info("ledger archived", extra={"archive": target.name})
 
     def entries(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
+        """Every entry, oldest first, archives included (segment markers left out)."""
         out: list[dict[str, Any]] = []
-        with self.path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    log.warning("skipping torn ledger line", extra={"line": number})
-        return out
+        for archive in self.archives():
+            with gzip.open(archive, "rb") as fh:
+                out.extend(e for line in fh if (e := _parse(line)) is not None)
+        if self.path.exists():
+            with self.path.open("rb") as fh:
+                out.extend(e for line in fh if (e := _parse(line)) is not None)
+        return [e for e in out if e.get("event") != SEGMENT]
 
     def tail(self) -> Iterator[dict[str, Any]]:
         """Entries newest first, read backwards in blocks: the cost is what is read, not the
@@ -76,7 +115,13 @@ class Ledger:
 
     def last(self, event: str) -> dict[str, Any] | None:
         """The newest entry of one event kind ("cycle", "rollback", ...)."""
-        return next((e for e in self.tail() if e.get("event") == event), None)
+        for entry in self.tail():
+            if entry.get("event") == event:
+                return entry
+            if entry.get("event") == SEGMENT:
+                found = entry.get(f"last_{event}")
+                return found if isinstance(found, dict) else None
+        return None
 
     def last_champion(self) -> str | None:
         """The champion version the ledger last recorded (None before the first promotion)."""

@@ -203,3 +203,17 @@ def test_tampered_model_is_refused(project):
     result = project.cycle()
     assert result.verdict is Verdict.FAILED and "digest" in result.reason
     assert registry.aliases()["champion"] == "1"
+
+
+def test_cycles_leave_no_model_copies_behind(project, tmp_path, monkeypatch):
+    """It removes the champion copy each cycle downloads to compare against (no temp leak)."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    project.simulate(2)
+    assert project.cycle().verdict is Verdict.PROMOTE
+    project.simulate(1, seed=8)
+    assert project.cycle().verdict in (Verdict.HOLD, Verdict.PROMOTE)  # loaded the champion
+    assert sorted(p.name for p in scratch.iterdir()) == []

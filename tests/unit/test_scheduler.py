@@ -181,3 +181,19 @@ def test_the_ledger_tail_reads_newest_first_past_torn_lines(tmp_path):
     last = ledger.last("cycle")
     assert last is not None and last["i"] == 1_990
     assert ledger.last("never") is None
+
+
+def test_a_full_ledger_is_archived_whole_and_its_state_carried(tmp_path):
+    """It archives the ledger past its size (nothing lost) and keeps what readers need."""
+    ledger = Ledger(tmp_path / "ledger.jsonl", max_bytes=4_000)
+    for i in range(200):
+        event = "cycle" if i % 50 == 0 else "other"
+        ledger.append({"event": event, "i": i, "champion_after": str(i // 10), "pad": "x" * 40})
+    assert ledger.archives(), "the ledger was never archived"
+    assert ledger.path.stat().st_size < 8_000
+    assert [e["i"] for e in ledger.entries()] == list(range(200))  # archives included
+    ledger._rotate()  # right after a rotation, the current file holds only its segment entry
+    assert len(ledger.path.read_text().splitlines()) == 1
+    assert ledger.last_champion() == "19"
+    last = ledger.last("cycle")
+    assert last is not None and last["i"] == 150
