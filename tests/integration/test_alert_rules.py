@@ -216,6 +216,8 @@ EXPECTED_ALERTS = {
     "ChampionHighLatency",
     "ChampionNoTraffic",
     "ChampionNotServing",
+    "ChampionBackgroundErrors",
+    "ChampionCaptureDropping",
 }
 
 

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.capture import PredictionLog
-from monitoring.metrics import PREDICTION_OUTCOMES
+from monitoring.metrics import PREDICTION_OUTCOMES, TICK_OUTCOMES
 from service.validation import REASONS
 from tests.integration.conftest import project_raw
 from tests.integration.test_serve import (
@@ -452,7 +452,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(champion, tmp_pa
             assert {s["metric"]["feature"] for s in scores} == set(FEATURES)
 
             ticks = _query(prom, "champion_retrain_ticks_total")
-            assert len(ticks) == 9 and {s["value"][1] for s in ticks} == {"0"}
+            assert len(ticks) == len(TICK_OUTCOMES) and {s["value"][1] for s in ticks} == {"0"}
             retrain = {
                 s["metric"]["__name__"] for s in _query(prom, '{__name__=~"champion_retrain_.*"}')
             }
