@@ -36,6 +36,13 @@ promtool:
 test: lint typecheck promtool
 	$(BIN)/pytest -q
 
+# Reliability scenarios, full form (schemathesis on the served OpenAPI, a feedback burst, a
+# kill -9 of the scheduler leader mid-cycle, a soak, a registry restart): prints figures,
+# fails on any loss, and writes docs/reliability.md. `make test` runs the quick form.
+.PHONY: reliability
+reliability: install promtool
+	CHAMPION_RELIABILITY=full $(BIN)/pytest tests/reliability -q -s
+
 # Prometheus config, alert rules and their unit tests, dashboard checks.
 monitoring-check: install promtool
 	$(BIN)/pytest tests/integration/test_alert_rules.py -q

@@ -23,6 +23,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, SecretStr
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
@@ -53,6 +54,16 @@ api = FastAPI(
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's own refusals (405 for a method a route does not take) answer like ours do.
+    return JSONResponse(
+        {"error": str(exc.detail), "problems": []},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 class PredictResponse(BaseModel):
@@ -151,6 +162,11 @@ class FastPath:
                         return  # nobody left to answer
                     await response(scope, receive, send)
                     return
+            elif path in ("/livez", "/readyz") and scope["method"] not in ("GET", "HEAD"):
+                response = _error(405, f"{path} answers GET only")
+                response.headers["Allow"] = "GET, HEAD"
+                await response(scope, receive, send)
+                return
             elif path == "/livez":
                 await JSONResponse({"alive": True})(scope, receive, send)
                 return
@@ -621,6 +637,8 @@ class Champion:
                     Problem(i, "request_id", "wrong_type", "needs the request_id /predict answered")
                 )
             row = item.get("row", 0)
+            if type(row) is float and row.is_integer():
+                row = int(row)  # JSON's 3.0 is the integer 3
             if type(row) is not int or not 0 <= row < limit:
                 problems.append(
                     Problem(i, "row", "wrong_type", f"must be an integer from 0 to {limit - 1}")

@@ -367,6 +367,8 @@ class Registry:
             source=info.model_uri,
             run_id=run_id,
             tags={**tags, TAG_SHA256: digest, **runtime_tags},
+            # A tracking server checks that a `models:/m-…` source names this logged model.
+            model_id=info.model_id,
         )
         self.client.set_registered_model_alias(self.model_name, "challenger", mv.version)
         return _ref(mv)

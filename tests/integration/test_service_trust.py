@@ -251,3 +251,29 @@ def test_public_answers_hide_registry_urls_and_paths(project, monkeypatch):
         assert str(project.root) not in text, text
     assert answers[0].status_code == 503 and "registry unreachable" in answers[0].json()["reason"]
     assert answers[2].status_code == 503
+
+
+# -- 15. what the OpenAPI document says is what the service does -----------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), [("DELETE", "/livez"), ("POST", "/readyz")])
+def test_probes_answer_get_only(client, method, path):
+    """It answers another method on a probe with 405 and Allow, as the schema declares GET."""
+    r = client.request(method, path)
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD", r.text
+    assert r.json()["error"]
+
+
+def test_a_method_a_route_does_not_take_is_a_405_naming_the_problem(client):
+    """It answers GET /predict with 405 and an `error` body like every other refusal."""
+    r = client.get("/predict")
+    assert r.status_code == 405 and r.json()["error"] == "Method Not Allowed", r.text
+
+
+def test_an_integral_float_row_is_the_integer_row(client):
+    """It takes `"row": 0.0` as row 0: JSON Schema's integer admits it."""
+    _predicted(client, "float-row")
+    r = client.post(
+        "/feedback", json={"request_id": "float-row", "row": 0.0, "label": 1}, headers=FEEDBACK
+    )
+    assert r.status_code == 200, r.text
