@@ -224,13 +224,15 @@ class Registry:
         return LoadedModel(ref, pipeline, digest, tuple(str(n) for n in names), local)
 
     def run_json(self, run_id: str, path: str) -> dict[str, Any] | None:
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=path, tracking_uri=self.tracking_uri
-            )
-        except (MlflowException, OSError):
-            return None
-        return dict(json.loads(Path(local).read_text(encoding="utf-8")))
+        # Into a folder we remove: without dst_path MLflow leaves a temp folder per call.
+        with tempfile.TemporaryDirectory(prefix="champion-artifact-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.tracking_uri
+                )
+            except (MlflowException, OSError):
+                return None
+            return dict(json.loads(Path(local).read_text(encoding="utf-8")))
 
     def run_info(self, run_id: str) -> Any:
         return self.client.get_run(run_id)
