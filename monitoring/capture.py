@@ -9,7 +9,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -116,23 +117,33 @@ class LogLimiter:
         return True
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction that takes the write lock first: what it checks stays true.
+
+    Committed on exit, rolled back on an exception; a caller may roll back early itself.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Add the columns a log written by an older release lacks (workers may race here)."""
     have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
     if not set(ADDED_COLUMNS) - have:
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         # Checked again under the write lock: another worker may have migrated meanwhile.
         have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
         for name, declaration in ADDED_COLUMNS.items():
             if name not in have:
                 conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {declaration}")
                 log.info("prediction log migrated", extra={"path": str(path), "added": name})
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -274,34 +285,26 @@ class PredictionLog:
         now = time.time()
         unknown: list[str] = []
         done: list[str] = []
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")  # the write lock first: no check goes stale
-            try:
-                for request_id, row, label in items:
-                    key = f"{request_id}#{row}"
-                    if not _storable_key(request_id, row):
-                        unknown.append(key)  # it could never have been captured
-                        continue
-                    updated = conn.execute(
-                        "UPDATE predictions SET label = ?, labelled_at = ?"
-                        " WHERE request_id = ? AND row = ? AND label IS NULL",
-                        (json.dumps(label), now, request_id, row),
-                    ).rowcount
-                    if updated == 1:
-                        continue
-                    found = conn.execute(
-                        "SELECT 1 FROM predictions WHERE request_id = ? AND row = ?",
-                        (request_id, row),
-                    ).fetchone()
-                    (unknown if found is None else done).append(key)
-                if unknown or done:
-                    conn.rollback()
-                else:
-                    conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
+        with self._lock, _immediate(self._conn) as conn:
+            for request_id, row, label in items:
+                key = f"{request_id}#{row}"
+                if not _storable_key(request_id, row):
+                    unknown.append(key)  # it could never have been captured
+                    continue
+                updated = conn.execute(
+                    "UPDATE predictions SET label = ?, labelled_at = ?"
+                    " WHERE request_id = ? AND row = ? AND label IS NULL",
+                    (json.dumps(label), now, request_id, row),
+                ).rowcount
+                if updated == 1:
+                    continue
+                found = conn.execute(
+                    "SELECT 1 FROM predictions WHERE request_id = ? AND row = ?",
+                    (request_id, row),
+                ).fetchone()
+                (unknown if found is None else done).append(key)
+            if unknown or done:
+                conn.rollback()  # all or nothing
         return unknown, done
 
     def labelled(self, *, limit: int) -> list[dict[str, Any]]:
@@ -321,21 +324,6 @@ class PredictionLog:
             for f, p, s, lab in found
         ]
 
-    def unexported(self) -> list[tuple[int, dict[str, Any], Any, float]]:
-        """Labelled rows not yet exported (named into a batch or not), oldest first."""
-        with self._lock:
-            found = self._conn.execute(
-                "SELECT id, features, label, at FROM predictions"
-                " WHERE label IS NOT NULL AND exported = 0 ORDER BY id"
-            ).fetchall()
-        return [(i, json.loads(f), json.loads(lab), at) for i, f, lab, at in found]
-
-    def mark_exported(self, ids: Iterable[int]) -> None:
-        with self._lock, self._conn:
-            self._conn.executemany(
-                "UPDATE predictions SET exported = 1 WHERE id = ?", [(i,) for i in ids]
-            )
-
     # -- two-phase feedback export: name the rows, write the file, mark them ---------------
 
     def claim_export(self, name: str, *, min_rows: int) -> int:
@@ -344,27 +332,20 @@ class PredictionLog:
         Returns the rows named (0 when too few are pending: nothing is named). One write
         transaction, so a row is named into one batch only, whoever else exports.
         """
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                pending = int(
-                    conn.execute(
-                        "SELECT COUNT(*) FROM predictions"
-                        " WHERE label IS NOT NULL AND exported = 0 AND export_name IS NULL"
-                    ).fetchone()[0]
-                )
-                named = 0
-                if pending >= min_rows:
-                    named = conn.execute(
-                        "UPDATE predictions SET export_name = ?"
-                        " WHERE label IS NOT NULL AND exported = 0 AND export_name IS NULL",
-                        (name,),
-                    ).rowcount
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
+        with self._lock, _immediate(self._conn) as conn:
+            pending = int(
+                conn.execute(
+                    "SELECT COUNT(*) FROM predictions"
+                    " WHERE label IS NOT NULL AND exported = 0 AND export_name IS NULL"
+                ).fetchone()[0]
+            )
+            named = 0
+            if pending >= min_rows:
+                named = conn.execute(
+                    "UPDATE predictions SET export_name = ?"
+                    " WHERE label IS NOT NULL AND exported = 0 AND export_name IS NULL",
+                    (name,),
+                ).rowcount
         return named
 
     def claimed(self) -> list[str]:

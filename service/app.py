@@ -131,6 +131,13 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+def _integral(value: Any) -> Any:
+    """JSON does not tell 3.0 from 3 (nor does JSON Schema's integer): take it as the int."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 def _current_service() -> Any:
     try:
         return bentoml.get_current_service()
@@ -622,6 +629,7 @@ class Champion:
                 422, f"{len(items)} feedback items; at most {limit} allowed", reason="too_many_rows"
             )
         check = self._label_check()
+        classify = self.contract.task == "classification"
         problems: list[Problem] = []
         parsed: list[tuple[str, int, Any]] = []
         for i, item in enumerate(items):
@@ -636,14 +644,14 @@ class Champion:
                 problems.append(
                     Problem(i, "request_id", "wrong_type", "needs the request_id /predict answered")
                 )
-            row = item.get("row", 0)
-            if type(row) is float and row.is_integer():
-                row = int(row)  # JSON's 3.0 is the integer 3
+            row = _integral(item.get("row", 0))
             if type(row) is not int or not 0 <= row < limit:
                 problems.append(
                     Problem(i, "row", "wrong_type", f"must be an integer from 0 to {limit - 1}")
                 )
             label = item.get("label")
+            if classify:
+                label = _integral(label)  # JSON's 1.0 is the class 1
             if label is None:
                 problems.append(Problem(i, "label", "missing", "needs a 'label'"))
             elif (why := check(label)) is not None:
@@ -651,16 +659,9 @@ class Champion:
             if len(problems) >= 100:  # enough to fix the client; the rest would be alike
                 break
             if len(problems) == found:
-                if type(label) is float and label.is_integer():
-                    label = int(label)  # JSON's 1.0 is the class 1
                 parsed.append((str(rid), row, label))
         if problems:
-            raise RequestInvalid(
-                422,
-                f"{len(problems)} problem(s) in the feedback; nothing was written",
-                reason=problems[0].kind,
-                problems=problems,
-            )
+            raise RequestInvalid.listing(problems, what="feedback; nothing was written")
         return parsed
 
     def _label_check(self) -> Callable[[Any], str | None]:
@@ -678,12 +679,10 @@ class Champion:
         classes = list(declared) if declared is not None else served
         if classes is None:
             return lambda label: "no classes known yet: declare `classes` in the contract"
-        # Type and value: JSON true is not the class 1, nor "1" the class 1; but 1.0 is 1.
+        # Type and value: JSON true is not the class 1, nor "1" the class 1.
         allowed = {(type(c), c) for c in classes}
 
         def one_of(label: Any) -> str | None:
-            if type(label) is float and label.is_integer() and (int, int(label)) in allowed:
-                return None
             try:
                 if (type(label), label) in allowed:
                     return None
@@ -700,7 +699,7 @@ class Champion:
     ) -> JSONResponse | None:
         token = secret.get_secret_value() if secret is not None else ""
         if not token:
-            variable = "CHAMPION_FEEDBACK_TOKEN" if what == "feedback" else "CHAMPION_ADMIN_TOKEN"
+            variable = f"CHAMPION_{what.upper()}_TOKEN"
             return _error(403, f"{what} endpoints are disabled: set {variable} to enable")
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")

@@ -56,6 +56,16 @@ class RequestInvalid(Exception):
         self.reason = reason
         self.problems = problems or []
 
+    @classmethod
+    def listing(cls, problems: list[Problem], *, what: str) -> RequestInvalid:
+        """The 422 for a body whose items have problems: every one listed, by row and field."""
+        return cls(
+            422,
+            f"{len(problems)} problem(s) in the {what}",
+            reason=problems[0].kind,
+            problems=problems,
+        )
+
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "problems": [p.to_dict() for p in self.problems]}
 
@@ -221,12 +231,7 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
                     Problem(i, key, "unexpected", "unexpected feature (not in the contract)")
                 )
     if problems:
-        raise RequestInvalid(
-            422,
-            f"{len(problems)} problem(s) in the instances",
-            reason=problems[0].kind,
-            problems=problems,
-        )
+        raise RequestInvalid.listing(problems, what="instances")
     return Batch(columns, frozenset(contract.numeric), len(rows), unseen, rows)
 
 

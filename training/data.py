@@ -11,7 +11,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -640,7 +640,7 @@ def _migrate(contract: Contract, manifest: Manifest, batch_id: str) -> bytes:
             f"{path} {state}; retire it: champion batches retire {batch_id} --reason ..."
         )
     stored = f"{entry['sha256']}{batch_suffix(entry['file']) or '.csv'}"
-    atomic_write_bytes(contract.data.store / stored, data)
+    _store(contract.data.store / stored, data, entry["sha256"])
     entry["stored"] = stored
     manifest.save()
     log.info("batch copied into the store", extra={"batch": batch_id, "stored": stored})
@@ -734,16 +734,7 @@ def intake(contract: Contract, manifest: Manifest, *, now: float | None = None) 
                 known = _known_classes(contract, manifest) if lock else None
                 frame, report = validate_batch(raw, contract, known_classes=known)
                 reasons = list(report.reasons)
-                report = BatchReport(
-                    batch_id,
-                    path.name,
-                    report.accepted,
-                    report.rows,
-                    report.reasons,
-                    report.unknown_categories,
-                    report.duplicates_dropped,
-                    report.classes,
-                )
+                report = replace(report, batch_id=batch_id, file=path.name)
         entry: dict[str, Any] = {
             "file": path.name,
             "sha256": digest,

@@ -52,7 +52,8 @@ class CycleOutcome:
     def succeeded(self) -> bool:
         """The retraining machinery worked: a verdict was reached (SKIPPED for no new data
         included), not FAILED, not timed out, not crowded out by another cycle."""
-        return self.ran and not self.timed_out and self.verdict in VERDICTS[:4] + VERDICTS[5:]
+        reached = self.verdict in VERDICTS and self.verdict != "FAILED"
+        return reached and self.ran and not self.timed_out
 
 
 def retrain_command(trigger: str, result_file: Path) -> list[str]:

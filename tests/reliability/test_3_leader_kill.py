@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +29,7 @@ import pytest
 from tests.integration.conftest import SMALL
 from tests.integration.test_serve import ROW, serving
 from tests.reliability.conftest import (
+    Clients,
     Connection,
     Results,
     Scenario,
@@ -59,14 +59,12 @@ THINK_SECONDS = pick(0.02, 0.0)  # pause between a client's requests (the full f
 MAX_REQUESTS_PER_CLIENT = 200_000
 
 
-class Traffic:
+class Traffic(Clients):
     """Sixteen keep-alive clients; failures sorted by the worker holding their connection."""
 
     def __init__(self, base: str) -> None:
         self.base = base
         self.killed: set[int] = set()
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.sent = 0
         self.ok = 0
         self.by_worker: Counter[int] = Counter()
@@ -76,16 +74,7 @@ class Traffic:
         self.retried_failed: list[str] = []
         self.failed_on_survivors: list[str] = []
         self.non_200: list[str] = []
-        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def finish(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
+        super().__init__(CLIENTS)
 
     def _connect(self) -> Connection:
         conn = Connection(self.base, timeout=30)

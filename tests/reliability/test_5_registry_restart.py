@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from tests.integration.conftest import Project, make_project
 from tests.integration.test_serve import ROW, serving, stop_group
 from tests.reliability.conftest import (
     FULL,
+    Clients,
     Connection,
     Results,
     Scenario,
@@ -156,27 +156,16 @@ def test_a_cycle_registers_a_version_through_the_registry_server(
     assert result.verdict is Verdict.PROMOTE, result.reason
 
 
-class Traffic:
+class Traffic(Clients):
     """A few keep-alive /predict clients; every failure counted by phase."""
 
     def __init__(self, base: str) -> None:
         self.base = base
         self.phase = "registry up"
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.sent: Counter[str] = Counter()
         self.ok: Counter[str] = Counter()
         self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def finish(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
+        super().__init__(CLIENTS)
 
     def _client(self) -> None:
         conn = Connection(self.base, timeout=30)

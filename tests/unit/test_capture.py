@@ -397,9 +397,10 @@ def test_rotation_never_deletes_labelled_unexported_rows(tmp_path):
     for i in range(4):
         log.write(_items(f"new{i}", 10))
     assert log.count() == 12  # 10 newest + 2 pinned by their labels
-    pending = log.unexported()
+    assert log.claim_export("b", min_rows=1) == 2
+    pending = log.export_rows("b")
     assert [(f["salary"], label) for _, f, label, _ in pending] == [(0.0, 1), (2.0, 0)]
-    log.mark_exported([i for i, *_ in pending])
+    assert log.finish_export("b") == 2
     log.write([_item("last")])
     assert log.count() == 10
     assert not any(r["request_id"] == "old" for r in log.recent(limit=100))
@@ -412,7 +413,7 @@ def test_label_with_an_unknown_id_writes_nothing(plog):
     unknown, done = plog.label([("a", 0, 1), ("nope", 0, 1), ("a", 5, 0)])
     assert unknown == ["nope#0", "a#5"] and done == []
     assert plog.labelled(limit=10) == []
-    assert plog.unexported() == []
+    assert plog.claim_export("b", min_rows=1) == 0  # nothing labelled to export
 
 
 def test_label_twice_is_refused_and_writes_nothing(plog):
@@ -425,18 +426,19 @@ def test_label_twice_is_refused_and_writes_nothing(plog):
     assert [(r["features"]["salary"], r["label"]) for r in labelled] == [(0.0, 1)]
 
 
-def test_unexported_and_mark_exported(plog):
-    """It lists labelled rows not yet exported, oldest first, and forgets exported ones."""
+def test_labelled_rows_are_exported_once_oldest_first(plog):
+    """It names labelled rows into one batch, oldest first, and forgets them once exported."""
     plog.write(_items("a", 4))
-    assert plog.unexported() == []
+    assert plog.claim_export("none", min_rows=1) == 0
     plog.label([("a", 2, 0), ("a", 0, 1), ("a", 3, 1)])
-    pending = plog.unexported()
+    assert plog.claim_export("too-few", min_rows=4) == 0  # below the minimum: nothing named
+    assert plog.claim_export("b1", min_rows=3) == 3
+    pending = plog.export_rows("b1")
     assert [(f["salary"], label) for _, f, label, _ in pending] == [(0.0, 1), (2.0, 0), (3.0, 1)]
     assert all(isinstance(at, float) for *_, at in pending)
-    plog.mark_exported([pending[0][0], pending[2][0]])
-    assert [f["salary"] for _, f, _, _ in plog.unexported()] == [2.0]
-    plog.mark_exported([pending[1][0]])
-    assert plog.unexported() == []
+    assert plog.claimed() == ["b1"]
+    assert plog.finish_export("b1") == 3
+    assert plog.claimed() == [] and plog.claim_export("b2", min_rows=1) == 0
     assert len(plog.labelled(limit=10)) == 3  # exported rows still count for live quality
 
 
