@@ -21,6 +21,8 @@ lint: install
 	$(BIN)/ruff format --check training service monitoring benchmarks tests
 
 typecheck: install
+	mkdir -p $(VENV)/typecheck/champion
+	for p in service training monitoring; do ln -sfn ../../../$$p $(VENV)/typecheck/champion/$$p; done
 	$(BIN)/mypy
 
 unit: install

@@ -119,17 +119,17 @@ class BenchProject:
     # -- the pieces a cycle needs --------------------------------------------------------------
 
     def contract(self) -> Any:
-        from training.config import load_contract
+        from champion.training.config import load_contract
 
         return load_contract(self.project_file)
 
     def settings(self) -> Any:
-        from training.config import Settings
+        from champion.training.config import Settings
 
         return Settings(home=self.home, project_file=self.project_file, lease_timeout_seconds=30)
 
     def registry(self) -> Any:
-        from training.registry import Registry
+        from champion.training.registry import Registry
 
         contract = self.contract()
         return Registry(
@@ -139,7 +139,7 @@ class BenchProject:
         )
 
     def ledger(self) -> Any:
-        from training.ledger import Ledger
+        from champion.training.ledger import Ledger
 
         return Ledger(self.settings().ledger_path)
 
@@ -170,7 +170,7 @@ class BenchProject:
 
     def cycle(self) -> Any:
         """One retrain cycle in this process (training.cycle), as the scheduler would run it."""
-        from training.cycle import Context, run_cycle
+        from champion.training.cycle import Context, run_cycle
 
         ctx = Context(
             self.contract(), self.settings(), self.registry(), self.ledger(), progress=False
@@ -178,7 +178,7 @@ class BenchProject:
         return run_cycle(ctx, trigger="benchmark")
 
     def promote(self, version: str, reason: str) -> None:
-        from training import actions
+        from champion.training import actions
 
         registry = self.registry()
         current = registry.alias("champion")

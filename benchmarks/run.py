@@ -277,7 +277,7 @@ class Bench:
             [
                 self._bentoml(),
                 "serve",
-                "service.app:Champion",
+                "champion.service.app:Champion",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -688,10 +688,10 @@ class Bench:
         import pandas as pd
         from threadpoolctl import threadpool_limits
 
-        from service.validation import parse_body, validate_instances
-        from training.compiled import CompiledModel, Encoder
-        from training.pipeline import prepare_features
-        from training.registry import TAG_ONNX_SHA256, read_onnx
+        from champion.service.runtime import CompiledModel, Encoder
+        from champion.service.validation import parse_body, validate_instances
+        from champion.training.pipeline import prepare_features
+        from champion.training.registry import TAG_ONNX_SHA256, read_onnx
 
         model = self.project.load(self.versions["forest"])
         contract = self.project.contract()
@@ -754,11 +754,11 @@ class Bench:
         return out
 
     def drift(self) -> dict[str, Any]:
-        """monitoring.drift.evaluate: 30 numeric features, a 10,000-row window and reference."""
+        """drift.evaluate: 30 numeric features, a 10,000-row window and reference."""
         import numpy as np
 
-        from monitoring.drift import evaluate
-        from monitoring.profile import build_profile
+        from champion.monitoring.drift import evaluate
+        from champion.monitoring.profile import build_profile
 
         rng = np.random.default_rng(0)
         features, rows = 30, 10_000

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from monitoring.profile import bin_frequencies
+from champion.monitoring.profile import bin_frequencies
 
 # Cochran's rule: the chi-square approximation is trusted once every expected cell count is 5+.
 MIN_EXPECTED = 5.0

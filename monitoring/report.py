@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from monitoring.drift import DriftReport, FeatureDrift
-from monitoring.profile import bin_frequencies
+from champion.monitoring.drift import DriftReport, FeatureDrift
+from champion.monitoring.profile import bin_frequencies
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430}

@@ -28,9 +28,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
-from monitoring.capture import Captured
-from service.ratelimit import TokenBucket
-from service.validation import (
+from champion.monitoring.capture import Captured
+from champion.service.ratelimit import TokenBucket
+from champion.service.scheduler import VERDICTS, CycleOutcome
+from champion.service.validation import (
     Problem,
     RequestInvalid,
     finite,
@@ -39,10 +40,9 @@ from service.validation import (
     parse_body,
     validate_instances,
 )
-from training.scheduler import VERDICTS, CycleOutcome
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
-    from service.slot import Served
+    from champion.service.slot import Served
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +202,13 @@ class Champion:
     """One worker: a model slot following the registry, and a scheduler candidate."""
 
     def __init__(self) -> None:
-        from monitoring.metrics import service_metrics
-        from service.slot import ModelSlot
-        from training import logs
-        from training.config import get_settings, load_contract
-        from training.ledger import Ledger
-        from training.registry import Registry
-        from training.scheduler import RetrainScheduler
+        from champion.monitoring.metrics import service_metrics
+        from champion.service.scheduler import RetrainScheduler
+        from champion.service.slot import ModelSlot
+        from champion.training import logs
+        from champion.training.config import get_settings, load_contract
+        from champion.training.ledger import Ledger
+        from champion.training.registry import Registry
 
         self.settings = settings = get_settings()
         logs.configure(level=settings.log_level, fmt=settings.log_format)
@@ -238,7 +238,7 @@ class Champion:
         self._feedback_bucket = TokenBucket(
             rate=settings.feedback_labels_per_second, burst=settings.feedback_burst_labels
         )
-        from monitoring.capture import Capture, PredictionLog
+        from champion.monitoring.capture import Capture, PredictionLog
 
         self.prediction_log = PredictionLog(
             settings.prediction_log_path, max_rows=settings.capture_max_rows
@@ -251,7 +251,7 @@ class Champion:
             on_error=lambda: metrics.background_error("capture"),
         )
         self.capture.start()
-        from training.watch import Watch
+        from champion.monitoring.watch import Watch
 
         self.watch = Watch(
             contract=contract,
@@ -278,7 +278,7 @@ class Champion:
         self.slot.start(poll_seconds=settings.poll_seconds)
         if settings.scheduler:
             self.scheduler.start()
-        from training.process import exit_with_parent
+        from champion.training.process import exit_with_parent
 
         exit_with_parent(what="worker")  # a killed supervisor must not leave workers behind
         log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
@@ -530,7 +530,7 @@ class Champion:
         responses=_errors(404, s404="No drift evaluation yet."),
     )
     def drift(self) -> JSONResponse:
-        from training.watch import latest
+        from champion.monitoring.watch import latest
 
         found = latest(self.settings)
         if found is None:
@@ -719,7 +719,7 @@ class Champion:
     def reload(self, request: Request) -> JSONResponse:
         if (denied := self._authorize(request, self.settings.admin_token)) is not None:
             return denied
-        from training.errors import RegistryError
+        from champion.training.errors import RegistryError
 
         try:
             swapped = self.slot.refresh()
@@ -737,8 +737,8 @@ class Champion:
     async def rollback(self, request: Request) -> JSONResponse:
         if (denied := self._authorize(request, self.settings.admin_token)) is not None:
             return denied
-        from training import actions
-        from training.errors import ChampionError
+        from champion.training import actions
+        from champion.training.errors import ChampionError
 
         try:
             payload = (

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from training.compiled import (
+from champion.service.runtime import (
     RUNTIME_ONNX,
     RUNTIME_SKLEARN,
     CompiledModel,
@@ -27,10 +27,10 @@ from training.compiled import (
     parity,
     parity_frame,
 )
-from training.config import Contract
-from training.data import atomic_write_text
-from training.errors import ChampionError, IntegrityError, RegistryError
-from training.registry import (
+from champion.training.config import Contract
+from champion.training.errors import ChampionError, IntegrityError, RegistryError
+from champion.training.files import atomic_write_text
+from champion.training.registry import (
     TAG_ONNX_SHA256,
     TAG_RUNTIME,
     ModelRef,
@@ -399,9 +399,6 @@ class ModelSlot:
             target=self._follow, args=(poll_seconds,), name="champion-slot", daemon=True
         )
         self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from training.config import FLOAT32_MAX, Contract
+from champion.training.config import FLOAT32_MAX, Contract
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -7,12 +7,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.config import Settings
-from training.cycle import actor
-from training.errors import ChampionError, RegistryError
-from training.lease import REGISTRY, lease
-from training.ledger import Ledger
-from training.registry import Registry
+from champion.training.config import Settings
+from champion.training.errors import ChampionError, RegistryError
+from champion.training.lease import REGISTRY, lease
+from champion.training.ledger import Ledger
+from champion.training.process import actor
+from champion.training.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from training.errors import ConfigError
+from champion.training.errors import ConfigError
 
 # The largest finite float32. Numeric inputs beyond it are refused in training batches and by
 # the service alike: the models' trees (and the compiled runtime) compare 32-bit floats.

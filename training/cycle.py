@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 import math
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,19 +18,27 @@ from sklearn.base import clone
 from sklearn.inspection import permutation_importance
 from threadpoolctl import threadpool_limits
 
-from monitoring.profile import build_profile, save_profile
-from training.compiled import compile_pipeline
-from training.config import Contract, Settings
-from training.data import BATCH_COLUMN, Manifest, TrainingData, fingerprint, intake, load_window
-from training.errors import ChampionError, LeaseBusyError
-from training.evaluation import paired_evaluation
-from training.gate import Decision, Verdict, decide, decide_first
-from training.lease import CYCLE, REGISTRY, lease
-from training.ledger import Ledger
-from training.metrics import model_outputs
-from training.pipeline import Candidate, build_pipeline, prepare_features
-from training.plots import write_evaluation_plots
-from training.registry import (
+from champion.monitoring.profile import build_profile, save_profile
+from champion.training.compile import compile_pipeline
+from champion.training.config import Contract, Settings
+from champion.training.data import (
+    BATCH_COLUMN,
+    Manifest,
+    TrainingData,
+    fingerprint,
+    intake,
+    load_window,
+)
+from champion.training.errors import ChampionError, LeaseBusyError
+from champion.training.evaluation import paired_evaluation
+from champion.training.gate import Decision, Verdict, decide, decide_first
+from champion.training.lease import CYCLE, REGISTRY, lease
+from champion.training.ledger import Ledger
+from champion.training.metrics import model_outputs
+from champion.training.pipeline import Candidate, build_pipeline, prepare_features
+from champion.training.plots import write_evaluation_plots
+from champion.training.process import actor
+from champion.training.registry import (
     TAG_CANDIDATE,
     TAG_DATA,
     TAG_KIND,
@@ -42,7 +48,7 @@ from training.registry import (
     ModelRef,
     Registry,
 )
-from training.tuning import TrialResult, TuneResult, classes_of, splits, tune
+from champion.training.tuning import TrialResult, TuneResult, classes_of, splits, tune
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +87,6 @@ class Context:
     progress: bool | None = None
     # Test seam: called with a stage name as the cycle passes it (e.g. to kill it mid-way).
     checkpoint: Callable[[str], None] = lambda stage: None
-
-
-def actor() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # no login name in some containers
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 def reconcile(ctx: Context) -> list[dict[str, Any]]:

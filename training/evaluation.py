@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from training.config import Contract
-from training.gate import PairedScores
-from training.metrics import compute, model_outputs
-from training.pipeline import Candidate, build_pipeline
-from training.tuning import classes_of, metric_names, splits
+from champion.training.config import Contract
+from champion.training.gate import PairedScores
+from champion.training.metrics import compute, model_outputs
+from champion.training.pipeline import Candidate, build_pipeline
+from champion.training.tuning import classes_of, metric_names, splits
 
 
 def _widen(proba: np.ndarray, model_classes: list[Any], classes: list[Any]) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from training.config import METRICS, Contract
+from champion.training.config import METRICS, Contract
 
 
 class Verdict(StrEnum):

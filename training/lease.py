@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from training.errors import LeaseBusyError
+from champion.training.errors import LeaseBusyError
 
 # flock-based: the kernel drops the lock when its holder dies, even by SIGKILL, so a crashed
 # cycle never wedges the next one.

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from training.config import METRICS
+from champion.training.config import METRICS
 
 
 def oriented(metric: str, value: float) -> float:

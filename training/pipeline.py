@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from training.config import Contract
+from champion.training.config import Contract
 
 MISSING_CATEGORY = "__missing__"
 

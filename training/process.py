@@ -1,14 +1,25 @@
-"""Process lifetime: a worker or a retrain child never outlives the process that started it."""
+"""This process: who it acts as (recorded in the ledger), and a lifetime tied to its parent."""
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+
+def actor() -> str:
+    """`user@host`: who made a ledger entry."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def exit_with_parent(

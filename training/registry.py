@@ -16,15 +16,16 @@ from typing import Any
 import mlflow
 import pandas as pd
 import skops.io as sio
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
 
-from training.compiled import ONNX_FILE, RUNTIME_SKLEARN, Compilation
-from training.config import Contract
-from training.data import sha256_file
-from training.errors import IntegrityError, RegistryError
+from champion.service.runtime import ONNX_FILE, RUNTIME_SKLEARN
+from champion.training.compile import Compilation
+from champion.training.config import Contract
+from champion.training.errors import IntegrityError, RegistryError
+from champion.training.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.tree._tree.Tree",
 )
 MODEL_FILE = "model.skops"
-ALIASES = ("champion", "previous", "challenger")
 
 TAG_SHA256 = "champion.sha256"
 TAG_CANDIDATE = "champion.candidate"
@@ -194,13 +194,6 @@ class Registry:
             return _ref(self.client.get_model_version(self.model_name, str(version)))
         except MlflowException as exc:
             raise RegistryError(f"model version {self.model_name} v{version} not found") from exc
-
-    def versions(self) -> list[ModelRef]:
-        try:
-            found = self.client.search_model_versions(f"name = '{self.model_name}'")
-        except MlflowException:
-            return []
-        return sorted((_ref(mv) for mv in found), key=lambda r: int(r.version))
 
     def download(self, ref: ModelRef, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
@@ -408,4 +401,4 @@ def _requirements() -> list[str]:
     return [f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"]
 
 
-__all__ = ["ALIASES", "TRUSTED_TYPES", "LoadedModel", "ModelRef", "Registry", "RunStatus"]
+__all__ = ["TRUSTED_TYPES", "LoadedModel", "ModelRef", "Registry"]

@@ -19,9 +19,9 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 from tqdm import tqdm
 
-from training.config import Choice, Contract, Param, Range
-from training.metrics import compute, model_outputs, oriented
-from training.pipeline import Candidate, build_pipeline
+from champion.training.config import Choice, Contract, Param, Range
+from champion.training.metrics import compute, model_outputs, oriented
+from champion.training.pipeline import Candidate, build_pipeline
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from training.config import Contract, Settings, parse_contract
-from training.cycle import Context, CycleResult, run_cycle
-from training.ledger import Ledger
-from training.registry import Registry
-from training.simulate import SimulationPlan, simulate_batches
+from champion.training.config import Contract, Settings, parse_contract
+from champion.training.cycle import Context, CycleResult, run_cycle
+from champion.training.demo.simulate import SimulationPlan, simulate_batches
+from champion.training.ledger import Ledger
+from champion.training.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 

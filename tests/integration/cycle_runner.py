@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from training.config import Settings, load_contract
-from training.cycle import Context, run_cycle
-from training.ledger import Ledger
-from training.registry import Registry
+from champion.training.config import Settings, load_contract
+from champion.training.cycle import Context, run_cycle
+from champion.training.ledger import Ledger
+from champion.training.registry import Registry
 
 
 def main() -> int:

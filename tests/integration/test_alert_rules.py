@@ -296,10 +296,10 @@ def test_a_typo_in_a_rule_is_caught() -> None:
 
 
 def test_exported_metrics_are_registered_by_the_service() -> None:
-    """Every champion_* name the rules may use is one monitoring.metrics registers."""
+    """Every champion_* name the rules may use is one champion.monitoring.metrics registers."""
     from prometheus_client import CollectorRegistry
 
-    from monitoring.metrics import ServiceMetrics
+    from champion.monitoring.metrics import ServiceMetrics
 
     registry = CollectorRegistry()
     ServiceMetrics(registry, features=("salary",))

@@ -7,8 +7,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
-from training.config import get_settings
+from champion.service.cli import app
+from champion.training.config import get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from champion.service.runtime import ONNX_FILE, PARITY_TOLERANCE, RUNTIME_ONNX, RUNTIME_SKLEARN
+from champion.training.gate import Verdict
+from champion.training.pipeline import prepare_features
+from champion.training.registry import TAG_ONNX_SHA256, TAG_RUNTIME, TAG_RUNTIME_NOTE
 from tests.integration.conftest import SMALL, make_project
 from tests.integration.test_serve import ROW, serving
-from training.compiled import ONNX_FILE, PARITY_TOLERANCE, RUNTIME_ONNX, RUNTIME_SKLEARN
-from training.gate import Verdict
-from training.pipeline import prepare_features
-from training.registry import TAG_ONNX_SHA256, TAG_RUNTIME, TAG_RUNTIME_NOTE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from training import actions
-from training.errors import ChampionError, RegistryError
-from training.gate import Verdict
+from champion.training import actions
+from champion.training.errors import ChampionError, RegistryError
+from champion.training.gate import Verdict
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import actions
-from training.data import Manifest
-from training.gate import Verdict
-from training.registry import TAG_SHA256, load_verified
+from champion.training import actions
+from champion.training.data import Manifest
+from champion.training.gate import Verdict
+from champion.training.registry import TAG_SHA256, load_verified
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -194,7 +194,7 @@ def test_tampered_model_is_refused(project):
     model_files = list(project.settings.artifact_root.rglob("model.skops"))
     assert len(model_files) == 1
     model_files[0].write_bytes(model_files[0].read_bytes() + b"tampered")
-    from training.errors import IntegrityError
+    from champion.training.errors import IntegrityError
 
     with pytest.raises(IntegrityError, match="digest"):
         registry.load(ref, cache_dir=project.root / "dl2")

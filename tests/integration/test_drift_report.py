@@ -8,10 +8,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from monitoring.capture import Captured, PredictionLog
-from training.cli import app
-from training.config import get_settings
-from training.simulate import FEATURES_CATEGORICAL, FEATURES_NUMERIC, agrawal_frame
+from champion.monitoring.capture import Captured, PredictionLog
+from champion.service.cli import app
+from champion.training.config import get_settings
+from champion.training.demo.simulate import FEATURES_CATEGORICAL, FEATURES_NUMERIC, agrawal_frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,9 +19,11 @@ import tomli_w
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.capture import PredictionLog
-from monitoring.metrics import PREDICTION_OUTCOMES, TICK_OUTCOMES
-from service.validation import REASONS
+from champion.monitoring.capture import PredictionLog
+from champion.monitoring.metrics import PREDICTION_OUTCOMES, TICK_OUTCOMES
+from champion.service.validation import REASONS
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.gate import Verdict
 from tests.integration.conftest import project_raw
 from tests.integration.test_serve import (
     FEEDBACK,
@@ -32,8 +34,6 @@ from tests.integration.test_serve import (
     serving,
     stop_group,
 )
-from training.gate import Verdict
-from training.simulate import agrawal_frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

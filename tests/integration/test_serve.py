@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import actions
-from training.gate import Verdict
-from training.pipeline import prepare_features
-from training.scheduler import CycleOutcome, RetrainScheduler
+from champion.service.scheduler import CycleOutcome, RetrainScheduler
+from champion.training import actions
+from champion.training.gate import Verdict
+from champion.training.pipeline import prepare_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,7 +68,7 @@ def serving(project, *, workers: int = 2, **env: str) -> Iterator[str]:
         [
             str(Path(os.sys.executable).with_name("bentoml")),
             "serve",
-            "service.app:Champion",
+            "champion.service.app:Champion",
             "--host",
             "127.0.0.1",
             "--port",

@@ -16,8 +16,8 @@ import pytest
 import tomli_w
 from starlette.testclient import TestClient
 
+from champion.training.gate import Verdict
 from tests.integration.conftest import Project, make_project
-from training.gate import Verdict
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,7 +71,7 @@ def _app() -> Any:
     Every `with TestClient(app)` runs the lifespan again, which creates a fresh `Champion`
     from the environment of that moment, so one app serves every project and setting here.
     """
-    from service.app import Champion
+    from champion.service.app import Champion
 
     return Champion.to_asgi()
 
@@ -81,7 +81,7 @@ def serving(
     project: Project, monkeypatch: pytest.MonkeyPatch, **env: str | None
 ) -> Iterator[TestClient]:
     """Start the service on `project` in-process (lifespan included); `None` unsets a variable."""
-    from training.config import get_settings
+    from champion.training.config import get_settings
 
     settings = {
         "CHAMPION_SCHEDULER": "false",
@@ -394,7 +394,7 @@ def test_probes_say_ready_with_version_1(client):
 
 def test_probes_before_the_service_starts_answer_without_an_error():
     """It answers /livez 200 and /readyz 503 'starting' while no service instance exists yet."""
-    from service.app import FastPath
+    from champion.service.app import FastPath
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("the probes are answered by the middleware itself")
@@ -411,8 +411,8 @@ def test_probes_before_the_service_starts_answer_without_an_error():
 
 def test_predict_is_answered_ahead_of_fastapi_routing(monkeypatch):
     """POST /predict goes straight to the service's handler; anything else reaches the app."""
-    import service.app as app_module
-    from service.app import FastPath
+    import champion.service.app as app_module
+    from champion.service.app import FastPath
 
     reached: list[str] = []
 

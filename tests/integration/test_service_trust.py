@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from champion.training.gate import Verdict
 from tests.integration import test_service_asgi as asgi
 from tests.integration.conftest import Project, make_project
 from tests.integration.test_service_asgi import ROW, _bearer, serving
-from training.gate import Verdict
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -163,7 +163,7 @@ def _blocks_while(
 
 def test_feedback_waiting_on_the_log_does_not_block_predictions(client, monkeypatch):
     """It labels in a thread: /predict is answered while a /feedback waits on the database."""
-    from monitoring.capture import PredictionLog
+    from champion.monitoring.capture import PredictionLog
 
     gate = threading.Event()
     real = PredictionLog.label
@@ -186,7 +186,7 @@ def test_feedback_waiting_on_the_log_does_not_block_predictions(client, monkeypa
 
 def test_rollback_waiting_on_the_lease_does_not_block_predictions(client, monkeypatch):
     """It rolls back in a thread: /predict is answered while /admin/rollback waits."""
-    from training import actions
+    from champion.training import actions
 
     gate = threading.Event()
 

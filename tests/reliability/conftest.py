@@ -29,6 +29,7 @@ import httpx
 import psutil
 import pytest
 
+from champion.training.errors import ChampionError
 from tests.integration.conftest import Project, make_project, project_raw
 from tests.integration.conftest import template_db as template_db  # re-exported fixture
 from tests.integration.test_serve import TOKEN, _free_port
@@ -218,7 +219,7 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
 
 def champion_project(root: Path, template: Path, **overrides: Any) -> Project:
     """A project whose champion is v1 (two batches, one promoting cycle)."""
-    from training.gate import Verdict
+    from champion.training.gate import Verdict
 
     project = make_project(root, template, **overrides)
     project.simulate(2)
@@ -272,18 +273,20 @@ def worker_pids(supervisor: psutil.Process) -> set[int]:
             cmd = " ".join(child.cmdline())
         except psutil.Error:
             continue
-        if "training.cli" not in cmd and ("bentoml" in cmd or "service.app" in cmd):
+        if "champion.service.cli" not in cmd and (
+            "bentoml" in cmd or "champion.service.app" in cmd
+        ):
             out.add(child.pid)
     return out
 
 
 def retrain_children(pids: set[int] | None = None) -> list[psutil.Process]:
-    """Running `training.cli retrain` processes (children of `pids`, when given)."""
+    """Running `champion.service.cli retrain` processes (children of `pids`, when given)."""
     found = []
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         ours = pids is None or proc.info["ppid"] in pids
-        if "training.cli" in cmd and " retrain" in cmd and ours:
+        if "champion.service.cli" in cmd and " retrain" in cmd and ours:
             found.append(proc)
     return found
 
@@ -423,10 +426,13 @@ def consistency(project: Project) -> dict[str, Any]:
     except (OSError, ValueError):
         manifest_ok = False
     champion = aliases.get("champion")
-    versions = {v.version for v in registry.versions()}
+    try:
+        registered = champion is not None and registry.version(champion).version == champion
+    except ChampionError:
+        registered = False
     return {
         "champion alias": champion,
-        "champion version registered": champion in versions,
+        "champion version registered": registered,
         "ledger's last champion": ledger.last_champion(),
         "ledger agrees with the registry": ledger.last_champion() == champion,
         "ledger lines": len(lines),

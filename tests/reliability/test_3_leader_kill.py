@@ -3,7 +3,7 @@
 Two workers with the scheduler on and a contract schedule that ticks soon; a new batch is in
 the landing zone, so the tick really trains. Sixteen clients send /predict on keep-alive
 connections, each knowing (from /readyz on the same connection) which worker it talks to.
-Once the leader's `training.cli retrain` child has its cycle run open in the registry, the
+Once the leader's `champion.service.cli retrain` child has its cycle run open in the registry, the
 leader worker (not the supervisor) gets SIGKILL.
 
 The client rule: a request that fails on a connection held by the killed worker is retried
@@ -135,7 +135,7 @@ def test_killing_the_leader_mid_cycle_loses_nothing(
     module_dir: Path, template_db: Path, report: Results
 ) -> None:
     """It keeps serving on the surviving worker, hands the lease over, and recovers the cycle."""
-    from training.gate import Verdict
+    from champion.training.gate import Verdict
 
     scn = Scenario(
         "leader_kill",

@@ -73,7 +73,7 @@ CYCLE_SEARCH: dict[str, Any] = {
 
 def _rows(n: int, seed: int) -> list[dict[str, Any]]:
     """Applicants from the training stream's own distribution (no drift to detect)."""
-    from training.simulate import agrawal_frame
+    from champion.training.demo.simulate import agrawal_frame
 
     frame = agrawal_frame(n, function=1, seed=seed)
     features = ["salary", "commission", "age", "hvalue", "hyears", "loan"]

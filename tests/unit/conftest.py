@@ -13,7 +13,7 @@ import pytest
 import sklearn.ensemble  # noqa: F401  (loads scikit-learn's OpenMP runtime before limiting it)
 from threadpoolctl import threadpool_limits
 
-from training.config import Contract, parse_contract
+from champion.training.config import Contract, parse_contract
 
 # One BLAS/OpenMP thread per process: on a busy 2-core machine the default thread pools spin
 # against each other and a 20 ms fit takes seconds.  Limits stay in force for the whole session.

@@ -15,12 +15,12 @@ import tomli_w
 from click.testing import Result
 from typer.testing import CliRunner
 
+from champion.service.cli import app
+from champion.training.config import Contract, get_settings
+from champion.training.data import Manifest, intake, load_window
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.ledger import Ledger
 from tests.unit.conftest import make_contract, small_raw_contract
-from training.cli import app
-from training.config import Contract, get_settings
-from training.data import Manifest, intake, load_window
-from training.ledger import Ledger
-from training.simulate import agrawal_frame
 
 Invoke = Callable[..., Result]
 
@@ -171,7 +171,7 @@ def test_status_counts_retired_batches_and_files_not_taken_in(
     project: Contract, cli: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It counts retired batches, and waiting files even after accepted ones left the zone."""
-    monkeypatch.setattr("training.cli.Wiring.registry", lambda self: _NoRegistry())
+    monkeypatch.setattr("champion.service.cli.Wiring.registry", lambda self: _NoRegistry())
     ids = _taken_in(project)
     assert cli("batches", "retire", ids["b2.csv"], "--reason", "drill").exit_code == 0
     (project.data.landing_zone / "b1.csv").unlink()

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitoring.capture import Capture, Captured, PredictionLog, Written
-from monitoring.drift import DriftReport, FeatureDrift
-from monitoring.metrics import ServiceMetrics
-from training.config import Contract, Settings, load_contract
-from training.ledger import Ledger
-from training.registry import ModelRef
-from training.watch import Watch
+from champion.monitoring.capture import Capture, Captured, PredictionLog, Written
+from champion.monitoring.drift import DriftReport, FeatureDrift
+from champion.monitoring.metrics import ServiceMetrics
+from champion.monitoring.watch import Watch
+from champion.training.config import Contract, Settings, load_contract
+from champion.training.ledger import Ledger
+from champion.training.registry import ModelRef
 
 PROJECT_FILE = Path(__file__).resolve().parents[2] / "champion.toml"
 
@@ -252,7 +252,9 @@ def _wait(condition: Any, timeout: float = 10.0) -> bool:
 
 def _capture_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
-        r for r in caplog.records if r.name == "monitoring.capture" and r.levelno == logging.WARNING
+        r
+        for r in caplog.records
+        if r.name == "champion.monitoring.capture" and r.levelno == logging.WARNING
     ]
 
 
@@ -320,7 +322,7 @@ def test_repeated_failures_are_logged_once_per_error_type(caplog):
     log = _FlakyLog(RuntimeError("disk on fire"), failures=10**6)
     seen = _Recorder()
     capture = Capture(log, on_drop=seen.drop, on_error=seen.error)  # type: ignore[arg-type]
-    caplog.set_level(logging.WARNING, logger="monitoring.capture")
+    caplog.set_level(logging.WARNING, logger="champion.monitoring.capture")
     for _ in range(50):
         capture.offer(_items("a", 2))
         capture.flush()
@@ -364,7 +366,7 @@ def test_a_reused_request_id_keeps_the_first_row_and_counts_the_rest(plog, caplo
 
     seen = _Recorder()
     capture = Capture(plog, on_drop=seen.drop, on_error=seen.error)
-    caplog.set_level(logging.WARNING, logger="monitoring.capture")
+    caplog.set_level(logging.WARNING, logger="champion.monitoring.capture")
     for _ in range(3):
         capture.offer([_item("a", 1), _item("c", 0)])
         capture.flush()

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from champion.training.config import get_settings, load_contract, parse_contract
+from champion.training.errors import ConfigError
 from tests.unit.conftest import PROJECT_FILE, raw_contract
-from training.config import get_settings, load_contract, parse_contract
-from training.errors import ConfigError
 
 
 def _error(raw: dict[str, Any]) -> str:

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.unit.conftest import BatchWriter, make_contract, small_raw_contract
-from training.config import FLOAT32_MAX, Contract
-from training.data import (
+from champion.training.config import FLOAT32_MAX, Contract
+from champion.training.data import (
     BATCH_COLUMN,
     MANIFEST_VERSION,
     Manifest,
@@ -24,8 +23,9 @@ from training.data import (
     load_window,
     validate_batch,
 )
-from training.errors import DataError
-from training.simulate import agrawal_frame
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.errors import DataError
+from tests.unit.conftest import BatchWriter, make_contract, small_raw_contract
 
 
 def _frame(n: int = 100, seed: int = 1, **kwargs: object) -> pd.DataFrame:
@@ -629,7 +629,7 @@ def test_unknown_file_types_are_logged_by_name(
     zone = contract.data.landing_zone
     zone.mkdir(parents=True)
     (zone / "notes.txt").write_text("not a batch")
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="champion.training.data"):
         intake(contract, Manifest(contract.data.manifest))
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert record.files == ["notes.txt"]  # type: ignore[attr-defined]

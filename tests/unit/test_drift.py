@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from monitoring.drift import (
+from champion.monitoring.drift import (
     DriftReport,
     FeatureDrift,
     categorical_drift,
@@ -22,7 +22,7 @@ from monitoring.drift import (
     prediction_drift,
     psi_threshold,
 )
-from monitoring.profile import build_profile
+from champion.monitoring.profile import build_profile
 
 REFERENCE_ROWS = 5_000
 ALPHA = 0.01

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from champion.training.config import Contract, parse_contract
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.evaluation import paired_evaluation
+from champion.training.gate import Decision, Verdict, decide
+from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from tests.unit.conftest import raw_contract
-from training.config import Contract, parse_contract
-from training.evaluation import paired_evaluation
-from training.gate import Decision, Verdict, decide
-from training.pipeline import Candidate, build_pipeline, prepare_features
-from training.simulate import agrawal_frame
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.unit.conftest import raw_contract
-from training.config import Contract, parse_contract
-from training.gate import (
+from champion.training.config import Contract, parse_contract
+from champion.training.gate import (
     Decision,
     PairedScores,
     Verdict,
@@ -23,6 +22,7 @@ from training.gate import (
     decide,
     decide_first,
 )
+from tests.unit.conftest import raw_contract
 
 # Ten fold deltas with a positive mean (0.01) but a spread (sd 0.0145) that the corrected
 # test (ratio 0.25) cannot tell from noise; the naive test (ratio 0) can.

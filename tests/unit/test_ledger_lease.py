@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from training.errors import LeaseBusyError
-from training.lease import CYCLE, REGISTRY, lease
-from training.ledger import Ledger
+from champion.training.errors import LeaseBusyError
+from champion.training.lease import CYCLE, REGISTRY, lease
+from champion.training.ledger import Ledger
 
 # --- ledger ------------------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def test_lease_waits_up_to_its_timeout(tmp_path: Path) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from training.lease import lease
+from champion.training.lease import lease
 with lease(Path(sys.argv[1]), sys.argv[2]):
     print("locked", flush=True)
     time.sleep(120)

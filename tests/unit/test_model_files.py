@@ -9,8 +9,8 @@ import pytest
 import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 
-from training.errors import IntegrityError
-from training.registry import load_verified
+from champion.training.errors import IntegrityError
+from champion.training.registry import load_verified
 
 
 def _model_dir(root: Path, *, pickled: str) -> tuple[Path, str]:

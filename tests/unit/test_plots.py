@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.plots import (
+from champion.training.plots import (
     confusion_matrix_plot,
     feature_importance_plot,
     residuals_plot,

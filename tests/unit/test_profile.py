@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.profile import (
+from champion.monitoring.profile import (
     PROFILE_VERSION,
     bin_frequencies,
     build_profile,

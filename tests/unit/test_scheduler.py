@@ -15,10 +15,10 @@ import psutil
 import pytest
 from filelock import FileLock, Timeout
 
+from champion.service.scheduler import CycleOutcome, RetrainScheduler, run_cycle_subprocess
+from champion.training.config import Settings
+from champion.training.ledger import Ledger
 from tests.unit.conftest import make_contract
-from training.config import Settings
-from training.ledger import Ledger
-from training.scheduler import CycleOutcome, RetrainScheduler, run_cycle_subprocess
 
 
 def _python(code: str) -> list[str]:
@@ -144,7 +144,7 @@ def test_a_process_exits_when_its_parent_dies(tmp_path):
     pid_file = tmp_path / "child.pid"
     child = """
         import time
-        from training.process import exit_with_parent
+        from champion.training.process import exit_with_parent
         exit_with_parent(what="test", interval=0.1)
         time.sleep(120)
     """

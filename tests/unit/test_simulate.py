@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import simulate
-from training.simulate import (
+from champion.training.demo import simulate
+from champion.training.demo.simulate import (
     FEATURES_CATEGORICAL,
     FEATURES_NUMERIC,
     TARGET,

@@ -13,12 +13,12 @@ import optuna
 import pandas as pd
 import pytest
 
+from champion.training import tuning
+from champion.training.config import Contract
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.pipeline import Candidate, build_pipeline, prepare_features
+from champion.training.tuning import TrialResult, family_defaults, metric_names, splits, tune
 from tests.unit.conftest import make_contract, small_raw_contract
-from training import tuning
-from training.config import Contract
-from training.pipeline import Candidate, build_pipeline, prepare_features
-from training.simulate import agrawal_frame
-from training.tuning import TrialResult, family_defaults, metric_names, splits, tune
 
 ROWS = 400
 

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.validation import (
+from champion.service.validation import (
     Batch,
     RequestInvalid,
     openapi_request_schema,
     parse_body,
     validate_instances,
 )
+from champion.training.config import FLOAT32_MAX, Contract, load_contract, parse_contract
 from tests.unit.conftest import PROJECT_FILE, raw_contract
-from training.config import FLOAT32_MAX, Contract, load_contract, parse_contract
 
 MAX_ROWS = 5
 

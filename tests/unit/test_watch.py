@@ -15,17 +15,17 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-import training.watch as watch_module
-from monitoring.capture import Captured, PredictionLog
-from monitoring.metrics import ServiceMetrics
-from monitoring.profile import build_profile
+import champion.monitoring.watch as watch_module
+from champion.monitoring.capture import Captured, PredictionLog
+from champion.monitoring.metrics import ServiceMetrics
+from champion.monitoring.profile import build_profile
+from champion.monitoring.watch import Watch, latest
+from champion.training.config import Settings
+from champion.training.demo.simulate import FEATURES_CATEGORICAL, FEATURES_NUMERIC, agrawal_frame
+from champion.training.files import atomic_write_text
+from champion.training.ledger import Ledger
+from champion.training.registry import ModelRef
 from tests.unit.conftest import make_contract
-from training.config import Settings
-from training.data import atomic_write_text
-from training.ledger import Ledger
-from training.registry import ModelRef
-from training.simulate import FEATURES_CATEGORICAL, FEATURES_NUMERIC, agrawal_frame
-from training.watch import Watch, latest
 
 FEATURES = (*FEATURES_NUMERIC, *FEATURES_CATEGORICAL)
 WINDOW = 100
@@ -244,7 +244,7 @@ def test_an_unreadable_state_file_starts_fresh(tmp_path, plog, caplog, text):
     folder = tmp_path / "home" / "drift"
     folder.mkdir(parents=True)
     (folder / "state.json").write_text(text)
-    caplog.set_level(logging.WARNING, logger="training.watch")
+    caplog.set_level(logging.WARNING, logger="champion.monitoring.watch")
     watch = _watch(tmp_path, plog)
     assert (watch.streak, watch.last_tested_id, watch.version) == (0, 0, None)
     assert any("drift state unreadable" in r.getMessage() for r in caplog.records)

@@ -8,22 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.unit.conftest import make_contract, raw_contract
-from training.compiled import (
+from champion.service.runtime import (
     PARITY_TOLERANCE,
     RUNTIME_ONNX,
     RUNTIME_SKLEARN,
     CompiledModel,
     Encoder,
     NotCompilable,
-    compile_pipeline,
     frame_columns,
     parity,
     parity_frame,
 )
-from training.config import Contract
-from training.pipeline import Candidate, build_pipeline, prepare_features
-from training.simulate import agrawal_frame
+from champion.training.compile import compile_pipeline
+from champion.training.config import Contract
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.pipeline import Candidate, build_pipeline, prepare_features
+from tests.unit.conftest import make_contract, raw_contract
 
 FOREST = Candidate("random_forest", {"n_estimators": 30, "max_depth": 10, "min_samples_leaf": 2})
 
@@ -143,7 +143,7 @@ def test_float32_splits_that_disagree_fall_through_to_float64(
     contract: Contract, data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each input type is tried on parity; a failing one is skipped, the next one used."""
-    import training.compiled as compiled_module
+    import champion.training.compile as compiled_module
 
     real = compiled_module.parity
     calls: list[Any] = []

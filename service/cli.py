@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from training.config import Contract, Settings, get_settings, load_contract
-from training.errors import ChampionError
+from champion.training.config import Contract, Settings, get_settings, load_contract
+from champion.training.errors import ChampionError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +24,7 @@ class Wiring:
     """Settings, contract, registry and ledger, built once per command."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        from training import logs
+        from champion.training import logs
 
         self.settings = settings or get_settings()
         logs.configure(level=self.settings.log_level, fmt=self.settings.log_format)
@@ -39,7 +39,7 @@ class Wiring:
         return os.environ["MLFLOW_TRACKING_URI"]
 
     def registry(self) -> Any:
-        from training.registry import Registry
+        from champion.training.registry import Registry
 
         return Registry(
             tracking_uri=self.tracking_uri,
@@ -48,7 +48,7 @@ class Wiring:
         )
 
     def ledger(self) -> Any:
-        from training.ledger import Ledger
+        from champion.training.ledger import Ledger
 
         return Ledger(self.settings.ledger_path)
 
@@ -71,12 +71,12 @@ def retrain(
     ] = False,
 ) -> None:
     """Run one retrain cycle (bootstraps a champion when there is none)."""
-    from training.cycle import Context, run_cycle
+    from champion.training.cycle import Context, run_cycle
 
     if nice:
         os.nice(nice)
     if exit_with_parent:
-        from training.process import exit_with_parent as watch_parent
+        from champion.training.process import exit_with_parent as watch_parent
 
         watch_parent(what="retrain")
     try:
@@ -101,7 +101,7 @@ def retrain(
 
 
 def _write_result(path: Path, body: dict[str, Any]) -> None:
-    from training.data import atomic_write_text
+    from champion.training.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(body))
 
@@ -149,7 +149,7 @@ def status() -> None:
     """Show the champion, the aliases, the last verdict and the landing zone."""
     from collections import Counter
 
-    from training.data import Manifest, landing_status
+    from champion.training.data import Manifest, landing_status
 
     try:
         w = Wiring()
@@ -227,7 +227,7 @@ def batches(
     """List every batch in the manifest, and the landing-zone files not taken in."""
     if ctx.invoked_subcommand is not None:
         return
-    from training.data import Manifest, landing_status
+    from champion.training.data import Manifest, landing_status
 
     try:
         w = Wiring()
@@ -269,9 +269,9 @@ def retire_batch(
     reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
 ) -> None:
     """Take an accepted batch out of every future training window (its stored copy stays)."""
-    from training.cycle import actor
-    from training.data import Manifest
-    from training.lease import CYCLE, REGISTRY, lease
+    from champion.training.data import Manifest
+    from champion.training.lease import CYCLE, REGISTRY, lease
+    from champion.training.process import actor
 
     try:
         reason = reason.strip()
@@ -304,7 +304,7 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
 ) -> None:
     """Manually make VERSION the champion (recorded in the ledger)."""
-    from training import actions
+    from champion.training import actions
 
     try:
         w = Wiring()
@@ -323,7 +323,7 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
 ) -> None:
     """Make `previous` the champion again (a second rollback undoes the first)."""
-    from training import actions
+    from champion.training import actions
 
     try:
         w = Wiring()
@@ -351,7 +351,7 @@ def simulate(
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
 ) -> None:
     """Write demo batches (a drifting loan-approval stream) into the landing zone."""
-    from training.simulate import SimulationPlan, simulate_batches
+    from champion.training.demo.simulate import SimulationPlan, simulate_batches
 
     try:
         w = Wiring()
@@ -371,9 +371,9 @@ def simulate(
 @app.command()
 def bootstrap() -> None:
     """Prepare a fresh checkout: demo data if the landing zone is empty, a champion if none."""
-    from training.cycle import Context, run_cycle
-    from training.data import Manifest, pending_files
-    from training.simulate import SimulationPlan, simulate_batches
+    from champion.training.cycle import Context, run_cycle
+    from champion.training.data import Manifest, pending_files
+    from champion.training.demo.simulate import SimulationPlan, simulate_batches
 
     try:
         w = Wiring()
@@ -429,7 +429,7 @@ def serve(
     bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
     os.execve(
         bentoml,
-        [bentoml, "serve", "service.app:Champion", "--port", str(port), "--host", host],
+        [bentoml, "serve", "champion.service.app:Champion", "--port", str(port), "--host", host],
         env,
     )
 
@@ -482,7 +482,7 @@ def demo(
     batches: Annotated[int, typer.Option(min=1, help="Batches with the concept change.")] = 3,
 ) -> None:
     """Send traffic, feed a concept change, and watch a new champion swap in."""
-    from training.demo import run_demo
+    from champion.training.demo.traffic import run_demo
 
     try:
         w = Wiring()
@@ -509,9 +509,9 @@ def drift_report(
     rows: Annotated[int, typer.Option(min=1, help="Live rows to compare.")] = 2000,
 ) -> None:
     """Write a self-contained HTML drift report for the champion's recent predictions."""
-    from monitoring.capture import PredictionLog
-    from monitoring.report import render
-    from training.watch import Watch
+    from champion.monitoring.capture import PredictionLog
+    from champion.monitoring.report import render
+    from champion.monitoring.watch import Watch
 
     try:
         w = Wiring()

@@ -15,15 +15,15 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from monitoring.capture import LogLimiter, PredictionLog
-from monitoring.drift import DriftReport, evaluate
-from monitoring.metrics import ServiceMetrics
-from training.config import Contract, Settings
-from training.data import atomic_write_text
-from training.errors import RegistryError
-from training.ledger import Ledger
-from training.metrics import compute
-from training.registry import ModelRef, Registry
+from champion.monitoring.capture import LogLimiter, PredictionLog
+from champion.monitoring.drift import DriftReport, evaluate
+from champion.monitoring.metrics import ServiceMetrics
+from champion.training.config import Contract, Settings
+from champion.training.errors import RegistryError
+from champion.training.files import atomic_write_text
+from champion.training.ledger import Ledger
+from champion.training.metrics import compute
+from champion.training.registry import ModelRef, Registry
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from filelock import FileLock, Timeout
 
-from training.config import Contract, Settings
+from champion.training.config import Contract, Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def retrain_command(trigger: str, result_file: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "training.cli",
+        "champion.service.cli",
         "retrain",
         "--no-progress",
         "--trigger",

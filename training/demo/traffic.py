@@ -12,8 +12,13 @@ from typing import Any
 
 import httpx
 
-from training.simulate import FEATURES_CATEGORICAL, FEATURES_NUMERIC, SimulationPlan, agrawal_frame
-from training.simulate import simulate_batches as write_batches
+from champion.training.demo.simulate import (
+    FEATURES_CATEGORICAL,
+    FEATURES_NUMERIC,
+    SimulationPlan,
+    agrawal_frame,
+)
+from champion.training.demo.simulate import simulate_batches as write_batches
 
 
 @dataclass

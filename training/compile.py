@@ -1,0 +1,108 @@
+"""Compile a fitted pipeline for serving at registration, kept only on parity with scikit-learn."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from champion.service.runtime import (
+    RUNTIME_ONNX,
+    RUNTIME_SKLEARN,
+    CompiledModel,
+    Encoder,
+    NotCompilable,
+    frame_columns,
+    parity,
+    parity_frame,
+)
+from champion.training.config import Contract
+
+
+@dataclass(frozen=True)
+class Compilation:
+    """What registration records: the runtime that will serve, and why."""
+
+    runtime: str
+    reason: str
+    onnx: bytes | None = None
+    max_diff: float | None = None
+    rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def sha256(self) -> str | None:
+        return hashlib.sha256(self.onnx).hexdigest() if self.onnx is not None else None
+
+
+def _convert(model: Any, width: int, dtype: type[np.floating[Any]]) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    tensor = FloatTensorType if dtype is np.float32 else DoubleTensorType
+    onx = convert_sklearn(
+        model,
+        initial_types=[("x", tensor([None, width]))],
+        target_opset={"": 18, "ai.onnx.ml": 3},
+        options={id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None,
+    )
+    return bytes(onx.SerializeToString())
+
+
+def compile_pipeline(
+    pipeline: Any, contract: Contract, holdout: pd.DataFrame, *, seed: int = 0
+) -> Compilation:
+    """Try ONNX Runtime; keep it only on parity with scikit-learn. Never raises."""
+    started = time.monotonic()
+    names = list(contract.features)
+    classes = (
+        list(pipeline.classes_)
+        if contract.task == "classification" and hasattr(pipeline, "classes_")
+        else None
+    )
+    rows = parity_frame(holdout, contract, seed=seed)
+    reasons: list[str] = []
+    if rows.empty:
+        return Compilation(RUNTIME_SKLEARN, "no held-out rows to check parity on")
+    try:
+        encoder = Encoder.from_pipeline(pipeline)
+        encoded = encoder.encode(frame_columns(rows, names), len(rows))
+        expected = np.asarray(pipeline[:-1].transform(rows), dtype=np.float64)
+        if encoded.shape != expected.shape or not np.allclose(
+            encoded, expected, rtol=1e-12, atol=1e-12
+        ):
+            raise NotCompilable("the NumPy encoding differs from the pipeline's")
+    except Exception as exc:  # NotCompilable, or a pipeline that fails on the parity rows
+        return Compilation(RUNTIME_SKLEARN, str(exc), seconds=time.monotonic() - started)
+    model = pipeline.steps[-1][1]
+    # float32 first: scikit-learn's trees compare float32 features, so that is their exact form.
+    for dtype in (np.float32, np.float64):
+        try:
+            onnx = _convert(model, encoded.shape[1], dtype)
+            compiled = CompiledModel(encoder, onnx, classes=classes)
+            diff = parity(compiled, pipeline, rows, names)
+        except NotCompilable as exc:
+            reasons.append(f"{np.dtype(dtype).name}: {exc}")
+            continue
+        except Exception as exc:  # converter gaps surface as any exception type
+            first = (str(exc).splitlines() or [""])[0].split(" and attributes")[0]
+            reasons.append(f"{np.dtype(dtype).name}: {type(exc).__name__}: {first[:160]}")
+            continue
+        return Compilation(
+            RUNTIME_ONNX,
+            f"{np.dtype(dtype).name} inputs; parity {diff:.2g} on {len(rows)} rows",
+            onnx,
+            diff,
+            len(rows),
+            time.monotonic() - started,
+        )
+    return Compilation(
+        RUNTIME_SKLEARN,
+        "; ".join(reasons) or "no conversion attempted",
+        rows=len(rows),
+        seconds=time.monotonic() - started,
+    )
