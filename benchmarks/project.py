@@ -128,20 +128,17 @@ class BenchProject:
 
         return Settings(home=self.home, project_file=self.project_file, lease_timeout_seconds=30)
 
-    def registry(self) -> Any:
-        from champion.training.registry import Registry
+    def components(self) -> Any:
+        """The composition root, on this project's settings and registry."""
+        from champion.service.root import build
 
-        contract = self.contract()
-        return Registry(
-            tracking_uri=self.tracking_uri,
-            model_name=contract.project.name,
-            artifact_root=self.settings().artifact_root,
-        )
+        return build(self.settings(), configure_logging=False, tracking_uri=self.tracking_uri)
+
+    def registry(self) -> Any:
+        return self.components().registry
 
     def ledger(self) -> Any:
-        from champion.training.ledger import Ledger
-
-        return Ledger(self.settings().ledger_path)
+        return self.components().ledger
 
     # -- actions ---------------------------------------------------------------------------------
 
@@ -170,26 +167,23 @@ class BenchProject:
 
     def cycle(self) -> Any:
         """One retrain cycle in this process (training.cycle), as the scheduler would run it."""
-        from champion.training.cycle import Context, run_cycle
+        from champion.training.cycle import run_cycle
 
-        ctx = Context(
-            self.contract(), self.settings(), self.registry(), self.ledger(), progress=False
-        )
-        return run_cycle(ctx, trigger="benchmark")
+        return run_cycle(self.components().cycle_context(progress=False), trigger="benchmark")
 
     def promote(self, version: str, reason: str) -> None:
         from champion.training import actions
 
-        registry = self.registry()
-        current = registry.alias("champion")
+        parts = self.components()
+        current = parts.registry.alias("champion")
         if current is not None and current.version == version:
             return
         actions.promote(
             version,
             reason=reason,
-            registry=registry,
-            ledger=self.ledger(),
-            settings=self.settings(),
+            registry=parts.registry,
+            ledger=parts.ledger,
+            leases=parts.leases,
         )
 
     def champion_version(self) -> str | None:

@@ -10,19 +10,11 @@ from typing import Any, Literal
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from champion.training.records import Verdict
+
 PREDICTION_OUTCOMES = ("ok", "invalid", "unavailable", "error")
-TICK_OUTCOMES = (
-    "PROMOTE",
-    "HOLD",
-    "REJECT",
-    "SKIPPED",
-    "FAILED",
-    "STALE",
-    "missed",
-    "overlap",
-    "timeout",
-    "error",
-)
+# A scheduled tick ends in a verdict, or in one of these (it never reached one).
+TICK_OUTCOMES = (*(v.value for v in Verdict), "missed", "overlap", "timeout", "error")
 # Why a captured prediction did not reach the log.
 DROP_REASONS = ("buffer_full", "write_failed", "unserialisable", "duplicate_request_id")
 # Background loops that must outlive any one failing item.
@@ -178,8 +170,8 @@ class ServiceMetrics:
             self.predictions.labels(outcome)
         for outcome in TICK_OUTCOMES:
             self.retrain_ticks.labels(outcome)
-        for verdict in TICK_OUTCOMES[:6]:
-            self.retrain_runs.labels(verdict)
+        for verdict in Verdict:
+            self.retrain_runs.labels(verdict.value)
         for reason in DROP_REASONS:
             self.capture_dropped.labels(reason)
         for reason in FEEDBACK_REJECTIONS:

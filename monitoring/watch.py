@@ -15,15 +15,17 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from champion.monitoring.capture import LogLimiter, PredictionLog
+from champion.monitoring.capture import LogLimiter
 from champion.monitoring.drift import DriftReport, evaluate
 from champion.monitoring.metrics import ServiceMetrics
 from champion.training.config import Contract, Settings
 from champion.training.errors import RegistryError
 from champion.training.files import atomic_write_text
-from champion.training.ledger import Ledger
 from champion.training.metrics import compute
-from champion.training.registry import ModelRef, Registry
+from champion.training.ports import LedgerStore, ModelRegistry, PredictionStore
+from champion.training.process import actor
+from champion.training.records import Event, LedgerEntry
+from champion.training.registry import REFERENCE_PROFILE, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,9 @@ class Watch:
 
     contract: Contract
     settings: Settings
-    registry: Registry
-    prediction_log: PredictionLog
-    ledger: Ledger
+    registry: ModelRegistry
+    prediction_log: PredictionStore
+    ledger: LedgerStore
     metrics: ServiceMetrics | None = None
     trigger_retrain: Callable[[str], bool] = lambda trigger: False
     clock: Callable[[], float] = time.time
@@ -133,7 +135,7 @@ class Watch:
 
     def profile(self, ref: ModelRef) -> dict[str, Any] | None:
         if ref.version not in self._profiles and ref.run_id:
-            found = self.registry.run_json(ref.run_id, "reference_profile.json")
+            found = self.registry.run_json(ref.run_id, REFERENCE_PROFILE)
             if found is not None:
                 self._profiles[ref.version] = found
         return self._profiles.get(ref.version)
@@ -219,16 +221,18 @@ class Watch:
             self.streak = 0
             if self.metrics is not None:
                 self.metrics.drift_triggers.inc()
+            reason = (
+                f"Drift sustained over {needed} windows of "
+                f"{report.window_rows} rows (features {flagged}); retrain started."
+            )
             self.ledger.append(
-                {
-                    "event": "drift_trigger",
-                    "reason": (
-                        f"Drift sustained over {needed} windows of "
-                        f"{report.window_rows} rows (features {flagged}); retrain started."
-                    ),
-                    "champion_after": ref.version,
-                    "features": flagged,
-                }
+                LedgerEntry(
+                    Event.DRIFT_TRIGGER,
+                    reason,
+                    actor(),
+                    champion_after=ref.version,
+                    features=tuple(flagged),
+                )
             )
 
     # -- live quality and feedback -------------------------------------------------------
@@ -420,10 +424,10 @@ class Watch:
         m = self.metrics
         if m is None or not ref.run_id:
             return
-        run = self.registry.run_info(ref.run_id)
+        run = self.registry.run_summary(ref.run_id)
         primary = self.contract.metrics.primary
-        if run is not None and f"cv_{primary}_mean" in run.data.metrics:
-            m.cv_score.labels(primary).set(run.data.metrics[f"cv_{primary}_mean"])
+        if run is not None and (mean := run.cv_mean(primary)) is not None:
+            m.cv_score.labels(primary).set(mean)
 
 
 def latest(settings: Settings) -> dict[str, Any] | None:

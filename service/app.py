@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from champion.monitoring.capture import Captured
 from champion.service.ratelimit import TokenBucket
-from champion.service.scheduler import VERDICTS, CycleOutcome
+from champion.service.scheduler import CycleOutcome
 from champion.service.validation import (
     Problem,
     RequestInvalid,
@@ -40,6 +40,7 @@ from champion.service.validation import (
     parse_body,
     validate_instances,
 )
+from champion.training.records import Verdict
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
     from champion.service.slot import Served
@@ -203,26 +204,17 @@ class Champion:
 
     def __init__(self) -> None:
         from champion.monitoring.metrics import service_metrics
+        from champion.service.root import build
         from champion.service.scheduler import RetrainScheduler
         from champion.service.slot import ModelSlot
-        from champion.training import logs
-        from champion.training.config import get_settings, load_contract
-        from champion.training.ledger import Ledger
-        from champion.training.registry import Registry
 
-        self.settings = settings = get_settings()
-        logs.configure(level=settings.log_level, fmt=settings.log_format)
+        self.components = parts = build()
+        self.settings = settings = parts.settings
+        self.contract = contract = parts.contract
         # One request is one small predict: thread pools only add start-up and contention.
         threadpool_limits(limits=settings.serve_threads)
-        self.contract = contract = load_contract(settings.project_file)
-        os.environ.setdefault("MLFLOW_TRACKING_URI", settings.default_tracking_uri)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        self.registry = Registry(
-            tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
-            model_name=contract.project.name,
-            artifact_root=settings.artifact_root,
-        )
-        self.ledger = Ledger(settings.ledger_path)
+        self.registry = parts.registry
+        self.ledger = parts.ledger
         self.metrics = metrics = service_metrics(tuple(contract.features))
         self._predicted_ok = metrics.predictions.labels("ok")  # hot path: resolve labels once
         self._served_version: str | None = None
@@ -238,11 +230,9 @@ class Champion:
         self._feedback_bucket = TokenBucket(
             rate=settings.feedback_labels_per_second, burst=settings.feedback_burst_labels
         )
-        from champion.monitoring.capture import Capture, PredictionLog
+        from champion.monitoring.capture import Capture
 
-        self.prediction_log = PredictionLog(
-            settings.prediction_log_path, max_rows=settings.capture_max_rows
-        )
+        self.prediction_log = parts.prediction_log
         self.capture = Capture(
             self.prediction_log,
             capacity=settings.capture_buffer,
@@ -251,21 +241,16 @@ class Champion:
             on_error=lambda: metrics.background_error("capture"),
         )
         self.capture.start()
-        from champion.monitoring.watch import Watch
-
-        self.watch = Watch(
-            contract=contract,
-            settings=settings,
-            registry=self.registry,
-            prediction_log=self.prediction_log,
-            ledger=self.ledger,
+        self.watch = parts.watch(
             metrics=metrics,
             trigger_retrain=lambda trigger: self.scheduler.run_now(trigger),
             on_error=lambda: metrics.background_error("monitor"),
         )
         self.scheduler = RetrainScheduler(
-            contract=contract,
-            settings=settings,
+            schedule=contract.schedule,
+            leases=parts.leases,
+            monitor_seconds=settings.monitor_seconds,
+            retrain_timeout=settings.retrain_timeout_seconds,
             count=lambda outcome: metrics.retrain_ticks.labels(outcome).inc(),
             on_cycle=self._on_cycle,
             monitor=self.watch.tick,
@@ -291,8 +276,7 @@ class Champion:
         self.capture.stop()
 
     def _on_cycle(self, outcome: CycleOutcome) -> None:
-        verdict = outcome.verdict if outcome.verdict in VERDICTS else "FAILED"
-        self.metrics.retrain_runs.labels(verdict).inc()
+        self.metrics.retrain_runs.labels(Verdict.parse(outcome.verdict).value).inc()
         self.metrics.retrain_duration.observe(outcome.seconds)
         # A cycle that could not run (another holds the lease, the child timed out) is not a
         # success: the staleness alert must still see the time since retraining last worked.
@@ -465,17 +449,18 @@ class Champion:
         cached = self._details.get(served.version)
         if cached is not None:
             return cached
+        from champion.training.errors import RegistryError
+        from champion.training.registry import FINGERPRINT
+
         details: dict[str, Any] = {}
         if served.run_id:
             try:
-                run = self.registry.run_info(served.run_id)
-                details["cv_metrics"] = {
-                    k: v
-                    for k, v in run.data.metrics.items()
-                    if k.startswith("cv_") and "_fold_" not in k
-                }
-                details["trained_at"] = run.info.start_time
-                details["data"] = self.registry.run_json(served.run_id, "fingerprint.json")
+                run = self.registry.run_summary(served.run_id)
+                if run is None:
+                    raise RegistryError(f"run {served.run_id} not found")
+                details["cv_metrics"] = run.cv_metrics
+                details["trained_at"] = run.started_ms
+                details["data"] = self.registry.run_json(served.run_id, FINGERPRINT)
                 self._details[served.version] = details
             except Exception as exc:  # the registry may be down; say so rather than fail
                 log.warning(
@@ -756,7 +741,8 @@ class Champion:
                 reason=f"{reason} (via API)",
                 registry=self.registry,
                 ledger=self.ledger,
-                settings=self.settings,
+                leases=self.components.leases,
+                lease_timeout=self.settings.lease_timeout_seconds,
             )
             self.slot.refresh()
             return entry

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from champion.training.config import Contract, Settings, get_settings, load_contract
 from champion.training.errors import ChampionError
+
+if TYPE_CHECKING:
+    from champion.service.root import Components
+    from champion.training.records import CycleReport
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 app = typer.Typer(
     add_completion=False,
@@ -20,37 +28,11 @@ app = typer.Typer(
 )
 
 
-class Wiring:
-    """Settings, contract, registry and ledger, built once per command."""
+def _root() -> Components:
+    """The components for one command (the composition root)."""
+    from champion.service.root import build
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        from champion.training import logs
-
-        self.settings = settings or get_settings()
-        logs.configure(level=self.settings.log_level, fmt=self.settings.log_format)
-        self.contract: Contract = load_contract(self.settings.project_file)
-        # MLflow reads its own variables; we only supply the local default.
-        os.environ.setdefault("MLFLOW_TRACKING_URI", self.settings.default_tracking_uri)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def tracking_uri(self) -> str:
-        return os.environ["MLFLOW_TRACKING_URI"]
-
-    def registry(self) -> Any:
-        from champion.training.registry import Registry
-
-        return Registry(
-            tracking_uri=self.tracking_uri,
-            model_name=self.contract.project.name,
-            artifact_root=self.settings.artifact_root,
-        )
-
-    def ledger(self) -> Any:
-        from champion.training.ledger import Ledger
-
-        return Ledger(self.settings.ledger_path)
+    return build()
 
 
 def _fail(exc: ChampionError) -> typer.Exit:
@@ -58,9 +40,25 @@ def _fail(exc: ChampionError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
+def _clean_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """A ChampionError anywhere in a command is a one-line message and its exit code."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ChampionError as exc:
+            raise _fail(exc) from None
+
+    return run
+
+
 @app.command()
 def retrain(
     progress: Annotated[bool, typer.Option(help="Show a progress bar while tuning.")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the outcome as one JSON line.")
+    ] = False,
     trigger: Annotated[str, typer.Option(hidden=True, help="Recorded in the ledger.")] = "cli",
     nice: Annotated[int, typer.Option(min=0, max=19, help="Lower this process's priority.")] = 0,
     result_file: Annotated[
@@ -70,8 +68,13 @@ def retrain(
         bool, typer.Option(hidden=True, help="Stop when the starting process dies.")
     ] = False,
 ) -> None:
-    """Run one retrain cycle (bootstraps a champion when there is none)."""
-    from champion.training.cycle import Context, run_cycle
+    """Run one retrain cycle (bootstraps a champion when there is none).
+
+    Exit status 0 for every verdict but FAILED (1); `--json` prints the verdict, reason,
+    versions and timing as one line, the form the scheduler reads.
+    """
+    from champion.training.cycle import run_cycle
+    from champion.training.records import CycleReport, Verdict
 
     if nice:
         os.nice(nice)
@@ -80,30 +83,29 @@ def retrain(
 
         watch_parent(what="retrain")
     try:
-        w = Wiring()
-        ctx = Context(w.contract, w.settings, w.registry(), w.ledger(), progress=progress or None)
+        ctx = _root().cycle_context(progress=progress or None)
     except ChampionError as exc:
-        if result_file is not None:
-            _write_result(result_file, {"verdict": "FAILED", "reason": str(exc)})
+        report = CycleReport(Verdict.FAILED, str(exc))
+        _report(report, result_file=result_file, as_json=as_json)
         raise _fail(exc) from None
     result = run_cycle(ctx, trigger=trigger)
-    if result_file is not None:
-        _write_result(
-            result_file,
-            {"verdict": result.verdict.value, "reason": result.reason, "busy": result.busy},
-        )
-    color = {"PROMOTE": typer.colors.GREEN, "FAILED": typer.colors.RED}.get(result.verdict.value)
-    typer.secho(f"{result.verdict.value}: {result.reason}", fg=color)
-    if result.version:
-        typer.echo(f"challenger v{result.version}; champion: {result.champion_after or 'none'}")
-    typer.echo(f"{result.trials} trials in {result.seconds:.1f}s")
+    _report(result.report(), result_file=result_file, as_json=as_json)
+    if not as_json:
+        color = {Verdict.PROMOTE: typer.colors.GREEN, Verdict.FAILED: typer.colors.RED}
+        typer.secho(f"{result.verdict.value}: {result.reason}", fg=color.get(result.verdict))
+        if result.version:
+            typer.echo(f"challenger v{result.version}; champion: {result.champion_after or 'none'}")
+        typer.echo(f"{result.trials} trials in {result.seconds:.1f}s")
     raise typer.Exit(result.exit_code)
 
 
-def _write_result(path: Path, body: dict[str, Any]) -> None:
+def _report(report: CycleReport, *, result_file: Path | None, as_json: bool) -> None:
     from champion.training.files import atomic_write_text
 
-    atomic_write_text(path, json.dumps(body))
+    if result_file is not None:
+        atomic_write_text(result_file, report.to_json())
+    if as_json:
+        typer.echo(report.to_json())
 
 
 def _describe(entry: dict[str, Any]) -> str:
@@ -127,16 +129,14 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 @app.command()
+@_clean_errors
 def history(
     limit: Annotated[int, typer.Option(min=1, help="Show the last N entries.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print raw ledger lines.")] = False,
 ) -> None:
     """Show the promotion ledger: every verdict, promotion and rollback, newest last."""
-    try:
-        w = Wiring()
-    except ChampionError as exc:
-        raise _fail(exc) from None
-    entries = w.ledger().entries()[-limit:]
+    w = _root()
+    entries = w.ledger.entries()[-limit:]
     if not entries:
         typer.echo("The ledger is empty: no cycle has run yet (try `champion retrain`).")
         return
@@ -145,19 +145,17 @@ def history(
 
 
 @app.command()
+@_clean_errors
 def status() -> None:
     """Show the champion, the aliases, the last verdict and the landing zone."""
     from collections import Counter
 
     from champion.training.data import Manifest, landing_status
 
-    try:
-        w = Wiring()
-        registry = w.registry()
-        aliases = registry.aliases()
-        manifest = Manifest(w.contract.data.manifest)
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
+    registry = w.registry
+    aliases = registry.aliases()
+    manifest = Manifest(w.contract.data.manifest)
     champion = aliases.get("champion")
     typer.echo(
         f"model:       {w.contract.project.name} ({w.contract.task}, "
@@ -182,7 +180,7 @@ def status() -> None:
             f"serves with: {ref.tags.get('champion.runtime', 'sklearn')}"
             + (f" ({note})" if (note := ref.tags.get("champion.runtime_note")) else "")
         )
-    entries = w.ledger().entries()
+    entries = w.ledger.entries()
     if entries:
         typer.echo("last entry:  " + _describe(entries[-1]).replace("\n", "\n             "))
     counts = Counter(e["status"] for e in manifest.batches.values())
@@ -218,6 +216,7 @@ def _batch_line(batch_id: str, entry: dict[str, Any]) -> str:
 
 
 @batches_app.callback(invoke_without_command=True)
+@_clean_errors
 def batches(
     ctx: typer.Context,
     as_json: Annotated[
@@ -229,12 +228,9 @@ def batches(
         return
     from champion.training.data import Manifest, landing_status
 
-    try:
-        w = Wiring()
-        manifest = Manifest(w.contract.data.manifest)
-        landing = landing_status(w.contract, manifest)
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
+    manifest = Manifest(w.contract.data.manifest)
+    landing = landing_status(w.contract, manifest)
     if as_json:
         body = {
             "batches": manifest.batches,
@@ -264,41 +260,36 @@ def batches(
 
 
 @batches_app.command("retire")
+@_clean_errors
 def retire_batch(
     batch_id: Annotated[str, typer.Argument(metavar="ID", help="Accepted batch to retire.")],
     reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
 ) -> None:
     """Take an accepted batch out of every future training window (its stored copy stays)."""
     from champion.training.data import Manifest
-    from champion.training.lease import CYCLE, REGISTRY, lease
+    from champion.training.lease import CYCLE, REGISTRY
     from champion.training.process import actor
+    from champion.training.records import Event, LedgerEntry
 
-    try:
-        reason = reason.strip()
-        if not reason:
-            raise ChampionError("a reason is required (--reason TEXT); it goes into the ledger")
-        w = Wiring()
-        timeout = w.settings.lease_timeout_seconds
-        # The cycle lease keeps a running cycle from saving its older copy of the manifest
-        # over this change; the registry lease serialises ledger writes.
-        with (
-            lease(w.settings.lock_dir, CYCLE, timeout=timeout),
-            lease(w.settings.lock_dir, REGISTRY, timeout=timeout),
-        ):
-            manifest = Manifest(w.contract.data.manifest)
-            who = actor()
-            manifest.retire(batch_id, reason=reason, who=who)
-            w.ledger().append(
-                {"event": "batch_retired", "batch": batch_id, "reason": reason, "who": who}
-            )
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    reason = reason.strip()
+    if not reason:
+        raise ChampionError("a reason is required (--reason TEXT); it goes into the ledger")
+    w = _root()
+    timeout = w.settings.lease_timeout_seconds
+    # The cycle lease keeps a running cycle from saving its older copy of the manifest
+    # over this change; the registry lease serialises ledger writes.
+    with w.leases.hold(CYCLE, timeout=timeout), w.leases.hold(REGISTRY, timeout=timeout):
+        manifest = Manifest(w.contract.data.manifest)
+        who = actor()
+        manifest.retire(batch_id, reason=reason, who=who)
+        w.ledger.append(LedgerEntry(Event.BATCH_RETIRED, reason, who, batch=batch_id))
     typer.secho(
         f"batch {batch_id} retired: it leaves every future training window", fg=typer.colors.GREEN
     )
 
 
 @app.command()
+@_clean_errors
 def promote(
     version: Annotated[str, typer.Argument(help="Registered version to make the champion.")],
     reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
@@ -306,38 +297,43 @@ def promote(
     """Manually make VERSION the champion (recorded in the ledger)."""
     from champion.training import actions
 
-    try:
-        w = Wiring()
-        entry = actions.promote(
-            version, reason=reason, registry=w.registry(), ledger=w.ledger(), settings=w.settings
-        )
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
+    entry = actions.promote(
+        version,
+        reason=reason,
+        registry=w.registry,
+        ledger=w.ledger,
+        leases=w.leases,
+        lease_timeout=w.settings.lease_timeout_seconds,
+    )
     typer.secho(
         f"champion: v{entry['champion_before']} → v{entry['champion_after']}", fg=typer.colors.GREEN
     )
 
 
 @app.command()
+@_clean_errors
 def rollback(
     reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
 ) -> None:
     """Make `previous` the champion again (a second rollback undoes the first)."""
     from champion.training import actions
 
-    try:
-        w = Wiring()
-        entry = actions.rollback(
-            reason=reason, registry=w.registry(), ledger=w.ledger(), settings=w.settings
-        )
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
+    entry = actions.rollback(
+        reason=reason,
+        registry=w.registry,
+        ledger=w.ledger,
+        leases=w.leases,
+        lease_timeout=w.settings.lease_timeout_seconds,
+    )
     typer.secho(
         f"champion: v{entry['champion_before']} → v{entry['champion_after']}", fg=typer.colors.GREEN
     )
 
 
 @app.command()
+@_clean_errors
 def simulate(
     batches: Annotated[int, typer.Option(min=1, help="How many batches to write.")] = 5,
     rows: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 1000,
@@ -353,14 +349,12 @@ def simulate(
     """Write demo batches (a drifting loan-approval stream) into the landing zone."""
     from champion.training.demo.simulate import SimulationPlan, simulate_batches
 
+    w = _root()
     try:
-        w = Wiring()
         plan = SimulationPlan(
             batches=batches, rows=rows, drift_at=drift_at, seed=seed, label_noise=noise, fmt=fmt
         )
         paths = simulate_batches(plan, landing_zone=w.contract.data.landing_zone)
-    except ChampionError as exc:
-        raise _fail(exc) from None
     except ValueError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
@@ -369,34 +363,30 @@ def simulate(
 
 
 @app.command()
+@_clean_errors
 def bootstrap() -> None:
     """Prepare a fresh checkout: demo data if the landing zone is empty, a champion if none."""
-    from champion.training.cycle import Context, run_cycle
+    from champion.training.cycle import run_cycle
     from champion.training.data import Manifest, pending_files
     from champion.training.demo.simulate import SimulationPlan, simulate_batches
 
-    try:
-        w = Wiring()
-        landing = w.contract.data.landing_zone
-        if not pending_files(landing) and not Manifest(w.contract.data.manifest).batches:
-            simulate_batches(
-                SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7), landing_zone=landing
-            )
-            typer.echo(f"wrote 4 demo batches into {landing}")
-        registry = w.registry()
-        if registry.alias("champion") is not None:
-            typer.echo(f"champion v{registry.alias('champion').version} is in place")
-            return
-        result = run_cycle(
-            Context(w.contract, w.settings, registry, w.ledger()), trigger="bootstrap"
+    w = _root()
+    landing = w.contract.data.landing_zone
+    if not pending_files(landing) and not Manifest(w.contract.data.manifest).batches:
+        simulate_batches(
+            SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7), landing_zone=landing
         )
-    except ChampionError as exc:
-        raise _fail(exc) from None
+        typer.echo(f"wrote 4 demo batches into {landing}")
+    if (current := w.registry.alias("champion")) is not None:
+        typer.echo(f"champion v{current.version} is in place")
+        return
+    result = run_cycle(w.cycle_context(), trigger="bootstrap")
     typer.echo(f"{result.verdict.value}: {result.reason}")
     raise typer.Exit(result.exit_code)
 
 
 @app.command()
+@_clean_errors
 def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -406,10 +396,7 @@ def serve(
     import shutil
     import sys
 
-    try:
-        w = Wiring()
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
     env = dict(os.environ)
     env["BENTOML_CONFIG_OPTIONS"] = " ".join(
         filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), f"services.champion.workers={workers}"])
@@ -435,6 +422,7 @@ def serve(
 
 
 @app.command()
+@_clean_errors
 def predict(
     file: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV of feature rows.")],
     url: Annotated[str, typer.Option(help="Service base URL.")] = "http://127.0.0.1:3000",
@@ -444,11 +432,8 @@ def predict(
     import pandas as pd
 
     frame = pd.read_csv(file, dtype=str, keep_default_na=False)
-    try:
-        w = Wiring()
-        features = w.contract.features
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
+    features = w.contract.features
     rows = []
     for record in frame.to_dict(orient="records"):
         row: dict[str, Any] = {}
@@ -475,6 +460,7 @@ def predict(
 
 
 @app.command()
+@_clean_errors
 def demo(
     url: Annotated[str, typer.Option(help="Base URL of a running `champion serve`.")] = (
         "http://127.0.0.1:3000"
@@ -484,10 +470,7 @@ def demo(
     """Send traffic, feed a concept change, and watch a new champion swap in."""
     from champion.training.demo.traffic import run_demo
 
-    try:
-        w = Wiring()
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
     token = w.settings.admin_token.get_secret_value() if w.settings.admin_token else None
     try:
         promoted = run_demo(
@@ -504,45 +487,34 @@ def demo(
 
 
 @app.command("drift-report")
+@_clean_errors
 def drift_report(
     out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("drift-report.html"),
     rows: Annotated[int, typer.Option(min=1, help="Live rows to compare.")] = 2000,
 ) -> None:
     """Write a self-contained HTML drift report for the champion's recent predictions."""
-    from champion.monitoring.capture import PredictionLog
     from champion.monitoring.report import render
-    from champion.monitoring.watch import Watch
 
-    try:
-        w = Wiring()
-        registry = w.registry()
-        ref = registry.alias("champion")
-        if ref is None:
-            raise ChampionError("no champion yet: nothing to compare against")
-        settings = w.settings.model_copy(update={"drift_window_rows": rows})
-        watch = Watch(
-            contract=w.contract,
-            settings=settings,
-            registry=registry,
-            prediction_log=PredictionLog(settings.prediction_log_path),
-            ledger=w.ledger(),
-        )
-        profile = watch.profile(ref)
-        if profile is None:
-            raise ChampionError(f"v{ref.version} has no reference profile")
-        report = watch.drift(ref)
-        assert report is not None
-        live, _, _ = watch.window(ref.version)
-        page = render(
-            title=w.contract.project.name,
-            model_version=ref.version,
-            report=report,
-            profile=profile,
-            live=live,
-            history=w.ledger().entries(),
-        )
-    except ChampionError as exc:
-        raise _fail(exc) from None
+    w = _root()
+    registry = w.registry
+    ref = registry.alias("champion")
+    if ref is None:
+        raise ChampionError("no champion yet: nothing to compare against")
+    watch = w.watch(settings=w.settings.model_copy(update={"drift_window_rows": rows}))
+    profile = watch.profile(ref)
+    if profile is None:
+        raise ChampionError(f"v{ref.version} has no reference profile")
+    report = watch.drift(ref)
+    assert report is not None
+    live, _, _ = watch.window(ref.version)
+    page = render(
+        title=w.contract.project.name,
+        model_version=ref.version,
+        report=report,
+        profile=profile,
+        live=live,
+        history=w.ledger.entries(),
+    )
     out.write_text(page, encoding="utf-8")
     typer.echo(
         f"wrote {out} ({report.window_rows} live rows, drift share "

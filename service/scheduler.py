@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -27,22 +26,23 @@ from apscheduler.events import (
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from filelock import FileLock, Timeout
 
-from champion.training.config import Contract, Settings
+from champion.training.config import ScheduleSection
+from champion.training.errors import LeaseBusyError
+from champion.training.lease import SCHEDULER
+from champion.training.ports import Lease, Leases
+from champion.training.records import CycleReport, Verdict
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "retrain"
-LEADER_LEASE = "scheduler"
-VERDICTS = ("PROMOTE", "HOLD", "REJECT", "SKIPPED", "FAILED", "STALE")
 
 
 @dataclass(frozen=True)
 class CycleOutcome:
     """What one run of the retrain job came to, as the scheduler and the metrics see it."""
 
-    verdict: str
+    verdict: Verdict
     seconds: float = 0.0
     reason: str = ""
     ran: bool = True  # False: another cycle held the lease, so nothing was tried
@@ -52,8 +52,7 @@ class CycleOutcome:
     def succeeded(self) -> bool:
         """The retraining machinery worked: a verdict was reached (SKIPPED for no new data
         included), not FAILED, not timed out, not crowded out by another cycle."""
-        reached = self.verdict in VERDICTS and self.verdict != "FAILED"
-        return reached and self.ran and not self.timed_out
+        return self.verdict != Verdict.FAILED and self.ran and not self.timed_out
 
 
 def retrain_command(trigger: str, result_file: Path) -> list[str]:
@@ -108,27 +107,21 @@ def run_cycle_subprocess(
                 extra={"timeout_seconds": timeout, "pid": proc.pid},
             )
             return CycleOutcome(
-                "FAILED",
+                Verdict.FAILED,
                 time.monotonic() - started,
                 f"the cycle ran over {timeout:g}s and was stopped",
                 timed_out=True,
             )
         seconds = time.monotonic() - started
         try:
-            found = json.loads(result_file.read_text(encoding="utf-8"))
-            verdict = str(found["verdict"])
-        except (OSError, ValueError, KeyError, TypeError):
+            report = CycleReport.from_json(result_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
             log.error(
                 "retrain child gave no verdict",
                 extra={"returncode": proc.returncode, "stderr": (stderr or "")[-2000:]},
             )
-            return CycleOutcome("FAILED", seconds, f"the child exited {proc.returncode}")
-        return CycleOutcome(
-            verdict if verdict in VERDICTS else "FAILED",
-            seconds,
-            str(found.get("reason", "")),
-            ran=not found.get("busy", False),
-        )
+            return CycleOutcome(Verdict.FAILED, seconds, f"the child exited {proc.returncode}")
+        return CycleOutcome(report.verdict, seconds, report.reason, ran=not report.busy)
 
 
 def _stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
@@ -145,8 +138,7 @@ def _stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
             continue
 
 
-def trigger_for(contract: Contract) -> Any:
-    sched = contract.schedule
+def trigger_for(sched: ScheduleSection) -> Any:
     if sched.cron is not None:
         return CronTrigger.from_crontab(sched.cron, timezone="UTC")
     assert sched.interval_minutes is not None
@@ -163,8 +155,10 @@ class RetrainScheduler:
     def __init__(
         self,
         *,
-        contract: Contract,
-        settings: Settings,
+        schedule: ScheduleSection,
+        leases: Leases,
+        monitor_seconds: float = 60.0,
+        retrain_timeout: float = 3600.0,
         job: Callable[[str], CycleOutcome] | None = None,
         count: Callable[[str], None] | None = None,
         on_cycle: Callable[[CycleOutcome], None] | None = None,
@@ -172,20 +166,19 @@ class RetrainScheduler:
         on_error: Callable[[str], None] | None = None,
         standby_seconds: float = 5.0,
     ) -> None:
-        self.contract = contract
-        self.settings = settings
-        timeout = settings.retrain_timeout_seconds
-        self.job = job or (lambda trigger: run_cycle_subprocess(trigger=trigger, timeout=timeout))
+        self.schedule = schedule
+        self.leases = leases
+        self.monitor_seconds = monitor_seconds
+        self.job = job or (
+            lambda trigger: run_cycle_subprocess(trigger=trigger, timeout=retrain_timeout)
+        )
         self.count = count or (lambda outcome: None)
         self.on_cycle = on_cycle or (lambda outcome: None)
         self.monitor = monitor
         self.on_error = on_error or (lambda loop: None)
         self.standby_seconds = standby_seconds
         self.scheduler: BackgroundScheduler | None = None
-        # Not thread-local: the standby thread may take the lease and stop() release it.
-        self._lease = FileLock(
-            str(Path(settings.lock_dir) / f"{LEADER_LEASE}.lock"), timeout=0, thread_local=False
-        )
+        self._lease: Lease | None = None  # the leader lease, once this process leads
         self._stop = threading.Event()
         self._manual = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -195,7 +188,6 @@ class RetrainScheduler:
         return self.scheduler is not None
 
     def start(self) -> None:
-        Path(self.settings.lock_dir).mkdir(parents=True, exist_ok=True)
         if not self._try_lead():
             self._thread = threading.Thread(
                 target=self._standby, name="scheduler-standby", daemon=True
@@ -204,22 +196,22 @@ class RetrainScheduler:
 
     def _try_lead(self) -> bool:
         try:
-            self._lease.acquire()
-        except Timeout:
+            self._lease = self.leases.acquire(SCHEDULER, timeout=0.0)
+        except LeaseBusyError:
             return False
         sched = BackgroundScheduler(
             timezone="UTC",
             job_defaults={
                 "coalesce": True,  # a late tick runs once, not once per missed slot
                 "max_instances": 1,  # never overlapping
-                "misfire_grace_time": self.contract.schedule.misfire_grace_seconds,
+                "misfire_grace_time": self.schedule.misfire_grace_seconds,
             },
         )
-        sched.add_job(self._tick, trigger_for(self.contract), id=JOB_ID, name="retrain cycle")
+        sched.add_job(self._tick, trigger_for(self.schedule), id=JOB_ID, name="retrain cycle")
         if self.monitor is not None:
             sched.add_job(
                 self._monitor,
-                IntervalTrigger(seconds=self.settings.monitor_seconds),
+                IntervalTrigger(seconds=self.monitor_seconds),
                 id="monitor",
                 name="drift and quality",
                 misfire_grace_time=None,
@@ -252,7 +244,9 @@ class RetrainScheduler:
             outcome = self.job(trigger)
         except Exception as exc:
             log.exception("retrain job raised")
-            outcome = CycleOutcome("FAILED", time.monotonic() - started, f"job raised: {exc!r}")
+            outcome = CycleOutcome(
+                Verdict.FAILED, time.monotonic() - started, f"job raised: {exc!r}"
+            )
         self.on_cycle(outcome)
         return outcome
 
@@ -276,8 +270,8 @@ class RetrainScheduler:
             result = event.retval
             if isinstance(result, CycleOutcome) and result.timed_out:
                 outcome = "timeout"
-            elif isinstance(result, CycleOutcome) and result.verdict in VERDICTS:
-                outcome = result.verdict
+            elif isinstance(result, CycleOutcome):
+                outcome = Verdict.parse(result.verdict).value
             else:
                 outcome = "error"
             log.info("scheduled retrain finished", extra={"outcome": outcome})
@@ -321,4 +315,6 @@ class RetrainScheduler:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
+        if self._lease is not None:
             self._lease.release()
+            self._lease = None

@@ -30,11 +30,11 @@ from champion.service.runtime import (
 from champion.training.config import Contract
 from champion.training.errors import ChampionError, IntegrityError, RegistryError
 from champion.training.files import atomic_write_text
+from champion.training.ports import ModelRegistry
 from champion.training.registry import (
     TAG_ONNX_SHA256,
     TAG_RUNTIME,
     ModelRef,
-    Registry,
     input_example,
     load_verified,
     read_onnx,
@@ -133,7 +133,7 @@ class ModelSlot:
     def __init__(
         self,
         *,
-        registry: Registry,
+        registry: ModelRegistry,
         contract: Contract,
         cache_dir: Path,
         on_swap: Callable[[Served], None] | None = None,

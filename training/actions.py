@@ -7,12 +7,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from champion.training.config import Settings
 from champion.training.errors import ChampionError, RegistryError
-from champion.training.lease import REGISTRY, lease
-from champion.training.ledger import Ledger
+from champion.training.lease import REGISTRY
+from champion.training.ports import Leases, LedgerStore, ModelRegistry
 from champion.training.process import actor
-from champion.training.registry import Registry
+from champion.training.records import Event, LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +24,20 @@ def _require_reason(reason: str) -> str:
 
 
 def promote(
-    version: str, *, reason: str, registry: Registry, ledger: Ledger, settings: Settings
+    version: str,
+    *,
+    reason: str,
+    registry: ModelRegistry,
+    ledger: LedgerStore,
+    leases: Leases,
+    lease_timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Make `version` the champion after checking it loads; the old one becomes `previous`."""
     reason = _require_reason(reason)
     ref = registry.version(version)
     with tempfile.TemporaryDirectory() as tmp:
         registry.load(ref, cache_dir=Path(tmp))  # refuses a model whose digest does not match
-    with lease(settings.lock_dir, REGISTRY, timeout=settings.lease_timeout_seconds):
+    with leases.hold(REGISTRY, timeout=lease_timeout):
         current = registry.alias("champion")
         before = current.version if current else None
         if before == ref.version:
@@ -40,24 +45,30 @@ def promote(
         if not registry.move_champion(expected=before, new=ref.version):
             raise RegistryError("the champion alias moved during the promotion; try again")
         entry = ledger.append(
-            {
-                "event": "manual_promote",
-                "reason": reason,
-                "who": actor(),
-                "champion_before": before,
-                "champion_after": ref.version,
-            }
+            LedgerEntry(
+                Event.MANUAL_PROMOTE,
+                reason,
+                actor(),
+                moved=True,
+                champion_before=before,
+                champion_after=ref.version,
+            )
         )
     log.info("manual promotion", extra={"from": before, "to": ref.version, "reason": reason})
     return entry
 
 
 def rollback(
-    *, reason: str, registry: Registry, ledger: Ledger, settings: Settings
+    *,
+    reason: str,
+    registry: ModelRegistry,
+    ledger: LedgerStore,
+    leases: Leases,
+    lease_timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Swap `champion` and `previous`, so a second rollback undoes the first."""
     reason = _require_reason(reason)
-    with lease(settings.lock_dir, REGISTRY, timeout=settings.lease_timeout_seconds):
+    with leases.hold(REGISTRY, timeout=lease_timeout):
         current = registry.alias("champion")
         previous = registry.alias("previous")
         if current is None or previous is None:
@@ -69,13 +80,14 @@ def rollback(
         if not registry.move_champion(expected=current.version, new=previous.version):
             raise RegistryError("the champion alias moved during the rollback; try again")
         entry = ledger.append(
-            {
-                "event": "rollback",
-                "reason": reason,
-                "who": actor(),
-                "champion_before": current.version,
-                "champion_after": previous.version,
-            }
+            LedgerEntry(
+                Event.ROLLBACK,
+                reason,
+                actor(),
+                moved=True,
+                champion_before=current.version,
+                champion_after=previous.version,
+            )
         )
     log.info("rollback", extra={"from": current.version, "to": previous.version, "reason": reason})
     return entry

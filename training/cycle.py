@@ -19,25 +19,24 @@ from sklearn.inspection import permutation_importance
 from threadpoolctl import threadpool_limits
 
 from champion.monitoring.profile import build_profile, save_profile
+from champion.training.clock import SystemClock
 from champion.training.compile import compile_pipeline
-from champion.training.config import Contract, Settings
+from champion.training.config import Contract
 from champion.training.data import (
     BATCH_COLUMN,
-    Manifest,
     TrainingData,
     fingerprint,
-    intake,
-    load_window,
 )
 from champion.training.errors import ChampionError, LeaseBusyError
 from champion.training.evaluation import paired_evaluation
-from champion.training.gate import Decision, Verdict, decide, decide_first
-from champion.training.lease import CYCLE, REGISTRY, lease
-from champion.training.ledger import Ledger
+from champion.training.gate import Decision, decide, decide_first
+from champion.training.lease import CYCLE, REGISTRY
 from champion.training.metrics import model_outputs
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from champion.training.plots import write_evaluation_plots
+from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
 from champion.training.process import actor
+from champion.training.records import CycleReport, Event, LedgerEntry, Verdict
 from champion.training.registry import (
     TAG_CANDIDATE,
     TAG_DATA,
@@ -46,7 +45,6 @@ from champion.training.registry import (
     TAG_VERDICT,
     LoadedModel,
     ModelRef,
-    Registry,
 )
 from champion.training.tuning import TrialResult, TuneResult, classes_of, splits, tune
 
@@ -75,15 +73,34 @@ class CycleResult:
     def exit_code(self) -> int:
         return 1 if self.verdict is Verdict.FAILED else 0
 
+    def report(self) -> CycleReport:
+        return CycleReport(
+            self.verdict,
+            self.reason,
+            busy=self.busy,
+            version=self.version,
+            champion_before=self.champion_before,
+            champion_after=self.champion_after,
+            trials=self.trials,
+            seconds=round(self.seconds, 3),
+        )
+
 
 @dataclass
 class Context:
-    """What a cycle needs from the outside world; entry points build it."""
+    """What a cycle needs from the outside world: the contract, the ports, two settings.
+
+    The composition root (`champion.service.root`) builds it; tests pass in-memory fakes.
+    """
 
     contract: Contract
-    settings: Settings
-    registry: Registry
-    ledger: Ledger
+    registry: ModelRegistry
+    ledger: LedgerStore
+    leases: Leases
+    batches: BatchStore
+    clock: Clock = field(default_factory=SystemClock)
+    train_threads: int = 1
+    lease_timeout: float = 30.0
     progress: bool | None = None
     # Test seam: called with a stage name as the cycle passes it (e.g. to kill it mid-way).
     checkpoint: Callable[[str], None] = lambda stage: None
@@ -92,43 +109,37 @@ class Context:
 def reconcile(ctx: Context) -> list[dict[str, Any]]:
     """Bring the ledger in line with the registry after a crash (caller holds the cycle lease)."""
     written: list[dict[str, Any]] = []
-    with lease(ctx.settings.lock_dir, REGISTRY, timeout=ctx.settings.lease_timeout_seconds):
+    with ctx.leases.hold(REGISTRY, timeout=ctx.lease_timeout):
         current = ctx.registry.alias("champion")
         recorded = ctx.ledger.last_champion()
         if current is not None and current.version != recorded:
-            written.append(
-                ctx.ledger.append(
-                    {
-                        "event": "reconciled",
-                        "verdict": current.tags.get(TAG_VERDICT, "UNKNOWN"),
-                        "champion_before": recorded,
-                        "champion_after": current.version,
-                        "who": actor(),
-                        "reason": (
-                            f"The registry's champion is v{current.version} but the ledger last "
-                            f"recorded {('v' + recorded) if recorded else 'none'}; recorded now "
-                            "(a cycle stopped between the alias move and its ledger entry, or "
-                            "the alias was moved outside champion)."
-                        ),
-                    }
-                )
+            reason = (
+                f"The registry's champion is v{current.version} but the ledger last "
+                f"recorded {('v' + recorded) if recorded else 'none'}; recorded now "
+                "(a cycle stopped between the alias move and its ledger entry, or "
+                "the alias was moved outside champion)."
             )
+            tagged = current.tags.get(TAG_VERDICT)
+            entry = LedgerEntry(
+                Event.RECONCILED,
+                reason,
+                actor(),
+                verdict=Verdict.parse(tagged) if tagged else None,
+                moved=True,
+                champion_before=recorded,
+                champion_after=current.version,
+            )
+            written.append(ctx.ledger.append(entry))
     for run_id in ctx.registry.running_cycle_runs():
         ctx.registry.end_run(run_id, "KILLED")
-        written.append(
-            ctx.ledger.append(
-                {
-                    "event": "cycle_interrupted",
-                    "verdict": Verdict.FAILED.value,
-                    "run_id": run_id,
-                    "who": actor(),
-                    "reason": (
-                        "A cycle stopped before finishing (crash or kill); it moved no alias "
-                        "and its batches will be trained on by the next cycle."
-                    ),
-                }
-            )
+        reason = (
+            "A cycle stopped before finishing (crash or kill); it moved no alias "
+            "and its batches will be trained on by the next cycle."
         )
+        entry = LedgerEntry(
+            Event.CYCLE_INTERRUPTED, reason, actor(), verdict=Verdict.FAILED, run_id=run_id
+        )
+        written.append(ctx.ledger.append(entry))
     return written
 
 
@@ -260,25 +271,28 @@ def _trial_logger(ctx: Context, parent: str) -> Callable[[TrialResult], None]:
 def _ledger_entry(
     ctx: Context, result: CycleResult, *, trigger: str, fp: dict[str, Any] | None
 ) -> None:
-    entry: dict[str, Any] = {
-        "event": "cycle",
-        "verdict": result.verdict.value,
-        "reason": result.reason,
-        "who": actor(),
-        "trigger": trigger,
-        "run_id": result.run_id,
-        "challenger_version": result.version,
-        "numbers": result.numbers,
-        "seconds": round(result.seconds, 3),
-        "trials": result.trials,
-    }
-    if result.verdict not in (Verdict.SKIPPED, Verdict.FAILED) or result.champion_after:
-        entry["champion_before"] = result.champion_before
-        entry["champion_after"] = result.champion_after
+    data: dict[str, Any] | None = None
     if fp is not None:
-        entry["data"] = {k: fp[k] for k in ("sha256", "rows", "time_min", "time_max") if k in fp}
-        entry["data"]["batches"] = len(fp.get("batches", []))
-        entry["data"]["new_batches"] = fp.get("new_batches", [])
+        data = {k: fp[k] for k in ("sha256", "rows", "time_min", "time_max") if k in fp}
+        data |= {"batches": len(fp.get("batches", [])), "new_batches": fp.get("new_batches", [])}
+    entry = LedgerEntry(
+        Event.CYCLE,
+        result.reason,
+        actor(),
+        verdict=result.verdict,
+        # SKIPPED and FAILED cycles record no alias unless one moved (reconciliation).
+        moved=result.verdict not in (Verdict.SKIPPED, Verdict.FAILED)
+        or bool(result.champion_after),
+        champion_before=result.champion_before,
+        champion_after=result.champion_after,
+        trigger=trigger,
+        run_id=result.run_id,
+        challenger_version=result.version,
+        numbers=result.numbers,
+        data=data,
+        seconds=round(result.seconds, 3),
+        trials=result.trials,
+    )
     ctx.ledger.append(entry)
 
 
@@ -290,8 +304,8 @@ def run_cycle(ctx: Context, *, trigger: str = "manual") -> CycleResult:
         # on a shared machine: a 0.1 s boosting fit was seen taking a minute. Parallelism
         # comes from search.n_jobs (folds in processes) instead.
         with (
-            threadpool_limits(limits=ctx.settings.train_threads),
-            lease(ctx.settings.lock_dir, CYCLE, timeout=0.0),
+            threadpool_limits(limits=ctx.train_threads),
+            ctx.leases.hold(CYCLE, timeout=0.0),
         ):
             result = _locked_cycle(ctx, trigger=trigger, started=started)
     except LeaseBusyError:
@@ -340,10 +354,9 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
 
     try:
         reconcile(ctx)
-        manifest = Manifest(contract.data.manifest)
-        report = intake(contract, manifest)
+        report = ctx.batches.intake()
         ctx.checkpoint("intake")
-        data = load_window(contract, manifest)
+        data = ctx.batches.window()
         champion_ref = registry.alias("champion")
         champion_before = champion_ref.version if champion_ref else None
         if data.rows == 0:
@@ -370,7 +383,7 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
             seen = _champion_batches(ctx, champion_ref)
             fresh = ~data.frame[BATCH_COLUMN].isin(seen).to_numpy()
             if not fresh.any():
-                manifest.mark_consumed(data.new_batch_ids, "already-in-champion")
+                ctx.batches.mark_consumed(data.new_batch_ids, "already-in-champion")
                 return finish(
                     Verdict.SKIPPED,
                     f"The champion v{champion_ref.version} was already trained on every row "
@@ -505,7 +518,7 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
         registry.set_version_tags(ref.version, {TAG_VERDICT: verdict.value})
         ctx.checkpoint("promote")
         if verdict is Verdict.PROMOTE:
-            with lease(ctx.settings.lock_dir, REGISTRY, timeout=ctx.settings.lease_timeout_seconds):
+            with ctx.leases.hold(REGISTRY, timeout=ctx.lease_timeout):
                 if registry.move_champion(expected=champion_before, new=ref.version):
                     champion_after = ref.version
                     ctx.checkpoint("moved")
@@ -538,7 +551,7 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
                 numbers=dict(decision.numbers),
             )
         if verdict is not Verdict.STALE:
-            manifest.mark_consumed(data.new_batch_ids, run_id)
+            ctx.batches.mark_consumed(data.new_batch_ids, run_id)
         registry.end_run(run_id, "FINISHED")
         return result
     except Exception as exc:

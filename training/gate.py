@@ -5,22 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from champion.training.config import METRICS, Contract
-
-
-class Verdict(StrEnum):
-    PROMOTE = "PROMOTE"
-    HOLD = "HOLD"
-    REJECT = "REJECT"
-    SKIPPED = "SKIPPED"
-    FAILED = "FAILED"
-    STALE = "STALE"
+from champion.training.records import Verdict
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,14 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from champion.training.clock import SystemClock
+from champion.training.ports import Clock
+from champion.training.records import LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +32,24 @@ class Ledger:
     current file (the service's /model, reconciliation) still finds them.
     """
 
-    def __init__(self, path: Path, *, max_bytes: int = 8 << 20) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 8 << 20, clock: Clock | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.clock = clock or SystemClock()
         self._lock = FileLock(str(path) + ".lock")
 
-    def append(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        record = {"at": datetime.now(UTC).isoformat(), **entry}
-        line = json.dumps(record, sort_keys=True, default=str)
+    def append(self, entry: LedgerEntry | Mapping[str, Any]) -> dict[str, Any]:
+        """Append one entry (a LedgerEntry, or a record in the stored form); returns it as
+        stored, with its time and its sequence number (1, 2, ... across archives)."""
+        body = entry.to_record() if isinstance(entry, LedgerEntry) else dict(entry)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self.path.exists() and self.path.stat().st_size > self.max_bytes:
                 self._rotate()
-            self._write(line)
+            last = next(self.tail(), None)
+            seq = int(last.get("seq") or 0) + 1 if last is not None else 1
+            record = {"at": self.clock.now().isoformat(), **body, "seq": seq}
+            self._write(json.dumps(record, sort_keys=True, default=str))
         return record
 
     def _write(self, line: str) -> None:
@@ -61,7 +69,12 @@ class Ledger:
 
     def _rotate(self) -> None:
         """Archive the current file (caller holds the lock) and start a segment."""
-        carried: dict[str, Any] = {"event": SEGMENT, "at": datetime.now(UTC).isoformat()}
+        last = next(self.tail(), None)
+        carried: dict[str, Any] = {
+            "event": SEGMENT,
+            "at": self.clock.now().isoformat(),
+            "seq": int(last.get("seq") or 0) if last is not None else 0,  # the next one goes on
+        }
         champion = self.last_champion()
         if champion is not None:
             carried["champion_after"] = champion

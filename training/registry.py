@@ -47,6 +47,18 @@ TAG_VERDICT = "champion.verdict"
 TAG_KIND = "champion.kind"
 TAG_DATA = "champion.data_sha256"
 TAG_ROWS = "champion.rows"
+TAG_TRIGGER = "champion.trigger"
+TAG_CHAMPION_BEFORE = "champion.champion_before"
+TAG_SOURCE = "champion.source"
+TAG_ERROR = "champion.error"
+TAG_REASON = "champion.reason"
+CV_PREFIX = "cv_"
+# Artifact names a run carries, read back by the gate, the service and the monitor.
+FINGERPRINT = "fingerprint.json"
+REFERENCE_PROFILE = "reference_profile.json"
+CV_SCORES = "cv_scores.json"
+GATE_FOLDS = "gate_folds.json"
+VERDICT_FILE = "verdict.json"
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,41 @@ class ModelRef:
     @property
     def candidate_json(self) -> str | None:
         return self.tags.get(TAG_CANDIDATE)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The numbers a cycle run recorded, in champion's terms (no MLflow object leaves here)."""
+
+    run_id: str
+    status: str
+    metrics: Mapping[str, float]
+    started_ms: int | None = None
+
+    @property
+    def cv_metrics(self) -> dict[str, float]:
+        """The cross-validated summaries (means and spreads, fold values left out)."""
+        return {
+            k: v for k, v in self.metrics.items() if k.startswith(CV_PREFIX) and "_fold_" not in k
+        }
+
+    def cv_mean(self, metric: str) -> float | None:
+        return self.metrics.get(f"{CV_PREFIX}{metric}_mean")
+
+
+def cv_metrics(
+    metric: str,
+    *,
+    mean: float,
+    std: float,
+    folds: Sequence[float],
+    guardrails: Mapping[str, float],
+) -> dict[str, float]:
+    """The cycle run's cross-validation metrics under their recorded names."""
+    out = {f"{CV_PREFIX}{metric}_mean": mean, f"{CV_PREFIX}{metric}_std": std}
+    out |= {f"{CV_PREFIX}{metric}_fold_{i}": s for i, s in enumerate(folds)}
+    out |= {f"{CV_PREFIX}{name}_mean": value for name, value in guardrails.items()}
+    return out
 
 
 @dataclass(frozen=True)
@@ -227,8 +274,13 @@ class Registry:
                 return None
             return dict(json.loads(Path(local).read_text(encoding="utf-8")))
 
-    def run_info(self, run_id: str) -> Any:
-        return self.client.get_run(run_id)
+    def run_summary(self, run_id: str) -> RunSummary | None:
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        metrics = {str(k): float(v) for k, v in (run.data.metrics or {}).items()}
+        return RunSummary(run_id, str(run.info.status), metrics, run.info.start_time)
 
     # -- write side (training only) ----------------------------------------------------------
 
@@ -401,4 +453,4 @@ def _requirements() -> list[str]:
     return [f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"]
 
 
-__all__ = ["TRUSTED_TYPES", "LoadedModel", "ModelRef", "Registry"]
+__all__ = ["TRUSTED_TYPES", "LoadedModel", "ModelRef", "Registry", "RunSummary", "cv_metrics"]

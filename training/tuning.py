@@ -374,6 +374,193 @@ def _chunks(folds: Sequence[Split], size: int) -> Iterator[Sequence[Split]]:
         yield folds[i : i + size]
 
 
+class _Search:
+    """What one `tune` call's steps share: the data and folds, the trials so far, the
+    candidates already scored and the proposer (an Optuna study for bayes, else an iterator)."""
+
+    def __init__(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        contract: Contract,
+        *,
+        on_trial: Callable[[TrialResult], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.X = X
+        self.y = y
+        self.contract = contract
+        self.config = contract.search
+        self.seed = self.config.seed
+        self.folds = splits(contract, y, seed=self.seed)
+        self.primary = contract.metrics.primary
+        self.names = metric_names(contract)
+        self.on_trial = on_trial
+        self.clock = clock
+        self.started = clock()
+        self.trials: list[TrialResult] = []
+        self.seen: set[str] = set()
+        self.study: optuna.Study | None = None
+        self.grid: Iterator[Candidate] | None = None
+        strategy = self.config.strategy
+        if strategy == "bayes":
+            self.study = _study(self.seed)
+        else:
+            self.grid = _grid(contract) if strategy == "grid" else _random(contract, self.seed)
+
+    def start(self, baseline: Candidate | None, bar: tqdm) -> None:
+        """The champion first, then (bayes) each family's defaults queued for TPE."""
+        if baseline is not None and baseline.family in spaces_for(self.contract):
+            result = self.evaluate(baseline, "champion")
+            self._record(baseline, bar)
+            self._warm_start(baseline, result)
+        if self.study is not None:
+            for default in family_defaults(self.contract):
+                start = _bayes_trial(self.contract, default)
+                if start is not None and default.to_json() not in self.seen:
+                    self.study.enqueue_trial(start[0])
+
+    def _warm_start(self, baseline: Candidate, result: TrialResult) -> None:
+        # The champion's score tells TPE where good points were last time.
+        if self.study is None:
+            return
+        warm = _bayes_trial(self.contract, baseline)
+        if warm is not None and result.complete:
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params=warm[0],
+                    distributions=warm[1],
+                    value=_objective(self.primary, result),
+                    intermediate_values=_running_values(self.primary, result.fold_scores),
+                )
+            )
+
+    def run(self, bar: tqdm) -> str:
+        """Propose and score candidates until a budget runs out; returns what stopped it."""
+        while len(self.trials) < self.config.max_trials:
+            if self.clock() - self.started >= self.config.max_seconds:
+                return "time"
+            stop = self._bayes_step(bar) if self.study is not None else self._grid_step(bar)
+            if stop is not None:
+                return stop
+        return "trials"
+
+    def _bayes_step(self, bar: tqdm) -> str | None:
+        assert self.study is not None
+        trial = self.study.ask()
+        candidate = _bayes_candidate(trial, self.contract)
+        key = candidate.to_json()
+        if key in self.seen:
+            # TPE re-proposed a point already scored: tell it the known score, move on.
+            known = next(t for t in self.trials if t.candidate.to_json() == key)
+            _report_running(trial, self.primary, known)
+            self._tell(trial, known)
+            return "exhausted" if len(self.study.trials) > self.config.max_trials * 5 else None
+        self._tell(trial, self.evaluate(candidate, "search", trial))
+        self._record(candidate, bar)
+        return None
+
+    def _grid_step(self, bar: tqdm) -> str | None:
+        assert self.grid is not None
+        candidate = next(self.grid, None)
+        if candidate is None:
+            return "exhausted"
+        if candidate.to_json() not in self.seen:
+            self.evaluate(candidate, "search")
+            self._record(candidate, bar)
+        return None
+
+    def _tell(self, trial: optuna.Trial, result: TrialResult) -> None:
+        assert self.study is not None
+        if result.pruned:
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self.study.tell(trial, _objective(self.primary, result))
+
+    def _record(self, candidate: Candidate, bar: tqdm) -> None:
+        self.seen.add(candidate.to_json())
+        bar.update(1)
+        bar.set_postfix_str(f"best {self.primary}={self._best_text()}")
+
+    def _best_text(self) -> str:
+        ok = [t for t in self.trials if t.complete]
+        if not ok:
+            return "-"
+        best = max(ok, key=lambda t: oriented(self.primary, t.mean))
+        return f"{best.mean:.4f}"
+
+    def evaluate(
+        self, candidate: Candidate, source: str, trial: optuna.Trial | None = None
+    ) -> TrialResult:
+        """Score a candidate and record it as the next trial; a candidate that cannot fit is
+        a failed trial (error set, NaN score), not a failed cycle."""
+        t0 = self.clock()
+        try:
+            scores, pruned = self._score(candidate, trial)
+            error = None
+        except Exception as exc:
+            scores = {n: [math.nan] for n in self.names}
+            pruned = False
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("trial failed", extra={"candidate": candidate.label(), "error": error})
+        result = TrialResult(
+            number=len(self.trials),
+            candidate=candidate,
+            fold_scores=tuple(scores[self.primary]),
+            guardrail_scores={k: tuple(v) for k, v in scores.items() if k != self.primary},
+            seconds=self.clock() - t0,
+            source=source,
+            error=error,
+            pruned=pruned,
+        )
+        self.trials.append(result)
+        if self.on_trial is not None:
+            self.on_trial(result)
+        return result
+
+    def _score(
+        self, candidate: Candidate, trial: optuna.Trial | None
+    ) -> tuple[dict[str, list[float]], bool]:
+        """Per-fold scores and whether the pruner stopped it. With a bayes trial, folds go
+        n_jobs at a time and the pruner may stop it between batches (folds so far kept)."""
+        scores: dict[str, list[float]] = {n: [] for n in self.names}
+        n_jobs = self.config.n_jobs
+        batches = [self.folds] if trial is None else list(_chunks(self.folds, n_jobs))
+        for batch in batches:
+            part = cross_validate(
+                self.contract, candidate, self.X, self.y, batch, seed=self.seed, n_jobs=n_jobs
+            )
+            for n in self.names:
+                scores[n].extend(part[n])
+            if trial is not None and self._prune(trial, scores[self.primary]):
+                return scores, True
+        return scores, False
+
+    def _prune(self, trial: optuna.Trial, fold_scores: list[float]) -> bool:
+        """Report the running mean after the last fold scored; stop if the pruner says so."""
+        done = len(fold_scores)
+        running = _running_values(self.primary, fold_scores)
+        if done - 1 in running:
+            trial.report(running[done - 1], step=done - 1)
+        return done < len(self.folds) and trial.should_prune()
+
+    def result(self, stopped_by: str) -> TuneResult:
+        # Only a trial scored on every fold can be the best: a pruned trial's partial mean is
+        # not comparable, and the gate needs the best's full fold scores.
+        ok = [t for t in self.trials if t.complete]
+        if not ok:
+            errors = "; ".join(sorted({t.error or "no finite score" for t in self.trials}))
+            raise RuntimeError(f"every trial failed: {errors}")
+        # Ties go to the earlier trial, so the champion's own parameters win a draw.
+        best = max(ok, key=lambda t: (oriented(self.primary, t.mean), -t.number))
+        return TuneResult(
+            best=best,
+            trials=tuple(self.trials),
+            stopped_by=stopped_by,
+            seconds=self.clock() - self.started,
+        )
+
+
 def tune(
     X: pd.DataFrame,
     y: np.ndarray,
@@ -389,154 +576,16 @@ def tune(
     The same data, contract and seed give the same trials, unless the time budget cuts the
     search short (then fewer trials run, each still repeatable).
     """
-    search = contract.search
-    seed = search.seed
-    folds = splits(contract, y, seed=seed)
-    primary = contract.metrics.primary
-    names = metric_names(contract)
-    started = clock()
-    trials: list[TrialResult] = []
-    seen: set[str] = set()
-    study: optuna.Study | None = None
-    grid: Iterator[Candidate] | None = None
-    if search.strategy == "bayes":
-        study = _study(seed)
-    else:
-        grid = _grid(contract) if search.strategy == "grid" else _random(contract, seed)
-
-    def evaluate(
-        candidate: Candidate, source: str, trial: optuna.Trial | None = None
-    ) -> TrialResult:
-        """Score a candidate on the folds; with a bayes trial, folds go n_jobs at a time and
-        the pruner may stop it between batches (then `pruned`, with the folds scored so far)."""
-        t0 = clock()
-        scores: dict[str, list[float]] = {n: [] for n in names}
-        pruned = False
-        try:
-            batches = [folds] if trial is None else list(_chunks(folds, search.n_jobs))
-            for batch in batches:
-                part = cross_validate(
-                    contract, candidate, X, y, batch, seed=seed, n_jobs=search.n_jobs
-                )
-                for n in names:
-                    scores[n].extend(part[n])
-                if trial is None:
-                    continue
-                done = len(scores[primary])
-                running = _running_values(primary, scores[primary])
-                if done - 1 in running:
-                    trial.report(running[done - 1], step=done - 1)
-                if done < len(folds) and trial.should_prune():
-                    pruned = True
-                    break
-            error = None
-        except (
-            Exception
-        ) as exc:  # a candidate that cannot fit is a failed trial, not a failed cycle
-            scores = {n: [math.nan] for n in names}
-            pruned = False
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("trial failed", extra={"candidate": candidate.label(), "error": error})
-        result = TrialResult(
-            number=len(trials),
-            candidate=candidate,
-            fold_scores=tuple(scores[primary]),
-            guardrail_scores={k: tuple(v) for k, v in scores.items() if k != primary},
-            seconds=clock() - t0,
-            source=source,
-            error=error,
-            pruned=pruned,
-        )
-        trials.append(result)
-        if on_trial is not None:
-            on_trial(result)
-        return result
-
-    def tell(trial: optuna.Trial, result: TrialResult) -> None:
-        assert study is not None
-        if result.pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, _objective(primary, result))
-
-    stopped_by = "trials"
+    search = _Search(X, y, contract, on_trial=on_trial, clock=clock)
     with tqdm(
-        total=search.max_trials,
+        total=contract.search.max_trials,
         desc="tuning",
         unit="trial",
         disable=None if progress is None else not progress,
     ) as bar:
-
-        def best_text() -> str:
-            ok = [t for t in trials if t.complete]
-            if not ok:
-                return "-"
-            best = max(ok, key=lambda t: oriented(primary, t.mean))
-            return f"{best.mean:.4f}"
-
-        if baseline is not None and baseline.family in spaces_for(contract):
-            result = evaluate(baseline, "champion")
-            seen.add(baseline.to_json())
-            bar.update(1)
-            bar.set_postfix_str(f"best {primary}={best_text()}")
-            # Warm start: the champion's score tells TPE where good points were last time.
-            warm = _bayes_trial(contract, baseline) if study is not None else None
-            if study is not None and warm is not None and result.complete:
-                study.add_trial(
-                    optuna.trial.create_trial(
-                        params=warm[0],
-                        distributions=warm[1],
-                        value=_objective(primary, result),
-                        intermediate_values=_running_values(primary, result.fold_scores),
-                    )
-                )
-        if study is not None:
-            for default in family_defaults(contract):
-                start = _bayes_trial(contract, default)
-                if start is not None and default.to_json() not in seen:
-                    study.enqueue_trial(start[0])
-        while len(trials) < search.max_trials:
-            if clock() - started >= search.max_seconds:
-                stopped_by = "time"
-                break
-            if study is not None:
-                trial = study.ask()
-                candidate = _bayes_candidate(trial, contract)
-                if candidate.to_json() in seen:
-                    # TPE re-proposed a point already scored: tell it the known score, move on.
-                    known = next(t for t in trials if t.candidate.to_json() == candidate.to_json())
-                    _report_running(trial, primary, known)
-                    tell(trial, known)
-                    if len(study.trials) > search.max_trials * 5:
-                        stopped_by = "exhausted"
-                        break
-                    continue
-                result = evaluate(candidate, "search", trial)
-                tell(trial, result)
-            else:
-                assert grid is not None
-                proposed = next(grid, None)
-                if proposed is None:
-                    stopped_by = "exhausted"
-                    break
-                candidate = proposed
-                if candidate.to_json() in seen:
-                    continue
-                evaluate(candidate, "search")
-            seen.add(candidate.to_json())
-            bar.update(1)
-            bar.set_postfix_str(f"best {primary}={best_text()}")
-    # Only a trial scored on every fold can be the best: a pruned trial's partial mean is not
-    # comparable, and the gate needs the best's full fold scores.
-    ok = [t for t in trials if t.complete]
-    if not ok:
-        errors = "; ".join(sorted({t.error or "no finite score" for t in trials}))
-        raise RuntimeError(f"every trial failed: {errors}")
-    # Ties go to the earlier trial, so the champion's own parameters win a draw.
-    best = max(ok, key=lambda t: (oriented(primary, t.mean), -t.number))
-    return TuneResult(
-        best=best, trials=tuple(trials), stopped_by=stopped_by, seconds=clock() - started
-    )
+        search.start(baseline, bar)
+        stopped_by = search.run(bar)
+    return search.result(stopped_by)
 
 
 def _running_values(primary: str, fold_scores: Sequence[float]) -> dict[int, float]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from champion.service.root import Components, build
 from champion.training.config import Contract, Settings, parse_contract
 from champion.training.cycle import Context, CycleResult, run_cycle
 from champion.training.demo.simulate import SimulationPlan, simulate_batches
@@ -69,20 +70,28 @@ class Project:
     def landing(self) -> Path:
         return self.contract.data.landing_zone
 
-    def registry(self) -> Registry:
-        return Registry(
+    def components(self, **replacements: Any) -> Components:
+        """The composition root on this project (the service and the CLI build the same)."""
+        return build(
+            self.settings,
+            contract=self.contract,
+            configure_logging=False,
             tracking_uri=self.tracking_uri,
-            model_name=self.contract.project.name,
-            artifact_root=self.settings.artifact_root,
+            **replacements,
         )
+
+    def registry(self) -> Registry:
+        registry = self.components().registry
+        assert isinstance(registry, Registry)
+        return registry
 
     def ledger(self) -> Ledger:
-        return Ledger(self.settings.ledger_path)
+        ledger = self.components().ledger
+        assert isinstance(ledger, Ledger)
+        return ledger
 
     def context(self, **kw: Any) -> Context:
-        return Context(
-            self.contract, self.settings, self.registry(), self.ledger(), progress=False, **kw
-        )
+        return self.components().cycle_context(progress=False, **kw)
 
     def cycle(self, **kw: Any) -> CycleResult:
         return run_cycle(self.context(**kw), trigger="test")

@@ -7,20 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from champion.training.config import Settings, load_contract
-from champion.training.cycle import Context, run_cycle
-from champion.training.ledger import Ledger
-from champion.training.registry import Registry
+from champion.service.root import build
+from champion.training.cycle import run_cycle
 
 
 def main() -> int:
-    settings = Settings()
-    contract = load_contract(settings.project_file)
-    registry = Registry(
-        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
-        model_name=contract.project.name,
-        artifact_root=settings.artifact_root,
-    )
     pause_at = os.environ.get("PAUSE_AT")
     marker = Path(os.environ.get("PAUSE_MARKER", "paused"))
 
@@ -29,14 +20,7 @@ def main() -> int:
             marker.write_text(stage)
             time.sleep(600)
 
-    ctx = Context(
-        contract,
-        settings,
-        registry,
-        Ledger(settings.ledger_path),
-        progress=False,
-        checkpoint=checkpoint,
-    )
+    ctx = build().cycle_context(progress=False, checkpoint=checkpoint)
     result = run_cycle(ctx, trigger="child")
     sys.stdout.write(result.verdict.value + "\n")
     return result.exit_code

@@ -13,7 +13,7 @@ import pytest
 
 from champion.training import actions
 from champion.training.errors import ChampionError, RegistryError
-from champion.training.gate import Verdict
+from champion.training.records import Verdict
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

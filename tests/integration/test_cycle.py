@@ -10,7 +10,7 @@ import pytest
 
 from champion.training import actions
 from champion.training.data import Manifest
-from champion.training.gate import Verdict
+from champion.training.records import Verdict
 from champion.training.registry import TAG_SHA256, load_verified
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

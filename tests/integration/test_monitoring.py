@@ -23,7 +23,7 @@ from champion.monitoring.capture import PredictionLog
 from champion.monitoring.metrics import PREDICTION_OUTCOMES, TICK_OUTCOMES
 from champion.service.validation import REASONS
 from champion.training.demo.simulate import agrawal_frame
-from champion.training.gate import Verdict
+from champion.training.records import Verdict
 from tests.integration.conftest import project_raw
 from tests.integration.test_serve import (
     FEEDBACK,

@@ -19,8 +19,8 @@ import pytest
 
 from champion.service.scheduler import CycleOutcome, RetrainScheduler
 from champion.training import actions
-from champion.training.gate import Verdict
 from champion.training.pipeline import prepare_features
+from champion.training.records import Verdict
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -247,8 +247,8 @@ def test_scheduler_runs_once_per_tick_with_two_workers(project, tmp_path):
     with serving(project, CHAMPION_SCHEDULER="true") as base:
         assert httpx.get(f"{base}/livez").status_code == 200
         second = RetrainScheduler(
-            contract=project.contract,
-            settings=project.settings,
+            schedule=project.contract.schedule,
+            leases=project.components().leases,
             job=lambda trigger: CycleOutcome("SKIPPED"),
         )
         second.start()

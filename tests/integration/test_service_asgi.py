@@ -16,7 +16,7 @@ import pytest
 import tomli_w
 from starlette.testclient import TestClient
 
-from champion.training.gate import Verdict
+from champion.training.records import Verdict
 from tests.integration.conftest import Project, make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

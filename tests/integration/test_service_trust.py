@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from champion.training.gate import Verdict
+from champion.training.records import Verdict
 from tests.integration import test_service_asgi as asgi
 from tests.integration.conftest import Project, make_project
 from tests.integration.test_service_asgi import ROW, _bearer, serving

@@ -219,7 +219,7 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
 
 def champion_project(root: Path, template: Path, **overrides: Any) -> Project:
     """A project whose champion is v1 (two batches, one promoting cycle)."""
-    from champion.training.gate import Verdict
+    from champion.training.records import Verdict
 
     project = make_project(root, template, **overrides)
     project.simulate(2)

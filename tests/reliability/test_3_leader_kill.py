@@ -135,7 +135,7 @@ def test_killing_the_leader_mid_cycle_loses_nothing(
     module_dir: Path, template_db: Path, report: Results
 ) -> None:
     """It keeps serving on the surviving worker, hands the lease over, and recovers the cycle."""
-    from champion.training.gate import Verdict
+    from champion.training.records import Verdict
 
     scn = Scenario(
         "leader_kill",

@@ -144,7 +144,7 @@ def test_a_cycle_registers_a_version_through_the_registry_server(
     module_dir: Path, template_db: Path, server: RegistryServer
 ) -> None:
     """It bootstraps a champion with MLFLOW_TRACKING_URI naming an MLflow server."""
-    from champion.training.gate import Verdict
+    from champion.training.records import Verdict
 
     raw_project = {"name": "reliability-through-server", "description": "registered over HTTP"}
     project = _on(
@@ -208,7 +208,7 @@ def test_a_registry_outage_stops_neither_serving_nor_leaves_a_half_written_cycle
     module_dir: Path, template_db: Path, server: RegistryServer, report: Results
 ) -> None:
     """It serves through registry outages; a cycle cut off mid-way writes nothing half-way."""
-    from champion.training.gate import Verdict
+    from champion.training.records import Verdict
 
     scn = Scenario(
         "registry_restart",

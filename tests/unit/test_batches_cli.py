@@ -171,7 +171,10 @@ def test_status_counts_retired_batches_and_files_not_taken_in(
     project: Contract, cli: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It counts retired batches, and waiting files even after accepted ones left the zone."""
-    monkeypatch.setattr("champion.service.cli.Wiring.registry", lambda self: _NoRegistry())
+    from champion.service import cli as cli_module
+    from champion.service.root import build
+
+    monkeypatch.setattr(cli_module, "_root", lambda: build(registry=_NoRegistry()))
     ids = _taken_in(project)
     assert cli("batches", "retire", ids["b2.csv"], "--reason", "drill").exit_code == 0
     (project.data.landing_zone / "b1.csv").unlink()

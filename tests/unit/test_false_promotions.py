@@ -16,8 +16,9 @@ import pytest
 from champion.training.config import Contract, parse_contract
 from champion.training.demo.simulate import agrawal_frame
 from champion.training.evaluation import paired_evaluation
-from champion.training.gate import Decision, Verdict, decide
+from champion.training.gate import Decision, decide
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
+from champion.training.records import Verdict
 from tests.unit.conftest import raw_contract
 
 pytestmark = pytest.mark.slow

@@ -16,12 +16,12 @@ from champion.training.config import Contract, parse_contract
 from champion.training.gate import (
     Decision,
     PairedScores,
-    Verdict,
     bootstrap_interval,
     corrected_t_interval,
     decide,
     decide_first,
 )
+from champion.training.records import Verdict
 from tests.unit.conftest import raw_contract
 
 # Ten fold deltas with a positive mean (0.01) but a spread (sd 0.0145) that the corrected

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from champion.training.errors import LeaseBusyError
-from champion.training.lease import CYCLE, REGISTRY, lease
+from champion.training.lease import CYCLE, REGISTRY, FileLeases
 from champion.training.ledger import Ledger
 
 # --- ledger ------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def _try_in_thread(lock_dir: Path, name: str) -> BaseException | None:
 
     def run() -> None:
         try:
-            with lease(lock_dir, name, timeout=0):
+            with FileLeases(lock_dir).hold(name, timeout=0):
                 outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)
@@ -114,7 +114,7 @@ def _try_in_thread(lock_dir: Path, name: str) -> BaseException | None:
 
 def test_held_lease_is_busy_for_another_thread(tmp_path: Path) -> None:
     """It raises LeaseBusyError, naming the lease, when another holder has it."""
-    with lease(tmp_path / "locks", CYCLE):
+    with FileLeases(tmp_path / "locks").hold(CYCLE):
         error = _try_in_thread(tmp_path / "locks", CYCLE)
     assert isinstance(error, LeaseBusyError)
     assert "'cycle'" in str(error)
@@ -123,13 +123,13 @@ def test_held_lease_is_busy_for_another_thread(tmp_path: Path) -> None:
 
 def test_leases_with_other_names_are_independent(tmp_path: Path) -> None:
     """It lets another holder take a differently named lease at the same time."""
-    with lease(tmp_path / "locks", CYCLE):
+    with FileLeases(tmp_path / "locks").hold(CYCLE):
         assert _try_in_thread(tmp_path / "locks", REGISTRY) is None
 
 
 def test_released_lease_can_be_taken_again(tmp_path: Path) -> None:
     """It frees the lease when the holder leaves the block, even by an exception."""
-    with pytest.raises(RuntimeError), lease(tmp_path, CYCLE):
+    with pytest.raises(RuntimeError), FileLeases(tmp_path).hold(CYCLE):
         raise RuntimeError("boom")
     assert _try_in_thread(tmp_path, CYCLE) is None
 
@@ -140,7 +140,7 @@ def test_lease_waits_up_to_its_timeout(tmp_path: Path) -> None:
     release = threading.Event()
 
     def holder() -> None:
-        with lease(tmp_path, CYCLE):
+        with FileLeases(tmp_path).hold(CYCLE):
             held.set()
             release.wait(10)
 
@@ -149,7 +149,7 @@ def test_lease_waits_up_to_its_timeout(tmp_path: Path) -> None:
     assert held.wait(10)
     threading.Timer(0.2, release.set).start()
     started = time.monotonic()
-    with lease(tmp_path, CYCLE, timeout=5):
+    with FileLeases(tmp_path).hold(CYCLE, timeout=5):
         waited = time.monotonic() - started
     thread.join(10)
     assert 0.1 < waited < 5
@@ -158,8 +158,8 @@ def test_lease_waits_up_to_its_timeout(tmp_path: Path) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from champion.training.lease import lease
-with lease(Path(sys.argv[1]), sys.argv[2]):
+from champion.training.lease import FileLeases
+with FileLeases(Path(sys.argv[1])).hold(sys.argv[2]):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -178,7 +178,7 @@ def test_lease_of_a_killed_holder_is_free_again(tmp_path: Path) -> None:
         ready, _, _ = select.select([child.stdout], [], [], 20)
         assert ready, "the child never took the lease"
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(LeaseBusyError), lease(lock_dir, CYCLE, timeout=0):
+        with pytest.raises(LeaseBusyError), FileLeases(lock_dir).hold(CYCLE, timeout=0):
             pass
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(timeout=20) == -signal.SIGKILL
@@ -186,5 +186,5 @@ def test_lease_of_a_killed_holder_is_free_again(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
-    with lease(lock_dir, CYCLE, timeout=0):
+    with FileLeases(lock_dir).hold(CYCLE, timeout=0):
         pass

@@ -17,6 +17,7 @@ from filelock import FileLock, Timeout
 
 from champion.service.scheduler import CycleOutcome, RetrainScheduler, run_cycle_subprocess
 from champion.training.config import Settings
+from champion.training.lease import FileLeases
 from champion.training.ledger import Ledger
 from tests.unit.conftest import make_contract
 
@@ -95,7 +96,13 @@ def test_only_a_cycle_that_ran_to_a_verdict_counts_as_a_success(outcome, succeed
 def _scheduler(tmp_path: Path, **kw: object) -> RetrainScheduler:
     contract = make_contract(tmp_path)
     settings = Settings(home=tmp_path / "var")
-    return RetrainScheduler(contract=contract, settings=settings, standby_seconds=0.05, **kw)  # type: ignore[arg-type]
+    return RetrainScheduler(
+        schedule=contract.schedule,
+        leases=FileLeases(settings.lock_dir),
+        monitor_seconds=settings.monitor_seconds,
+        standby_seconds=0.05,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_stop_releases_a_lease_the_standby_thread_took(tmp_path):

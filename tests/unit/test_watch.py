@@ -54,8 +54,8 @@ class _Registry:
             raise RuntimeError("artifact store down")
         return _profile()
 
-    def run_info(self, run_id: str) -> None:
-        if "run_info" in self.fail:
+    def run_summary(self, run_id: str) -> None:
+        if "run_summary" in self.fail:
             raise RuntimeError("tracking server down")
         return None
 
@@ -290,7 +290,7 @@ class _BrokenLog:
 def test_a_failing_part_is_counted_and_the_tick_goes_on(tmp_path, plog):
     """It counts each failing part of a tick through on_error and still runs the others."""
     registry = _Registry()
-    registry.fail = {"run_info"}
+    registry.fail = {"run_summary"}
     watch = _watch(tmp_path, _BrokenLog(plog), registry=registry)  # type: ignore[arg-type]
     watch.metrics = ServiceMetrics(CollectorRegistry(), features=FEATURES)
     errors: list[int] = []

@@ -1,0 +1,179 @@
+"""The composition root: every component built from settings in one place, each replaceable.
+
+The CLI, the BentoML service, the tests and the benchmarks all call `build`. Settings stop
+here: the core receives the ports and the few values it needs, never `Settings` itself.
+Heavy adapters (MLflow, SQLite) are built on first use, so a command that needs no registry
+never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from champion.training import logs
+from champion.training.clock import SystemClock
+from champion.training.config import Contract, Settings, get_settings, load_contract
+from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
+
+if TYPE_CHECKING:
+    from champion.monitoring.capture import PredictionLog
+    from champion.monitoring.metrics import ServiceMetrics
+    from champion.monitoring.watch import Watch
+    from champion.training.cycle import Context
+
+
+class Components:
+    """What one process runs on. Pass a replacement for any port to `build` (tests do)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        contract: Contract,
+        *,
+        registry: ModelRegistry | None = None,
+        ledger: LedgerStore | None = None,
+        leases: Leases | None = None,
+        clock: Clock | None = None,
+        batches: Callable[[], BatchStore] | None = None,
+        prediction_log: PredictionLog | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self._tracking_uri = tracking_uri
+        self.contract = contract
+        self.clock: Clock = clock or SystemClock()
+        self._overrides: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "registry": registry,
+                "ledger": ledger,
+                "leases": leases,
+                "prediction_log": prediction_log,
+            }.items()
+            if v is not None
+        }
+        self._batches = batches
+
+    @property
+    def tracking_uri(self) -> str:
+        if self._tracking_uri is not None:
+            return self._tracking_uri
+        return os.environ.get("MLFLOW_TRACKING_URI", self.settings.default_tracking_uri)
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        if "registry" in self._overrides:
+            return self._overrides["registry"]
+        from champion.training.registry import Registry
+
+        return Registry(
+            tracking_uri=self.tracking_uri,
+            model_name=self.contract.project.name,
+            artifact_root=self.settings.artifact_root,
+        )
+
+    @cached_property
+    def ledger(self) -> LedgerStore:
+        if "ledger" in self._overrides:
+            return self._overrides["ledger"]
+        from champion.training.ledger import Ledger
+
+        return Ledger(self.settings.ledger_path, clock=self.clock)
+
+    @cached_property
+    def leases(self) -> Leases:
+        if "leases" in self._overrides:
+            return self._overrides["leases"]
+        from champion.training.lease import FileLeases
+
+        return FileLeases(self.settings.lock_dir)
+
+    def batches(self) -> BatchStore:
+        """A fresh view of the batch store (each cycle reads the manifest once, its own)."""
+        if self._batches is not None:
+            return self._batches()
+        from champion.training.batches import FileBatches
+
+        return FileBatches(self.contract)
+
+    @cached_property
+    def prediction_log(self) -> PredictionLog:
+        if "prediction_log" in self._overrides:
+            return self._overrides["prediction_log"]
+        from champion.monitoring.capture import PredictionLog
+
+        return PredictionLog(
+            self.settings.prediction_log_path, max_rows=self.settings.capture_max_rows
+        )
+
+    def cycle_context(
+        self,
+        *,
+        progress: bool | None = None,
+        checkpoint: Callable[[str], None] | None = None,
+    ) -> Context:
+        from champion.training.cycle import Context
+
+        ctx = Context(
+            self.contract,
+            self.registry,
+            self.ledger,
+            self.leases,
+            self.batches(),
+            clock=self.clock,
+            train_threads=self.settings.train_threads,
+            lease_timeout=self.settings.lease_timeout_seconds,
+            progress=progress,
+        )
+        if checkpoint is not None:
+            ctx.checkpoint = checkpoint
+        return ctx
+
+    def watch(
+        self,
+        *,
+        metrics: ServiceMetrics | None = None,
+        trigger_retrain: Callable[[str], bool] | None = None,
+        on_error: Callable[[], None] | None = None,
+        settings: Settings | None = None,
+    ) -> Watch:
+        from champion.monitoring.watch import Watch
+
+        return Watch(
+            contract=self.contract,
+            settings=settings or self.settings,
+            registry=self.registry,
+            prediction_log=self.prediction_log,
+            ledger=self.ledger,
+            metrics=metrics,
+            trigger_retrain=trigger_retrain or (lambda trigger: False),
+            on_error=on_error,
+        )
+
+
+def build(
+    settings: Settings | None = None,
+    *,
+    contract: Contract | None = None,
+    configure_logging: bool = True,
+    tracking_uri: str | None = None,
+    **replacements: Any,
+) -> Components:
+    """Settings → contract → components; `replacements` swap any port (registry=, ledger=, ...).
+
+    Raises ChampionError (ConfigError) when the settings or the contract are invalid.
+    """
+    settings = settings or get_settings()
+    if configure_logging:
+        logs.configure(level=settings.log_level, fmt=settings.log_format)
+    contract = contract or load_contract(settings.project_file)
+    # MLflow reads its own variables; we only supply the local default (the retrain child
+    # and MLflow's fluent API inherit it).
+    if tracking_uri is None:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", settings.default_tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Components(settings, contract, tracking_uri=tracking_uri, **replacements)

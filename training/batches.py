@@ -1,0 +1,35 @@
+"""The batch store adapter on local folders: landing zone, quarantine, manifest, stored batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from champion.training.config import Contract
+from champion.training.data import IntakeReport, Manifest, TrainingData, intake, load_window
+
+
+class FileBatches:
+    """The `BatchStore` port over `contract.data`'s folders and manifest file.
+
+    The manifest is read once per store: a cycle builds its own store, so intake, its window
+    and the consumed marks all see one consistent manifest.
+    """
+
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
+        self._manifest: Manifest | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = Manifest(self.contract.data.manifest)
+        return self._manifest
+
+    def intake(self) -> IntakeReport:
+        return intake(self.contract, self.manifest)
+
+    def window(self) -> TrainingData:
+        return load_window(self.contract, self.manifest)
+
+    def mark_consumed(self, batch_ids: Sequence[str], by: str) -> None:
+        self.manifest.mark_consumed(list(batch_ids), by)
