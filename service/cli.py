@@ -71,7 +71,7 @@ def retrain(
     """Run one retrain cycle (bootstraps a champion when there is none).
 
     Exit status 0 for every verdict but FAILED (1); `--json` prints the verdict, reason,
-    versions and timing as one line, the form the scheduler reads.
+    versions and timing as one JSON line: the record the scheduler reads from its result file.
     """
     from champion.training.cycle import run_cycle
     from champion.training.records import CycleReport, Verdict

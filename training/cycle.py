@@ -8,7 +8,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from champion.training.data import (
 )
 from champion.training.errors import ChampionError, LeaseBusyError
 from champion.training.evaluation import paired_evaluation
-from champion.training.gate import Decision, decide, decide_first
+from champion.training.gate import Decision, PairedScores, decide, decide_first
 from champion.training.lease import CYCLE, REGISTRY
 from champion.training.metrics import model_outputs
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
@@ -38,13 +37,25 @@ from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, Mode
 from champion.training.process import actor
 from champion.training.records import CycleReport, Event, LedgerEntry, Verdict
 from champion.training.registry import (
+    CV_SCORES,
+    FINGERPRINT,
+    GATE_FOLDS,
+    PLOTS,
+    REFERENCE_PROFILE,
     TAG_CANDIDATE,
+    TAG_CHAMPION_BEFORE,
     TAG_DATA,
+    TAG_ERROR,
     TAG_KIND,
+    TAG_REASON,
     TAG_ROWS,
+    TAG_SOURCE,
+    TAG_TRIGGER,
     TAG_VERDICT,
+    VERDICT_FILE,
     LoadedModel,
     ModelRef,
+    cv_metrics,
 )
 from champion.training.tuning import TrialResult, TuneResult, classes_of, splits, tune
 
@@ -144,7 +155,7 @@ def reconcile(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _champion_batches(ctx: Context, ref: ModelRef) -> set[str]:
-    fp = ctx.registry.run_json(ref.run_id, "fingerprint.json") if ref.run_id else None
+    fp = ctx.registry.run_json(ref.run_id, FINGERPRINT) if ref.run_id else None
     return set(fp.get("batches", [])) if fp else set()
 
 
@@ -159,6 +170,32 @@ def _holdout_outputs(
     return test, pred, proba, model
 
 
+def _importances(
+    contract: Contract, model: Any, X: pd.DataFrame, y: np.ndarray, classes: list[Any] | None
+) -> dict[str, float]:
+    """Permutation importance on held-out rows, scored by the primary metric."""
+    rows = np.arange(min(len(y), IMPORTANCE_ROWS))
+    scoring = {
+        "roc_auc": "roc_auc" if classes and len(classes) == 2 else "roc_auc_ovr",
+        "log_loss": "neg_log_loss",
+        "rmse": "neg_root_mean_squared_error",
+        "mae": "neg_mean_absolute_error",
+    }.get(contract.metrics.primary, contract.metrics.primary)
+    try:
+        imp = permutation_importance(
+            model,
+            X.iloc[rows],
+            y[rows],
+            scoring=scoring,
+            n_repeats=3,
+            random_state=contract.search.seed,
+        )
+        importances = dict(zip(X.columns, imp.importances_mean.tolist(), strict=True))
+    except ValueError:  # e.g. a holdout with one class: no importance, still plots
+        importances = {}
+    return importances
+
+
 def _artifacts(
     ctx: Context,
     run_id: str,
@@ -170,28 +207,11 @@ def _artifacts(
     final: Any,
     fp: dict[str, Any],
 ) -> None:
+    """Plots, reference profile, fingerprint and fold scores of a registered version."""
     contract = ctx.contract
     classes = classes_of(contract, y)
     test, pred, proba, holdout_model = _holdout_outputs(ctx, tuned.best.candidate, X, y)
-    rows = test[:IMPORTANCE_ROWS]
-    scoring = {
-        "roc_auc": "roc_auc" if classes and len(classes) == 2 else "roc_auc_ovr",
-        "log_loss": "neg_log_loss",
-        "rmse": "neg_root_mean_squared_error",
-        "mae": "neg_mean_absolute_error",
-    }.get(contract.metrics.primary, contract.metrics.primary)
-    try:
-        imp = permutation_importance(
-            holdout_model,
-            X.iloc[rows],
-            y[rows],
-            scoring=scoring,
-            n_repeats=3,
-            random_state=contract.search.seed,
-        )
-        importances = dict(zip(X.columns, imp.importances_mean.tolist(), strict=True))
-    except ValueError:  # e.g. a holdout with one class: no importance, still plots
-        importances = {}
+    importances = _importances(contract, holdout_model, X.iloc[test], y[test], classes)
     sample = data.frame.tail(PROFILE_ROWS)
     Xs = X.loc[sample.index]
     out_pred, out_proba = model_outputs(final, Xs)
@@ -213,10 +233,10 @@ def _artifacts(
             importances=importances,
             out_dir=Path(tmp),
         )
-        ctx.registry.log_files(run_id, plots, "plots")
-        save_profile(profile, Path(tmp) / "reference_profile.json")
-        ctx.registry.log_files(run_id, [Path(tmp) / "reference_profile.json"], "")
-    ctx.registry.log_json(run_id, fp, "fingerprint.json")
+        ctx.registry.log_files(run_id, plots, PLOTS)
+        save_profile(profile, Path(tmp) / REFERENCE_PROFILE)
+        ctx.registry.log_files(run_id, [Path(tmp) / REFERENCE_PROFILE], "")
+    ctx.registry.log_json(run_id, fp, FINGERPRINT)
     ctx.registry.log_json(
         run_id,
         {
@@ -239,7 +259,7 @@ def _artifacts(
             ],
             "importances": importances,
         },
-        "cv_scores.json",
+        CV_SCORES,
     )
 
 
@@ -252,8 +272,8 @@ def _trial_logger(ctx: Context, parent: str) -> Callable[[TrialResult], None]:
             parent=parent,
             tags={
                 TAG_KIND: "trial",
-                "champion.source": t.source,
-                **({"champion.error": t.error} if t.error else {}),
+                TAG_SOURCE: t.source,
+                **({TAG_ERROR: t.error} if t.error else {}),
             },
         )
         metrics = {f"{primary}_fold_{i}": s for i, s in enumerate(t.fold_scores)}
@@ -334,247 +354,327 @@ def run_cycle(ctx: Context, *, trigger: str = "manual") -> CycleResult:
 
 
 def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
-    contract, registry = ctx.contract, ctx.registry
-    run_id: str | None = None
-    fp: dict[str, Any] | None = None
-    champion_before: str | None = None
+    """The cycle's story, under the cycle lease: every exit is a CycleResult in the ledger."""
+    cycle = _Cycle(ctx, trigger=trigger, started=started)
+    try:
+        reconcile(ctx)
+        window = cycle.take_in()
+        if isinstance(window, CycleResult):
+            return window  # SKIPPED: nothing new to learn from
+        cycle.open_run(window)
+        tuned = cycle.search(window)
+        decision = cycle.judge(window, tuned)
+        ref = cycle.build_and_register(window, tuned)
+        return cycle.conclude(window, tuned, decision, ref)
+    except Exception as exc:
+        return cycle.failed(exc)
 
-    def finish(verdict: Verdict, reason: str, **kw: Any) -> CycleResult:
+
+@dataclass
+class _Window:
+    """The training window and the champion it will be compared with."""
+
+    data: TrainingData
+    X: pd.DataFrame
+    y: np.ndarray
+    fresh: np.ndarray  # rows the champion has not been trained on
+    champion: LoadedModel | None
+    champion_ref: ModelRef | None
+    comparable: bool  # the champion takes the inputs the contract declares
+
+
+class _Cycle:
+    """One cycle's state as it passes its steps (intake → tune → judge → register → promote)."""
+
+    def __init__(self, ctx: Context, *, trigger: str, started: float) -> None:
+        self.ctx = ctx
+        self.trigger = trigger
+        self.started = started
+        self.run_id: str | None = None
+        self.fp: dict[str, Any] | None = None
+        self.champion_before: str | None = None
+
+    def finish(self, verdict: Verdict, reason: str, **kw: Any) -> CycleResult:
         result = CycleResult(
             verdict,
             reason,
-            run_id=run_id,
-            champion_before=champion_before,
-            champion_after=kw.pop("champion_after", champion_before),
-            seconds=time.monotonic() - started,
+            run_id=self.run_id,
+            champion_before=self.champion_before,
+            champion_after=kw.pop("champion_after", self.champion_before),
+            seconds=self.ctx.clock.monotonic() - self.started,
             **kw,
         )
-        _ledger_entry(ctx, result, trigger=trigger, fp=fp)
+        _ledger_entry(self.ctx, result, trigger=self.trigger, fp=self.fp)
         return result
 
-    try:
-        reconcile(ctx)
+    # -- steps ------------------------------------------------------------------------------
+
+    def take_in(self) -> _Window | CycleResult:
+        """Intake, the window and the champion; a SKIPPED result when there is nothing to do."""
+        ctx, contract = self.ctx, self.ctx.contract
         report = ctx.batches.intake()
         ctx.checkpoint("intake")
         data = ctx.batches.window()
-        champion_ref = registry.alias("champion")
-        champion_before = champion_ref.version if champion_ref else None
+        champion_ref = ctx.registry.alias("champion")
+        self.champion_before = champion_ref.version if champion_ref else None
         if data.rows == 0:
             why = f" ({len(report.quarantined)} batches quarantined)" if report.quarantined else ""
-            return finish(Verdict.SKIPPED, f"No valid data in the landing zone{why}.")
+            return self.finish(Verdict.SKIPPED, f"No valid data in the landing zone{why}.")
         if contract.task == "classification" and data.frame[contract.target].nunique() < 2:
             # Its batches stay unconsumed: they are trained on once another class arrives.
             only = ", ".join(str(v) for v in data.frame[contract.target].unique())
-            return finish(
+            return self.finish(
                 Verdict.SKIPPED,
                 f"The training window holds a single class ({only}); "
                 "waiting for batches with other classes.",
             )
         if not data.new_batch_ids:
-            return finish(Verdict.SKIPPED, "No new batches since the last cycle.")
-        fp = fingerprint(data, contract)
-        champion: LoadedModel | None = None
-        fresh = np.ones(data.rows, dtype=bool)
-        comparable = False
-        if champion_ref is not None:
-            with tempfile.TemporaryDirectory(prefix="champion-model-") as tmp:
-                champion = registry.load(champion_ref, cache_dir=Path(tmp))
-            comparable = list(champion.input_names) == list(contract.features)
-            seen = _champion_batches(ctx, champion_ref)
-            fresh = ~data.frame[BATCH_COLUMN].isin(seen).to_numpy()
-            if not fresh.any():
-                ctx.batches.mark_consumed(data.new_batch_ids, "already-in-champion")
-                return finish(
-                    Verdict.SKIPPED,
-                    f"The champion v{champion_ref.version} was already trained on every row "
-                    "in the window.",
-                )
-        run_id = registry.start_run(
-            name=f"cycle-{datetime.now(UTC):%Y%m%dT%H%M%S}",
-            tags={
-                TAG_KIND: "cycle",
-                "champion.trigger": trigger,
-                "champion.champion_before": str(champion_before),
-            },
-        )
-        registry.log(
-            run_id,
-            params={
-                "strategy": contract.search.strategy,
-                "max_trials": contract.search.max_trials,
-                "max_seconds": contract.search.max_seconds,
-                "seed": contract.search.seed,
-                "cv_scheme": contract.cv_scheme,
-                "cv_folds": contract.cv.folds,
-                "cv_repeats": contract.cv.repeats,
-                "primary_metric": contract.metrics.primary,
-                "gate_min_delta": contract.gate.min_delta,
-                "gate_confidence": contract.gate.confidence,
-                "gate_method": contract.gate.method,
-                "rows": data.rows,
-                "fresh_rows": int(fresh.sum()),
-                "batches": len(data.batch_ids),
-                "new_batches": len(data.new_batch_ids),
-            },
-            tags={"champion.data_sha256": fp["sha256"]},
-        )
+            return self.finish(Verdict.SKIPPED, "No new batches since the last cycle.")
+        self.fp = fingerprint(data, contract)
+        return self._with_champion(data, champion_ref)
+
+    def _with_champion(self, data: TrainingData, ref: ModelRef | None) -> _Window | CycleResult:
+        contract = self.ctx.contract
         X = prepare_features(data.frame, contract)
         y = data.frame[contract.target].to_numpy()
-        baseline = (
-            Candidate.from_json(champion_ref.candidate_json)
-            if champion_ref is not None and champion_ref.candidate_json
-            else None
+        if ref is None:
+            return _Window(data, X, y, np.ones(data.rows, dtype=bool), None, None, False)
+        with tempfile.TemporaryDirectory(prefix="champion-model-") as tmp:
+            champion = self.ctx.registry.load(ref, cache_dir=Path(tmp))
+        comparable = list(champion.input_names) == list(contract.features)
+        seen = _champion_batches(self.ctx, ref)
+        fresh = ~data.frame[BATCH_COLUMN].isin(seen).to_numpy()
+        if not fresh.any():
+            self.ctx.batches.mark_consumed(data.new_batch_ids, "already-in-champion")
+            return self.finish(
+                Verdict.SKIPPED,
+                f"The champion v{ref.version} was already trained on every row in the window.",
+            )
+        return _Window(data, X, y, fresh, champion, ref, comparable)
+
+    def open_run(self, w: _Window) -> None:
+        assert self.fp is not None
+        self.run_id = self.ctx.registry.start_run(
+            name=f"cycle-{self.ctx.clock.now():%Y%m%dT%H%M%S}",
+            tags={
+                TAG_KIND: "cycle",
+                TAG_TRIGGER: self.trigger,
+                TAG_CHAMPION_BEFORE: str(self.champion_before),
+            },
         )
+        self.ctx.registry.log(
+            self.run_id,
+            params=_run_params(self.ctx.contract, w),
+            tags={TAG_DATA: self.fp["sha256"]},
+        )
+
+    def search(self, w: _Window) -> TuneResult:
+        ctx, contract = self.ctx, self.ctx.contract
+        assert self.run_id is not None
+        ref = w.champion_ref
+        baseline = Candidate.from_json(ref.candidate_json) if ref and ref.candidate_json else None
         ctx.checkpoint("tuning")
         tuned = tune(
-            X,
-            y,
+            w.X,
+            w.y,
             contract=contract,
             baseline=baseline,
-            on_trial=_trial_logger(ctx, run_id),
+            on_trial=_trial_logger(ctx, self.run_id),
             progress=ctx.progress,
         )
-        primary = contract.metrics.primary
         best = tuned.best
-        cv_metrics = {f"cv_{primary}_mean": best.mean, f"cv_{primary}_std": best.std}
-        cv_metrics |= {f"cv_{primary}_fold_{i}": s for i, s in enumerate(best.fold_scores)}
-        for name, folds in best.guardrail_scores.items():
-            cv_metrics[f"cv_{name}_mean"] = float(np.nanmean(folds))
-        registry.log(
-            run_id,
-            metrics=cv_metrics | {"trials": len(tuned.trials), "tuning_seconds": tuned.seconds},
+        guardrails = {k: float(np.nanmean(v)) for k, v in best.guardrail_scores.items()}
+        scores = cv_metrics(
+            contract.metrics.primary,
+            mean=best.mean,
+            std=best.std,
+            folds=best.fold_scores,
+            guardrails=guardrails,
+        )
+        ctx.registry.log(
+            self.run_id,
+            metrics=scores | {"trials": len(tuned.trials), "tuning_seconds": tuned.seconds},
             params={"best_candidate": best.candidate.label(), "stopped_by": tuned.stopped_by},
         )
-        ctx.checkpoint("evaluate")
-        decision: Decision
-        if champion is not None and comparable:
+        return tuned
+
+    def judge(self, w: _Window, tuned: TuneResult) -> Decision:
+        """The gate: paired against the champion on the same folds, or the floor for a first."""
+        self.ctx.checkpoint("evaluate")
+        contract, best = self.ctx.contract, tuned.best
+        if w.champion is not None and w.comparable:
             paired = paired_evaluation(
-                X,
-                y,
-                fresh,
+                w.X,
+                w.y,
+                w.fresh,
                 contract=contract,
                 challenger=best.candidate,
-                champion=champion.pipeline,
+                champion=w.champion.pipeline,
             )
-            decision = decide(paired, contract=contract)
-            gate_metrics: dict[str, float] = {}
-            for name, chal_folds in paired.challenger.items():
-                gate_metrics[f"gate_{name}_challenger"] = float(np.nanmean(chal_folds))
-                gate_metrics[f"gate_{name}_champion"] = float(np.nanmean(paired.champion[name]))
-            registry.log(run_id, metrics=gate_metrics)
-            registry.log_json(
-                run_id,
-                {
-                    "challenger": {k: list(v) for k, v in paired.challenger.items()},
-                    "champion": {k: list(v) for k, v in paired.champion.items()},
-                    "test_train_ratio": paired.test_train_ratio,
-                },
-                "gate_folds.json",
-            )
-        else:
-            decision = decide_first(best.mean, contract=contract)
-            if champion is not None:
-                decision = Decision(
-                    decision.verdict,
-                    f"The champion v{champion_before} takes other inputs than the contract now "
-                    f"declares, so it cannot be compared; judged on the floor instead. "
-                    f"{decision.reason}",
-                    decision.checks,
-                    decision.numbers,
-                )
-        final = build_pipeline(contract, best.candidate, seed=contract.search.seed).fit(X, y)
+            assert self.run_id is not None
+            _log_gate(self.ctx, self.run_id, paired)
+            return decide(paired, contract=contract)
+        decision = decide_first(best.mean, contract=contract)
+        if w.champion is None:
+            return decision
+        return Decision(
+            decision.verdict,
+            f"The champion v{self.champion_before} takes other inputs than the contract now "
+            f"declares, so it cannot be compared; judged on the floor instead. "
+            f"{decision.reason}",
+            decision.checks,
+            decision.numbers,
+        )
+
+    def build_and_register(self, w: _Window, tuned: TuneResult) -> ModelRef:
+        """Fit on the whole window, compile for serving, register the version and its files."""
+        ctx, contract, best = self.ctx, self.ctx.contract, tuned.best
+        assert self.run_id is not None and self.fp is not None
+        final = build_pipeline(contract, best.candidate, seed=contract.search.seed).fit(w.X, w.y)
         ctx.checkpoint("compile")
-        holdout = splits(contract, y, seed=contract.search.seed)[-1][1]
-        compilation = compile_pipeline(final, contract, X.iloc[holdout], seed=contract.search.seed)
+        holdout = splits(contract, w.y, seed=contract.search.seed)[-1][1]
+        compiled = compile_pipeline(final, contract, w.X.iloc[holdout], seed=contract.search.seed)
         log.info(
             "compiled for serving",
             extra={
-                "runtime": compilation.runtime,
-                "note": compilation.reason,
-                "seconds": round(compilation.seconds, 2),
+                "runtime": compiled.runtime,
+                "note": compiled.reason,
+                "seconds": round(compiled.seconds, 2),
             },
         )
-        registry.log(
-            run_id,
-            params={"serving_runtime": compilation.runtime},
-            metrics={"compile_seconds": compilation.seconds}
-            | ({} if compilation.max_diff is None else {"parity_max_diff": compilation.max_diff}),
+        parity = {} if compiled.max_diff is None else {"parity_max_diff": compiled.max_diff}
+        ctx.registry.log(
+            self.run_id,
+            params={"serving_runtime": compiled.runtime},
+            metrics={"compile_seconds": compiled.seconds} | parity,
         )
         ctx.checkpoint("register")
-        ref = registry.register(
-            run_id,
+        ref = ctx.registry.register(
+            self.run_id,
             final,
-            compilation=compilation,
-            example=X.head(5),
+            compilation=compiled,
+            example=w.X.head(5),
             tags={
                 TAG_CANDIDATE: best.candidate.to_json(),
-                TAG_DATA: fp["sha256"],
-                TAG_ROWS: str(data.rows),
+                TAG_DATA: self.fp["sha256"],
+                TAG_ROWS: str(w.data.rows),
             },
         )
-        _artifacts(ctx, run_id, data=data, X=X, y=y, tuned=tuned, final=final, fp=fp)
-        verdict, reason = decision.verdict, decision.reason
-        champion_after = champion_before
-        registry.set_version_tags(ref.version, {TAG_VERDICT: verdict.value})
+        _artifacts(
+            ctx, self.run_id, data=w.data, X=w.X, y=w.y, tuned=tuned, final=final, fp=self.fp
+        )
+        return ref
+
+    def conclude(
+        self, w: _Window, tuned: TuneResult, decision: Decision, ref: ModelRef
+    ) -> CycleResult:
+        """Promote by compare-and-set (STALE if the champion moved meanwhile), then record."""
+        ctx = self.ctx
+        assert self.run_id is not None
+        ctx.registry.set_version_tags(ref.version, {TAG_VERDICT: decision.verdict.value})
         ctx.checkpoint("promote")
-        if verdict is Verdict.PROMOTE:
+        if decision.verdict is Verdict.PROMOTE:
             with ctx.leases.hold(REGISTRY, timeout=ctx.lease_timeout):
-                if registry.move_champion(expected=champion_before, new=ref.version):
-                    champion_after = ref.version
-                    ctx.checkpoint("moved")
-                else:
-                    now = registry.alias("champion")
-                    verdict = Verdict.STALE
-                    reason = (
-                        f"The champion changed from {champion_before or 'none'} to "
-                        f"{now.version if now else 'none'} while this cycle ran; nothing moved. "
-                        f"(Would have promoted: {reason})"
-                    )
-                    registry.set_version_tags(ref.version, {TAG_VERDICT: verdict.value})
-                full = Decision(verdict, reason, decision.checks, decision.numbers)
-                _record(ctx, run_id, full)
-                result = finish(
-                    verdict,
-                    reason,
-                    version=ref.version,
-                    champion_after=champion_after,
-                    trials=len(tuned.trials),
-                    numbers=dict(decision.numbers),
-                )
+                decision, after = self._move(decision, ref)
+                _record(ctx, self.run_id, decision)
+                result = self._verdict(decision, tuned, ref, champion_after=after)
         else:
-            _record(ctx, run_id, decision)
-            result = finish(
-                verdict,
-                reason,
-                version=ref.version,
-                trials=len(tuned.trials),
-                numbers=dict(decision.numbers),
-            )
-        if verdict is not Verdict.STALE:
-            ctx.batches.mark_consumed(data.new_batch_ids, run_id)
-        registry.end_run(run_id, "FINISHED")
+            _record(ctx, self.run_id, decision)
+            result = self._verdict(decision, tuned, ref, champion_after=self.champion_before)
+        if decision.verdict is not Verdict.STALE:
+            ctx.batches.mark_consumed(w.data.new_batch_ids, self.run_id)
+        ctx.registry.end_run(self.run_id, "FINISHED")
         return result
-    except Exception as exc:
+
+    def _move(self, decision: Decision, ref: ModelRef) -> tuple[Decision, str | None]:
+        """The alias move (caller holds the registry lease); a lost race turns into STALE."""
+        registry = self.ctx.registry
+        if registry.move_champion(expected=self.champion_before, new=ref.version):
+            self.ctx.checkpoint("moved")
+            return decision, ref.version
+        now = registry.alias("champion")
+        reason = (
+            f"The champion changed from {self.champion_before or 'none'} to "
+            f"{now.version if now else 'none'} while this cycle ran; nothing moved. "
+            f"(Would have promoted: {decision.reason})"
+        )
+        registry.set_version_tags(ref.version, {TAG_VERDICT: Verdict.STALE.value})
+        stale = Decision(Verdict.STALE, reason, decision.checks, decision.numbers)
+        return stale, self.champion_before
+
+    def _verdict(
+        self, decision: Decision, tuned: TuneResult, ref: ModelRef, *, champion_after: str | None
+    ) -> CycleResult:
+        return self.finish(
+            decision.verdict,
+            decision.reason,
+            version=ref.version,
+            champion_after=champion_after,
+            trials=len(tuned.trials),
+            numbers=dict(decision.numbers),
+        )
+
+    def failed(self, exc: Exception) -> CycleResult:
+        """Any exception: the run is marked FAILED and the ledger says why; nothing moved."""
         message = str(exc) if isinstance(exc, ChampionError) else f"{type(exc).__name__}: {exc}"
         log.exception("retrain cycle failed")
-        if run_id is not None:
+        registry = self.ctx.registry
+        if self.run_id is not None:
             try:
                 registry.log(
-                    run_id, tags={TAG_VERDICT: Verdict.FAILED.value, "champion.error": message}
+                    self.run_id, tags={TAG_VERDICT: Verdict.FAILED.value, TAG_ERROR: message}
                 )
-                registry.end_run(run_id, "FAILED")
+                registry.end_run(self.run_id, "FAILED")
             except Exception:  # the registry itself may be what failed
-                log.warning("could not mark the run failed", extra={"run_id": run_id})
+                log.warning("could not mark the run failed", extra={"run_id": self.run_id})
         try:
             now = registry.alias("champion")
             after = now.version if now else None
         except Exception:
-            after = champion_before
-        return finish(Verdict.FAILED, f"The cycle failed: {message}", champion_after=after)
+            after = self.champion_before
+        return self.finish(Verdict.FAILED, f"The cycle failed: {message}", champion_after=after)
+
+
+def _run_params(contract: Contract, w: _Window) -> dict[str, Any]:
+    """What the cycle run records about its search, gate and window."""
+    return {
+        "strategy": contract.search.strategy,
+        "max_trials": contract.search.max_trials,
+        "max_seconds": contract.search.max_seconds,
+        "seed": contract.search.seed,
+        "cv_scheme": contract.cv_scheme,
+        "cv_folds": contract.cv.folds,
+        "cv_repeats": contract.cv.repeats,
+        "primary_metric": contract.metrics.primary,
+        "gate_min_delta": contract.gate.min_delta,
+        "gate_confidence": contract.gate.confidence,
+        "gate_method": contract.gate.method,
+        "rows": w.data.rows,
+        "fresh_rows": int(w.fresh.sum()),
+        "batches": len(w.data.batch_ids),
+        "new_batches": len(w.data.new_batch_ids),
+    }
+
+
+def _log_gate(ctx: Context, run_id: str, paired: PairedScores) -> None:
+    metrics: dict[str, float] = {}
+    for name, chal_folds in paired.challenger.items():
+        metrics[f"gate_{name}_challenger"] = float(np.nanmean(chal_folds))
+        metrics[f"gate_{name}_champion"] = float(np.nanmean(paired.champion[name]))
+    ctx.registry.log(run_id, metrics=metrics)
+    ctx.registry.log_json(
+        run_id,
+        {
+            "challenger": {k: list(v) for k, v in paired.challenger.items()},
+            "champion": {k: list(v) for k, v in paired.champion.items()},
+            "test_train_ratio": paired.test_train_ratio,
+        },
+        GATE_FOLDS,
+    )
 
 
 def _record(ctx: Context, run_id: str, decision: Decision) -> None:
-    ctx.registry.log_json(run_id, decision.to_dict(), "verdict.json")
+    ctx.registry.log_json(run_id, decision.to_dict(), VERDICT_FILE)
     ctx.registry.log(
-        run_id, tags={TAG_VERDICT: decision.verdict.value, "champion.reason": decision.reason}
+        run_id, tags={TAG_VERDICT: decision.verdict.value, TAG_REASON: decision.reason}
     )

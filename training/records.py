@@ -42,7 +42,8 @@ class Event(StrEnum):
 
 @dataclass(frozen=True)
 class CycleReport:
-    """What a retrain child reports to the process that started it (`champion retrain --json`)."""
+    """A cycle's outcome as one JSON line: `champion retrain --json`, and the result file the
+    scheduler reads from its retrain child."""
 
     verdict: Verdict
     reason: str

@@ -59,6 +59,7 @@ REFERENCE_PROFILE = "reference_profile.json"
 CV_SCORES = "cv_scores.json"
 GATE_FOLDS = "gate_folds.json"
 VERDICT_FILE = "verdict.json"
+PLOTS = "plots"
 
 
 @dataclass(frozen=True)

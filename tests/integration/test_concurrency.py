@@ -103,22 +103,20 @@ def test_rollback_and_manual_promote_move_aliases_and_write_the_ledger(project):
     assert project.cycle().verdict is Verdict.PROMOTE
     project.simulate(2, drift_at=2)
     assert project.cycle().verdict is Verdict.PROMOTE
-    registry, ledger, settings = project.registry(), project.ledger(), project.settings
-    entry = actions.rollback(
-        reason="bad feedback", registry=registry, ledger=ledger, settings=settings
-    )
+    registry, ledger, leases = project.registry(), project.ledger(), project.components().leases
+    entry = actions.rollback(reason="bad feedback", registry=registry, ledger=ledger, leases=leases)
     assert (entry["champion_before"], entry["champion_after"]) == ("2", "1")
     assert registry.aliases()["champion"] == "1" and registry.aliases()["previous"] == "2"
     entry = actions.promote(
-        "2", reason="fixed upstream", registry=registry, ledger=ledger, settings=settings
+        "2", reason="fixed upstream", registry=registry, ledger=ledger, leases=leases
     )
     assert registry.aliases()["champion"] == "2" and registry.aliases()["previous"] == "1"
     last = ledger.entries()[-2:]
     assert [e["event"] for e in last] == ["rollback", "manual_promote"]
     assert last[0]["reason"] == "bad feedback" and "@" in last[0]["who"]
     with pytest.raises(ChampionError, match="reason"):
-        actions.promote("1", reason="  ", registry=registry, ledger=ledger, settings=settings)
+        actions.promote("1", reason="  ", registry=registry, ledger=ledger, leases=leases)
     with pytest.raises(RegistryError, match="not found"):
-        actions.promote("42", reason="x", registry=registry, ledger=ledger, settings=settings)
+        actions.promote("42", reason="x", registry=registry, ledger=ledger, leases=leases)
     with pytest.raises(ChampionError, match="already the champion"):
-        actions.promote("2", reason="x", registry=registry, ledger=ledger, settings=settings)
+        actions.promote("2", reason="x", registry=registry, ledger=ledger, leases=leases)

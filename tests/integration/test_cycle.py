@@ -27,7 +27,7 @@ def test_bootstrap_on_empty_registry_makes_version_1_champion(project):
     assert ref.sha256 and ref.candidate_json
     loaded = registry.load(ref, cache_dir=project.root / "dl")
     assert list(loaded.input_names) == list(project.contract.features)
-    run = registry.run_info(ref.run_id)
+    run = registry.client.get_run(ref.run_id)  # the MLflow store itself, as the adapter wrote it
     assert run.info.status == "FINISHED"
     assert run.data.tags["champion.verdict"] == "PROMOTE"
     assert "cv_roc_auc_mean" in run.data.metrics and "cv_roc_auc_fold_0" in run.data.metrics
@@ -156,7 +156,11 @@ def test_champion_moved_during_the_cycle_gives_stale(project):
     def meddle(stage: str) -> None:
         if stage == "promote":
             actions.promote(
-                "2", reason="operator", registry=registry, ledger=ledger, settings=project.settings
+                "2",
+                reason="operator",
+                registry=registry,
+                ledger=ledger,
+                leases=project.components().leases,
             )
 
     result = project.cycle(checkpoint=meddle)
@@ -178,7 +182,7 @@ def test_same_data_config_and_seed_give_the_same_choice(tmp_path, template_db):
         proj.simulate(2)
         result = proj.cycle()
         ref = proj.registry().alias("champion")
-        metrics = proj.registry().run_info(ref.run_id).data.metrics
+        metrics = proj.registry().run_summary(ref.run_id).metrics
         outcomes.append((ref.candidate_json, metrics["cv_roc_auc_mean"], result.trials))
     assert outcomes[0] == outcomes[1]
 

@@ -144,7 +144,7 @@ def test_two_workers_follow_promotion_and_rollback(two_versions):
             reason="test",
             registry=project.registry(),
             ledger=project.ledger(),
-            settings=project.settings,
+            leases=project.components().leases,
         )
         _workers_report(base, want={"2"})
         r = httpx.post(
@@ -204,7 +204,7 @@ def test_swap_under_load_loses_no_request(two_versions):
             reason="load test",
             registry=registry,
             ledger=project.ledger(),
-            settings=project.settings,
+            leases=project.components().leases,
         )
         _workers_report(base, want={"2"})
         time.sleep(1.0)
@@ -212,7 +212,7 @@ def test_swap_under_load_loses_no_request(two_versions):
             reason="load test",
             registry=registry,
             ledger=project.ledger(),
-            settings=project.settings,
+            leases=project.components().leases,
         )
         _workers_report(base, want={"1"})
         time.sleep(1.0)
