@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,7 +317,7 @@ def _ledger_entry(
 
 def run_cycle(ctx: Context, *, trigger: str = "manual") -> CycleResult:
     """Run one cycle end to end; every outcome, failures included, is a CycleResult."""
-    started = time.monotonic()
+    started = ctx.clock.monotonic()
     try:
         # OpenMP/BLAS pools sized to every core spin against each other (and against serving)
         # on a shared machine: a 0.1 s boosting fit was seen taking a minute. Parallelism
@@ -332,7 +331,7 @@ def run_cycle(ctx: Context, *, trigger: str = "manual") -> CycleResult:
         result = CycleResult(
             Verdict.SKIPPED,
             "Another retrain cycle is running; this one did nothing.",
-            seconds=time.monotonic() - started,
+            seconds=ctx.clock.monotonic() - started,
             busy=True,
         )
         _ledger_entry(ctx, result, trigger=trigger, fp=None)

@@ -6,7 +6,7 @@
 | `LedgerStore`     | `champion.training.ledger.Ledger`          | `tests.fakes`         |
 | `Leases`          | `champion.training.lease.FileLeases`       | `tests.fakes`         |
 | `BatchStore`      | `champion.training.batches.FileBatches`    | `tests.fakes`         |
-| `PredictionStore` | `champion.monitoring.capture.PredictionLog`| `tests.fakes`         |
+| `PredictionStore` | `champion.monitoring.capture.PredictionLog`| (SQLite in a temp dir) |
 | `Clock`           | `champion.training.clock.SystemClock`      | `tests.fakes`         |
 
 They are shaped for a second, shared backend: leases name their owner, ledger appends return a

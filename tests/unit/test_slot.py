@@ -1,0 +1,207 @@
+"""Unit tests of the model slot on a fake registry: swaps, refused loads, the local cache.
+
+The fake registry's `download` writes a real MLflow model folder (MLflow's own writer, no
+tracking server): the slot verifies the digest, the signature and the input example of
+exactly such a folder, and nothing less would test it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from champion.service.slot import CACHE_INDEX, FrameInputs, ModelSlot
+from champion.training.config import Contract
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.errors import RegistryError
+from champion.training.pipeline import Candidate, build_pipeline, prepare_features
+from champion.training.registry import MODEL_FILE
+from tests.fakes import FakeRegistry
+from tests.unit.conftest import make_contract, raw_contract
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return agrawal_frame(200, function=1, seed=3, label_noise=0.05)
+
+
+@pytest.fixture
+def contract(tmp_path: Path) -> Contract:
+    return make_contract(tmp_path)
+
+
+def _fitted(contract: Contract, frame: pd.DataFrame, *, C: float = 1.0) -> tuple[Any, Any]:
+    X = prepare_features(frame, contract)
+    candidate = Candidate("logistic", {"C": C})
+    pipeline = build_pipeline(contract, candidate, seed=0).fit(X, frame["approved"].to_numpy())
+    return pipeline, X.head(5)
+
+
+class Slot:
+    """A slot on a fake registry holding two good versions, v1 and v2, with v1 champion."""
+
+    def __init__(self, contract: Contract, frame: pd.DataFrame, cache: Path) -> None:
+        self.registry = FakeRegistry()
+        for C in (1.0, 0.1):
+            pipeline, example = _fitted(contract, frame, C=C)
+            self.registry.add_version(pipeline, example=example)
+        self.registry.set_alias("champion", "1")
+        self.swapped: list[str] = []
+        self.failures: list[str] = []
+        self.slot = self.new_slot(contract, cache)
+
+    def new_slot(self, contract: Contract, cache: Path) -> ModelSlot:
+        return ModelSlot(
+            registry=self.registry,
+            contract=contract,
+            cache_dir=cache,
+            on_swap=lambda served: self.swapped.append(served.version),
+            on_swap_failure=self.failures.append,
+        )
+
+    def downloads(self) -> int:
+        return self.registry.calls.count("download")
+
+
+@pytest.fixture
+def world(contract: Contract, frame: pd.DataFrame, tmp_path: Path) -> Slot:
+    return Slot(contract, frame, tmp_path / "cache")
+
+
+def _predict(slot: ModelSlot, frame: pd.DataFrame, contract: Contract) -> np.ndarray:
+    assert slot.current is not None
+    labels, proba = slot.current.predict(FrameInputs(prepare_features(frame.head(3), contract)))
+    assert proba is not None and proba.shape == (3, 2)
+    return labels
+
+
+def test_the_first_refresh_loads_verifies_and_serves_the_champion(world, frame, contract):
+    """It loads the champion from the registry, serves predictions and indexes its cache."""
+    assert world.slot.refresh() is True
+    status = world.slot.status()
+    assert (status.ready, status.version, status.source, status.swaps) == (True, "1", "registry", 1)
+    assert world.swapped == ["1"] and world.slot.current is not None
+    assert world.slot.current.sha256 == world.registry.versions["1"].sha256
+    assert set(_predict(world.slot, frame, contract)) <= {0, 1}
+    index = json.loads((world.slot.cache_dir / CACHE_INDEX).read_text())
+    assert index["version"] == "1" and index["sha256"] == world.registry.versions["1"].sha256
+    assert world.slot.refresh() is False, "an unmoved alias must not reload"
+    assert world.downloads() == 1
+
+
+def test_a_moved_alias_swaps_in_the_new_version_and_keeps_the_old_one(world):
+    """It swaps to the new champion and keeps the one before it for an instant rollback."""
+    world.slot.refresh()
+    world.registry.set_alias("champion", "2")
+    assert world.slot.refresh() is True
+    assert world.slot.current is not None and world.slot.current.version == "2"
+    assert world.slot.previous is not None and world.slot.previous.version == "1"
+    assert world.swapped == ["1", "2"] and world.downloads() == 2
+
+    world.registry.set_alias("champion", "1")  # a rollback: v1 is still in memory
+    assert world.slot.refresh() is True
+    assert world.slot.current.version == "1" and world.downloads() == 2
+    assert json.loads((world.slot.cache_dir / CACHE_INDEX).read_text())["version"] == "1"
+
+
+def test_a_failed_load_keeps_the_current_model(world):
+    """It keeps serving the current model when the new champion cannot be downloaded."""
+    world.slot.refresh()
+    world.registry.set_alias("champion", "2")
+    world.registry.fail_on.add("download")
+    assert world.slot.refresh() is False
+
+    status = world.slot.status()
+    assert status.version == "1" and status.swap_failures == 1
+    assert status.last_error is not None and "v2" in status.last_error
+    assert world.failures == ["RegistryError"] and world.swapped == ["1"]
+    world.registry.fail_on.clear()
+    assert world.slot.refresh() is True and world.slot.status().last_error is None
+
+
+def test_a_model_whose_digest_does_not_match_is_refused(world):
+    """It refuses a version whose downloaded bytes differ from the recorded digest."""
+    world.slot.refresh()
+    world.registry.set_alias("champion", "2")
+    world.registry.tamper("2")
+    assert world.slot.refresh() is False
+    assert world.slot.status().version == "1" and world.failures == ["IntegrityError"]
+    assert world.downloads() == 3  # v1, then v2 twice: a damaged copy is fetched once more
+
+
+def test_a_damaged_cached_copy_is_downloaded_again(world):
+    """It replaces a cached folder whose model file was damaged instead of failing."""
+    assert world.slot.refresh() is True
+    [folder] = [p for p in world.slot.cache_dir.iterdir() if p.is_dir()]
+    (folder / MODEL_FILE).write_bytes(b"torn download")
+    fresh = world.new_slot(world.slot.contract, world.slot.cache_dir)
+    assert fresh.refresh() is True
+    assert fresh.status().version == "1" and world.downloads() == 2
+
+
+def test_a_model_that_does_not_fit_the_contract_is_refused(world, contract, frame, tmp_path):
+    """It refuses a version trained on other features and keeps the current model."""
+    world.slot.refresh()
+    raw = raw_contract()
+    del raw["features"]["loan"]
+    narrow = make_contract(tmp_path / "narrow", raw)
+    pipeline, example = _fitted(narrow, frame)
+    ref = world.registry.add_version(pipeline, example=example)
+    world.registry.set_alias("champion", ref.version)
+    assert world.slot.refresh() is False
+
+    status = world.slot.status()
+    assert status.version == "1" and status.swap_failures == 1
+    assert world.failures == ["ChampionError"]
+
+
+def test_an_unreachable_registry_at_start_serves_the_cached_champion(world, contract):
+    """It serves the last champion from the local cache when the registry is down."""
+    world.slot.refresh()  # a first worker filled the cache
+    world.registry.fail_on.add("alias")
+    restarted = world.new_slot(contract, world.slot.cache_dir)
+    with pytest.raises(RegistryError):
+        restarted.refresh()
+
+    status = restarted.status()
+    assert (status.ready, status.version, status.source) == (True, "1", "cache")
+    assert status.degraded == "registry unreachable"
+    world.registry.fail_on.clear()
+    assert restarted.refresh() is True, "a cached model is replaced by the registry's"
+    assert restarted.status().source == "registry" and restarted.status().degraded is None
+
+
+def test_a_cache_whose_model_file_was_changed_is_not_served(world, contract):
+    """It refuses the cache when the cached file no longer matches the indexed digest."""
+    world.slot.refresh()
+    index = json.loads((world.slot.cache_dir / CACHE_INDEX).read_text())
+    (world.slot.cache_dir / index["folder"] / MODEL_FILE).write_bytes(b"changed")
+    restarted = world.new_slot(contract, world.slot.cache_dir)
+    assert restarted.load_from_cache() is False
+    assert restarted.status().ready is False
+    assert "cache unusable" in (restarted.status().last_error or "")
+
+
+def test_a_cache_index_pointing_outside_the_cache_is_refused(world, contract, tmp_path):
+    """It serves nothing from a cache index naming a folder outside the cache."""
+    world.slot.refresh()
+    path = world.slot.cache_dir / CACHE_INDEX
+    index = json.loads(path.read_text())
+    path.write_text(json.dumps(index | {"folder": "../elsewhere"}))
+    restarted = world.new_slot(contract, world.slot.cache_dir)
+    assert restarted.load_from_cache() is False and restarted.current is None
+
+
+def test_no_cache_and_no_champion_leave_the_slot_not_ready(world, contract, tmp_path):
+    """It reports not ready, without error, when there is neither a champion nor a cache."""
+    world.registry.alias_map.clear()
+    slot = world.new_slot(contract, tmp_path / "empty-cache")
+    assert slot.load_from_cache() is False
+    assert slot.refresh() is False
+    status = slot.status()
+    assert (status.ready, status.last_error, status.degraded) == (False, None, None)
