@@ -18,7 +18,7 @@ import pandas as pd
 from champion.monitoring.capture import LogLimiter
 from champion.monitoring.drift import DriftReport, evaluate
 from champion.monitoring.metrics import ServiceMetrics
-from champion.training.config import Contract, Settings
+from champion.training.config import Contract
 from champion.training.errors import RegistryError
 from champion.training.files import atomic_write_text
 from champion.training.metrics import compute
@@ -37,6 +37,19 @@ T = TypeVar("T")
 Window = tuple[dict[str, list[Any]], np.ndarray, np.ndarray | None]
 
 
+@dataclass(frozen=True)
+class WatchSettings:
+    """The monitoring job's knobs (from `Settings`, mapped by the composition root)."""
+
+    folder: Path  # latest.json, history.jsonl and state.json
+    window_rows: int = 500
+    alpha: float = 0.01
+    sustained_windows: int = 3
+    cooldown_seconds: float = 3600.0
+    quality_rows: int = 500
+    history_rows: int = 10_000
+
+
 @dataclass
 class Watch:
     """State kept between monitoring ticks by the scheduler leader.
@@ -47,7 +60,7 @@ class Watch:
     """
 
     contract: Contract
-    settings: Settings
+    config: WatchSettings
     registry: ModelRegistry
     prediction_log: PredictionStore
     ledger: LedgerStore
@@ -70,7 +83,7 @@ class Watch:
 
     @property
     def folder(self) -> Path:
-        return self.settings.home / "drift"
+        return self.config.folder
 
     # -- persisted state -----------------------------------------------------------------
 
@@ -151,7 +164,7 @@ class Watch:
 
     def window(self, version: str) -> Window:
         """The most recent `drift_window_rows` rows of `version`, tested or not (for reports)."""
-        rows = self.prediction_log.recent(limit=self.settings.drift_window_rows, version=version)
+        rows = self.prediction_log.recent(limit=self.config.window_rows, version=version)
         return self._columns(rows)
 
     def _evaluate(self, window: Window, profile: dict[str, Any]) -> DriftReport:
@@ -161,7 +174,7 @@ class Watch:
             profile,
             predictions=predictions if len(predictions) else None,
             scores=scores,
-            alpha=self.settings.drift_alpha,
+            alpha=self.config.alpha,
         )
 
     def drift(self, ref: ModelRef) -> DriftReport | None:
@@ -183,7 +196,7 @@ class Watch:
             summary["drift_window"] = {"tested": False, "reason": "no reference profile"}
             return None
         self._follow(ref.version)
-        needed = self.settings.drift_window_rows
+        needed = self.config.window_rows
         fresh = self.prediction_log.since(self.last_tested_id, limit=needed, version=ref.version)
         summary["drift_window"] = {
             "tested": False,
@@ -211,8 +224,8 @@ class Watch:
             self._save_state()
 
     def _maybe_trigger(self, report: DriftReport, ref: ModelRef) -> None:
-        needed = self.settings.drift_sustained_windows
-        cooling = self.clock() - self.last_trigger < self.settings.drift_cooldown_seconds
+        needed = self.config.sustained_windows
+        cooling = self.clock() - self.last_trigger < self.config.cooldown_seconds
         if self.streak < needed or cooling:
             return
         flagged = list(report.family_flagged)
@@ -238,7 +251,7 @@ class Watch:
     # -- live quality and feedback -------------------------------------------------------
 
     def quality(self) -> dict[str, float]:
-        labelled = self.prediction_log.labelled(limit=self.settings.quality_window_rows)
+        labelled = self.prediction_log.labelled(limit=self.config.quality_rows)
         if len(labelled) < 10:
             return {}
         y = np.asarray([r["label"] for r in labelled])
@@ -354,7 +367,7 @@ class Watch:
             summary["drift_model_version"] = ref.version
         else:
             # GET /drift keeps showing the last evaluation until a fresh window is tested.
-            previous = self._part("previous", lambda: latest(self.settings), summary) or {}
+            previous = self._part("previous", lambda: latest(self.folder), summary) or {}
             for key in ("drift", "drift_at", "drift_model_version"):
                 if key in previous:
                     summary[key] = previous[key]
@@ -387,7 +400,7 @@ class Watch:
         with path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
         lines += 1
-        keep = self.settings.drift_history_rows
+        keep = self.config.history_rows
         # Rewritten only once the excess is 10 %: one rewrite per keep/10 ticks, not each.
         if lines > keep + keep // 10:
             kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[-keep:]
@@ -430,9 +443,9 @@ class Watch:
             m.cv_score.labels(primary).set(mean)
 
 
-def latest(settings: Settings) -> dict[str, Any] | None:
+def latest(folder: Path) -> dict[str, Any] | None:
     """The last monitoring summary written by the leader (for GET /drift on any worker)."""
-    path = settings.home / "drift" / LATEST
+    path = folder / LATEST
     if not path.exists():
         return None
     return dict(json.loads(path.read_text(encoding="utf-8")))

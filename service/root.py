@@ -21,7 +21,7 @@ from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, Mode
 if TYPE_CHECKING:
     from champion.monitoring.capture import PredictionLog
     from champion.monitoring.metrics import ServiceMetrics
-    from champion.monitoring.watch import Watch
+    from champion.monitoring.watch import Watch, WatchSettings
     from champion.training.cycle import Context
 
 
@@ -144,7 +144,7 @@ class Components:
 
         return Watch(
             contract=self.contract,
-            settings=settings or self.settings,
+            config=watch_settings(settings or self.settings),
             registry=self.registry,
             prediction_log=self.prediction_log,
             ledger=self.ledger,
@@ -152,6 +152,21 @@ class Components:
             trigger_retrain=trigger_retrain or (lambda trigger: False),
             on_error=on_error,
         )
+
+
+def watch_settings(settings: Settings) -> WatchSettings:
+    """The monitoring job's values out of the deployment settings."""
+    from champion.monitoring.watch import WatchSettings
+
+    return WatchSettings(
+        folder=settings.home / "drift",
+        window_rows=settings.drift_window_rows,
+        alpha=settings.drift_alpha,
+        sustained_windows=settings.drift_sustained_windows,
+        cooldown_seconds=settings.drift_cooldown_seconds,
+        quality_rows=settings.quality_window_rows,
+        history_rows=settings.drift_history_rows,
+    )
 
 
 def build(

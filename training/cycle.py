@@ -236,30 +236,32 @@ def _artifacts(
         save_profile(profile, Path(tmp) / REFERENCE_PROFILE)
         ctx.registry.log_files(run_id, [Path(tmp) / REFERENCE_PROFILE], "")
     ctx.registry.log_json(run_id, fp, FINGERPRINT)
-    ctx.registry.log_json(
-        run_id,
-        {
-            "best": {
-                "candidate": tuned.best.candidate.to_json(),
-                "fold_scores": list(tuned.best.fold_scores),
-                "guardrails": {k: list(v) for k, v in tuned.best.guardrail_scores.items()},
-            },
-            "trials": [
-                {
-                    "number": t.number,
-                    "source": t.source,
-                    "candidate": t.candidate.to_json(),
-                    "mean": t.mean,
-                    "std": t.std,
-                    "seconds": t.seconds,
-                    "error": t.error,
-                }
-                for t in tuned.trials
-            ],
-            "importances": importances,
+    ctx.registry.log_json(run_id, _cv_scores(tuned, importances), CV_SCORES)
+
+
+def _cv_scores(tuned: TuneResult, importances: dict[str, float]) -> dict[str, Any]:
+    """Every trial's scores and the best one's folds: enough to audit the choice later."""
+    best = tuned.best
+    return {
+        "best": {
+            "candidate": best.candidate.to_json(),
+            "fold_scores": list(best.fold_scores),
+            "guardrails": {k: list(v) for k, v in best.guardrail_scores.items()},
         },
-        CV_SCORES,
-    )
+        "trials": [
+            {
+                "number": t.number,
+                "source": t.source,
+                "candidate": t.candidate.to_json(),
+                "mean": t.mean,
+                "std": t.std,
+                "seconds": t.seconds,
+                "error": t.error,
+            }
+            for t in tuned.trials
+        ],
+        "importances": importances,
+    }
 
 
 def _trial_logger(ctx: Context, parent: str) -> Callable[[TrialResult], None]:

@@ -407,17 +407,20 @@ def test_probes_before_the_service_starts_answer_without_an_error():
     assert live.json() == {"alive": True}
     assert ready.status_code == 503, ready.text
     assert ready.json() == {"ready": False, "reason": "starting"}
+    early = probes.post("/predict", json={"instances": []})
+    assert early.status_code == 503 and "starting" in early.json()["error"]
 
 
 def test_predict_is_answered_ahead_of_fastapi_routing(monkeypatch):
-    """POST /predict goes straight to the service's handler; anything else reaches the app."""
+    """POST /predict goes straight to its one handler, other methods get a 405; the rest
+    reaches the app."""
     import champion.service.app as app_module
     from champion.service.app import FastPath
 
     reached: list[str] = []
 
     class Service:
-        async def answer_asgi(self, scope: Any, receive: Any) -> Any:
+        async def predict(self, scope: Any, receive: Any) -> Any:
             from fastapi.responses import JSONResponse
 
             body = await app_module._receive_limited(receive, None, 1000)
@@ -432,9 +435,10 @@ def test_predict_is_answered_ahead_of_fastapi_routing(monkeypatch):
     monkeypatch.setattr(app_module, "_current_service", lambda: Service())
     client = TestClient(FastPath(inner))
     assert client.post("/predict", content=b"12345").json() == {"echo": 5}
-    assert client.get("/predict").json() == {"inner": True}
+    wrong = client.get("/predict")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert client.post("/feedback", content=b"{}").json() == {"inner": True}
-    assert reached == ["GET /predict", "POST /feedback"]
+    assert reached == ["POST /feedback"]
 
 
 # -- admin --------------------------------------------------------------------------------------

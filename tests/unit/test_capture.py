@@ -19,6 +19,7 @@ from champion.monitoring.capture import Capture, Captured, PredictionLog, Writte
 from champion.monitoring.drift import DriftReport, FeatureDrift
 from champion.monitoring.metrics import ServiceMetrics
 from champion.monitoring.watch import Watch
+from champion.service.root import watch_settings
 from champion.training.config import Contract, Settings, load_contract
 from champion.training.ledger import Ledger
 from champion.training.registry import ModelRef
@@ -624,7 +625,7 @@ def _contract(tmp_path: Path) -> Contract:
 def _watch(tmp_path: Path, plog: PredictionLog, **settings: Any) -> Watch:
     return Watch(
         contract=_contract(tmp_path),
-        settings=Settings(home=tmp_path / "home", **settings),
+        config=watch_settings(Settings(home=tmp_path / "home", **settings)),
         registry=_NoRegistry(),  # type: ignore[arg-type]
         prediction_log=plog,
         ledger=Ledger(tmp_path / "home" / "ledger.jsonl"),

@@ -20,6 +20,7 @@ from champion.monitoring.capture import Captured, PredictionLog
 from champion.monitoring.metrics import ServiceMetrics
 from champion.monitoring.profile import build_profile
 from champion.monitoring.watch import Watch, latest
+from champion.service.root import watch_settings
 from champion.training.config import Settings
 from champion.training.demo.simulate import FEATURES_CATEGORICAL, FEATURES_NUMERIC, agrawal_frame
 from champion.training.files import atomic_write_text
@@ -91,7 +92,7 @@ def _watch(
     }
     return Watch(
         contract=make_contract(tmp_path),
-        settings=Settings(home=tmp_path / "home", **(defaults | settings)),
+        config=watch_settings(Settings(home=tmp_path / "home", **(defaults | settings))),
         registry=registry or _Registry(),  # type: ignore[arg-type]
         prediction_log=plog,
         ledger=Ledger(tmp_path / "home" / "ledger.jsonl"),
@@ -138,7 +139,7 @@ def test_a_burst_then_quiet_traffic_is_one_drifted_window_not_a_sustained_drift(
         "after_id": watch.last_tested_id,
     }
     assert watch.streak == 1  # an untested tick does not move the streak
-    shown = latest(watch.settings)
+    shown = latest(watch.folder)
     assert shown is not None and shown["drift"] == first["drift"]  # GET /drift: last evaluation
     assert shown["drift_at"] == first["at"]
 
@@ -300,14 +301,14 @@ def test_a_failing_part_is_counted_and_the_tick_goes_on(tmp_path, plog):
     assert set(summary["errors"]) == {"export", "quality", "cv_score"}
     assert len(errors) == 3
     assert summary["drift"]["dataset_drift"] is True  # drift ran despite the other failures
-    assert latest(watch.settings) == summary
+    assert latest(watch.folder) == summary
 
     registry.fail = {"profile"}
     broken_drift = _watch(tmp_path / "other", plog, registry=registry)
     broken_drift.on_error = lambda: errors.append(1)
     summary = broken_drift.tick()
     assert set(summary["errors"]) == {"drift"} and len(errors) == 4
-    assert latest(broken_drift.settings) is not None  # the summary is still written
+    assert latest(broken_drift.folder) is not None  # the summary is still written
 
     registry.fail = {"alias"}
     summary = broken_drift.tick()
