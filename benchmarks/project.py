@@ -204,23 +204,14 @@ class BenchProject:
 
     def cycle_runs(self) -> list[dict[str, Any]]:
         """Finished cycle runs in this store, oldest first, with their metrics and params."""
-        registry = self.registry()
-        exp = registry.client.get_experiment_by_name(self.contract().project.name)
-        if exp is None:
-            return []
-        runs = registry.client.search_runs(
-            [exp.experiment_id],
-            filter_string="tags.`champion.kind` = 'cycle'",
-            order_by=["attributes.start_time ASC"],
-        )
         return [
             {
-                "run_id": r.info.run_id,
-                "status": r.info.status,
-                "metrics": dict(r.data.metrics),
-                "params": dict(r.data.params),
+                "run_id": r.run_id,
+                "status": r.status,
+                "metrics": dict(r.metrics),
+                "params": dict(r.params),
             }
-            for r in runs
+            for r in self.registry().runs(kind="cycle")
         ]
 
 

@@ -9,7 +9,7 @@ import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ class RunSummary:
     status: str
     metrics: Mapping[str, float]
     started_ms: int | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def cv_metrics(self) -> dict[str, float]:
@@ -280,8 +282,38 @@ class Registry:
             run = self.client.get_run(run_id)
         except MlflowException:
             return None
-        metrics = {str(k): float(v) for k, v in (run.data.metrics or {}).items()}
-        return RunSummary(run_id, str(run.info.status), metrics, run.info.start_time)
+        return _summary(run)
+
+    def runs(
+        self, *, kind: str | None = None, parent: str | None = None, status: str | None = None
+    ) -> list[RunSummary]:
+        """This model's runs, oldest first: cycles (`kind="cycle"`), or a cycle's trials."""
+        clauses = []
+        if kind is not None:
+            clauses.append(f"tags.`{TAG_KIND}` = '{kind}'")
+        if parent is not None:
+            clauses.append(f"tags.`mlflow.parentRunId` = '{parent}'")
+        if status is not None:
+            clauses.append(f"attributes.status = '{status}'")
+        exp = self._experiment_id or getattr(
+            self.client.get_experiment_by_name(self.model_name), "experiment_id", None
+        )
+        if exp is None:
+            return []  # nothing has run yet
+        found = self.client.search_runs(
+            [exp],
+            filter_string=" and ".join(clauses),
+            order_by=["attributes.start_time ASC"],
+        )
+        return [_summary(r) for r in found]
+
+    def artifacts(self, run_id: str, path: str = "") -> list[str]:
+        """Paths of a run's artifacts directly under `path`."""
+        return [str(a.path) for a in self.client.list_artifacts(run_id, path or None)]
+
+    def prepare(self) -> None:
+        """Create (or migrate) the tracking store's tables now rather than on first use."""
+        self.client.search_experiments()
 
     # -- write side (training only) ----------------------------------------------------------
 
@@ -441,11 +473,18 @@ class Registry:
         return True
 
     def running_cycle_runs(self) -> list[str]:
-        runs = self.client.search_runs(
-            [self._experiment()],
-            filter_string=f"tags.`{TAG_KIND}` = 'cycle' and attributes.status = 'RUNNING'",
-        )
-        return [r.info.run_id for r in runs]
+        return [r.run_id for r in self.runs(kind="cycle", status="RUNNING")]
+
+
+def _summary(run: Any) -> RunSummary:
+    return RunSummary(
+        str(run.info.run_id),
+        str(run.info.status),
+        {str(k): float(v) for k, v in (run.data.metrics or {}).items()},
+        run.info.start_time,
+        {str(k): str(v) for k, v in (run.data.params or {}).items()},
+        {str(k): str(v) for k, v in (run.data.tags or {}).items()},
+    )
 
 
 def _requirements() -> list[str]:

@@ -55,7 +55,7 @@ def project_raw(**overrides: Any) -> dict[str, Any]:
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLflow SQLite store migrated once; each test copies it (migration takes seconds)."""
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    Registry(tracking_uri=f"sqlite:///{path}", model_name="template").client.search_experiments()
+    Registry(tracking_uri=f"sqlite:///{path}", model_name="template").prepare()
     return path
 
 

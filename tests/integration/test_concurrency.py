@@ -91,10 +91,7 @@ def test_cycle_killed_mid_way_leaves_a_whole_state(project, stage):
         assert result.verdict is Verdict.PROMOTE
     assert "cycle_interrupted" in events
     assert project.ledger().last_champion() == champion
-    runs = project.registry().client.search_runs(
-        [project.registry()._experiment()], "attributes.status = 'RUNNING'"
-    )
-    assert runs == []
+    assert project.registry().runs(status="RUNNING") == []
 
 
 def test_rollback_and_manual_promote_move_aliases_and_write_the_ledger(project):

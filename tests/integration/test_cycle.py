@@ -27,13 +27,13 @@ def test_bootstrap_on_empty_registry_makes_version_1_champion(project):
     assert ref.sha256 and ref.candidate_json
     loaded = registry.load(ref, cache_dir=project.root / "dl")
     assert list(loaded.input_names) == list(project.contract.features)
-    run = registry.client.get_run(ref.run_id)  # the MLflow store itself, as the adapter wrote it
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["champion.verdict"] == "PROMOTE"
-    assert "cv_roc_auc_mean" in run.data.metrics and "cv_roc_auc_fold_0" in run.data.metrics
-    artifacts = {a.path for a in registry.client.list_artifacts(ref.run_id)}
+    run = registry.run_summary(ref.run_id)
+    assert run is not None and run.status == "FINISHED"
+    assert run.tags["champion.verdict"] == "PROMOTE"
+    assert "cv_roc_auc_mean" in run.metrics and "cv_roc_auc_fold_0" in run.metrics
+    artifacts = set(registry.artifacts(ref.run_id))
     assert {"verdict.json", "fingerprint.json", "reference_profile.json", "plots"} <= artifacts
-    plots = {a.path for a in registry.client.list_artifacts(ref.run_id, "plots")}
+    plots = set(registry.artifacts(ref.run_id, "plots"))
     assert {
         "plots/confusion_matrix.png",
         "plots/roc_pr.png",
@@ -41,11 +41,9 @@ def test_bootstrap_on_empty_registry_makes_version_1_champion(project):
     } <= plots
     fp = registry.run_json(ref.run_id, "fingerprint.json")
     assert fp["rows"] == 1200 and len(fp["batches"]) == 2 and fp["time_min"] < fp["time_max"]
-    trials = registry.client.search_runs(
-        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{ref.run_id}'"
-    )
+    trials = registry.runs(parent=ref.run_id)
     assert len(trials) == result.trials == 3
-    assert any(k.startswith("roc_auc_fold_") for k in trials[0].data.metrics)
+    assert any(k.startswith("roc_auc_fold_") for k in trials[0].metrics)
     entries = project.ledger().entries()
     assert entries[-1]["verdict"] == "PROMOTE" and entries[-1]["champion_after"] == "1"
     assert entries[-1]["data"]["rows"] == 1200
