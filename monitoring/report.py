@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from champion.monitoring.drift import DriftReport, FeatureDrift
 from champion.monitoring.profile import bin_frequencies
+from champion.training.records import LedgerEntry
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430}
@@ -125,11 +126,11 @@ def render(
     rows = "".join(
         "<tr>"
         + "".join(
-            f"<td>{html.escape(str(e.get(k, '') or ''))}</td>"
-            for k in ("at", "event", "verdict", "champion_after", "reason")
+            f"<td>{html.escape(str(value or ''))}</td>"
+            for value in (e.at, e.event, e.verdict, e.champion_after, e.reason)
         )
         + "</tr>"
-        for e in reversed(list(history)[-30:])
+        for e in (LedgerEntry.from_record(r) for r in reversed(list(history)[-30:]))
     )
     pred = report.prediction
     pred_line = (

@@ -40,7 +40,7 @@ from champion.service.validation import (
     parse_body,
     validate_instances,
 )
-from champion.training.records import Verdict
+from champion.training.records import Event, LedgerEntry, Verdict
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
     from champion.service.slot import Served
@@ -511,7 +511,8 @@ class Champion:
     def model(self) -> JSONResponse:
         served = self.slot.current
         st = self.slot.status()
-        last = self.ledger.last("cycle")
+        found = self.ledger.last(Event.CYCLE)
+        last = None if found is None else LedgerEntry.from_record(found)
         body: dict[str, Any] = {
             "model_name": self.contract.project.name,
             "ready": st.ready,
@@ -523,8 +524,11 @@ class Champion:
             "last_verdict": None
             if last is None
             else {
-                k: last.get(k)
-                for k in ("verdict", "reason", "at", "challenger_version", "champion_after")
+                "verdict": last.verdict,
+                "reason": last.reason,
+                "at": last.at,
+                "challenger_version": last.challenger_version,
+                "champion_after": last.champion_after,
             },
         }
         if served is not None:
