@@ -72,5 +72,11 @@ demo: install
 	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
 	CHAMPION_ADMIN_TOKEN=$(DEMO_TOKEN) $(BIN)/champion demo --url http://127.0.0.1:3000
 
+# A Bento (what a BentoML deployment or `bentoml containerize` takes): the wheel, then the build.
+.PHONY: bento
+bento: install
+	rm -rf dist && $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/bentoml build
+
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var dist .pytest_cache .mypy_cache .ruff_cache

@@ -159,17 +159,9 @@ def numeric_drift(
     if short:
         return _insufficient(name, kind, finite.size, short)
 
-    reference_counts = np.rint(np.asarray(frequencies) * reference_n)
-    if len(edges) == 2 and edges[0] == edges[1]:
-        # One degenerate reference bin holds every value, so bin_frequencies cannot tell a
-        # changed constant apart; compare "equals the constant" against "anything else".
-        same = int(np.count_nonzero(finite == edges[0]))
-        live_counts = np.array([same, finite.size - same], dtype=float)
-        reference_counts = np.array([reference_n, 0.0])
-        comparison = _compare(live_counts, reference_counts, ordered=False)
-    else:
-        live_counts = np.rint(np.asarray(bin_frequencies(finite, edges)) * finite.size)
-        comparison = _compare(live_counts, reference_counts, ordered=True)
+    comparison = _compare_numeric(
+        finite, edges=edges, frequencies=frequencies, reference_n=reference_n
+    )
     return _result(
         name,
         kind,
@@ -180,6 +172,22 @@ def numeric_drift(
         null_share=null_share,
         unseen_rate=None,
     )
+
+
+def _compare_numeric(
+    finite: np.ndarray, *, edges: list[float], frequencies: list[float], reference_n: int
+) -> _Comparison:
+    """Bin the finite live values on the reference edges and compare the two count vectors."""
+    reference_counts = np.rint(np.asarray(frequencies) * reference_n)
+    if len(edges) == 2 and edges[0] == edges[1]:
+        # One degenerate reference bin holds every value, so bin_frequencies cannot tell a
+        # changed constant apart; compare "equals the constant" against "anything else".
+        same = int(np.count_nonzero(finite == edges[0]))
+        live_counts = np.array([same, finite.size - same], dtype=float)
+        reference_counts = np.array([reference_n, 0.0])
+        return _compare(live_counts, reference_counts, ordered=False)
+    live_counts = np.rint(np.asarray(bin_frequencies(finite, edges)) * finite.size)
+    return _compare(live_counts, reference_counts, ordered=True)
 
 
 def categorical_drift(
@@ -276,21 +284,8 @@ def prediction_drift(
     if predictions is None and scores is not None:
         matrix = np.asarray(scores, dtype=float)
         if matrix.ndim == 1:
-            edges = profile_prediction.get("score_edges", [])
-            if not edges:
-                return None
-            score_ref = {"edges": edges, "frequencies": profile_prediction["score_frequencies"]}
-            return numeric_drift(matrix, score_ref, name="score", kind="prediction", **common)
-        if matrix.ndim != 2 or matrix.shape[1] != len(classes):
-            raise ValueError(
-                f"scores must have shape (n, {len(classes)}) or (n,), got {matrix.shape}"
-            )
-        # Rows with a missing probability have no predicted class; keep them as nulls.
-        usable = np.isfinite(matrix).all(axis=1)
-        best = np.argmax(np.where(np.isfinite(matrix), matrix, -np.inf), axis=1)
-        predictions = [
-            classes[index] if ok else None for index, ok in zip(best, usable, strict=True)
-        ]
+            return _score_drift(matrix, profile_prediction, common)
+        predictions = _predicted_classes(matrix, classes)
     reference = {"frequencies": frequencies, "null_rate": 0.0}
     return categorical_drift(
         predictions if predictions is not None else [],
@@ -299,6 +294,27 @@ def prediction_drift(
         kind="prediction",
         **common,
     )
+
+
+def _score_drift(
+    scores: np.ndarray, profile_prediction: Mapping[str, Any], common: Mapping[str, Any]
+) -> FeatureDrift | None:
+    """1-D classification scores against the profile's score bins; None without such bins."""
+    edges = profile_prediction.get("score_edges", [])
+    if not edges:
+        return None
+    score_ref = {"edges": edges, "frequencies": profile_prediction["score_frequencies"]}
+    return numeric_drift(scores, score_ref, name="score", kind="prediction", **common)
+
+
+def _predicted_classes(matrix: np.ndarray, classes: Sequence[str]) -> list[str | None]:
+    """The argmax class of each row of probabilities, as the profile derived it."""
+    if matrix.ndim != 2 or matrix.shape[1] != len(classes):
+        raise ValueError(f"scores must have shape (n, {len(classes)}) or (n,), got {matrix.shape}")
+    # Rows with a missing probability have no predicted class; keep them as nulls.
+    usable = np.isfinite(matrix).all(axis=1)
+    best = np.argmax(np.where(np.isfinite(matrix), matrix, -np.inf), axis=1)
+    return [classes[index] if ok else None for index, ok in zip(best, usable, strict=True)]
 
 
 def evaluate(
@@ -324,30 +340,10 @@ def evaluate(
         raise ValueError(f"family_alpha must be in (0, 1), got {family_alpha}")
     reference_rows = int(profile["rows"])
     features: Mapping[str, Mapping[str, Any]] = profile.get("features", {})
-    lengths = {len(frame_like[name]) for name in features if name in frame_like}
-    if len(lengths) > 1:
-        raise ValueError(f"columns of the window differ in length: {sorted(lengths)}")
-    window_rows = lengths.pop() if lengths else 0
-
-    results: list[FeatureDrift] = []
-    for name, ref in features.items():
-        kind = ref.get("type")
-        if kind not in ("numeric", "categorical"):
-            raise ValueError(f"profile feature {name!r} has unknown type {kind!r}")
-        if name not in frame_like:
-            results.append(_insufficient(name, kind, 0, "the column is absent from the window"))
-            continue
-        test = numeric_drift if kind == "numeric" else categorical_drift
-        results.append(
-            test(
-                frame_like[name],
-                ref,
-                reference_rows=reference_rows,
-                alpha=alpha,
-                min_rows=min_rows,
-                name=name,
-            )
-        )
+    window_rows = _window_rows(frame_like, features)
+    results = _feature_results(
+        frame_like, features, reference_rows=reference_rows, alpha=alpha, min_rows=min_rows
+    )
 
     tested = [result for result in results if result.p_value is not None]
     flagged = sum(result.drifted for result in tested)
@@ -371,6 +367,45 @@ def evaluate(
         family_alpha=family_alpha,
         family_flagged=tuple(family),
     )
+
+
+def _window_rows(frame_like: Columns, features: Mapping[str, Mapping[str, Any]]) -> int:
+    """The common length of the profiled columns present in the window (0 when none is)."""
+    lengths = {len(frame_like[name]) for name in features if name in frame_like}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of the window differ in length: {sorted(lengths)}")
+    return lengths.pop() if lengths else 0
+
+
+def _feature_results(
+    frame_like: Columns,
+    features: Mapping[str, Mapping[str, Any]],
+    *,
+    reference_rows: int,
+    alpha: float,
+    min_rows: int,
+) -> list[FeatureDrift]:
+    """One result per profiled feature, in profile order; absent columns are not tested."""
+    results: list[FeatureDrift] = []
+    for name, ref in features.items():
+        kind = ref.get("type")
+        if kind not in ("numeric", "categorical"):
+            raise ValueError(f"profile feature {name!r} has unknown type {kind!r}")
+        if name not in frame_like:
+            results.append(_insufficient(name, kind, 0, "the column is absent from the window"))
+            continue
+        test = numeric_drift if kind == "numeric" else categorical_drift
+        results.append(
+            test(
+                frame_like[name],
+                ref,
+                reference_rows=reference_rows,
+                alpha=alpha,
+                min_rows=min_rows,
+                name=name,
+            )
+        )
+    return results
 
 
 def psi_threshold(*, bins: int, live_rows: int, reference_rows: int, alpha: float) -> float | None:

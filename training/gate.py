@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from champion.training.config import METRICS, Contract
+from champion.training.config import METRICS, Contract, GateSection
 from champion.training.records import Verdict
 
 
@@ -153,8 +153,32 @@ def decide(
             f"Only {len(chal)} usable paired folds for {primary}; not enough fresh data to "
             "compare, so the champion stays.",
         )
-    sign = 1.0 if METRICS[primary][1] else -1.0
-    deltas = sign * (chal - champ)
+    deltas = _orientation(primary) * (chal - champ)
+    interval = _paired_interval(deltas, paired=paired, contract=contract)
+    head = _primary_check(primary, chal=chal, champ=champ, interval=interval, gate=gate)
+    checks = (head, *_guardrail_checks(paired, contract=contract))
+    return _verdict(checks, interval=interval, numbers=_numbers(primary, interval, gate=gate))
+
+
+@dataclass(frozen=True)
+class _Interval:
+    """The primary metric's mean paired change and its one-sided interval."""
+
+    mean: float
+    lower: float
+    upper: float
+    p_value: float
+    folds: int
+
+
+def _orientation(metric: str) -> float:
+    # Deltas are oriented so that positive always means the challenger is better.
+    return 1.0 if METRICS[metric][1] else -1.0
+
+
+def _paired_interval(deltas: np.ndarray, *, paired: PairedScores, contract: Contract) -> _Interval:
+    """The interval of the contract's chosen method around the mean oriented delta."""
+    gate = contract.gate
     if gate.method == "bootstrap":
         lower, upper, p = bootstrap_interval(
             deltas,
@@ -167,29 +191,36 @@ def decide(
         lower, upper, p = corrected_t_interval(
             deltas, test_train_ratio=paired.test_train_ratio, confidence=gate.confidence
         )
-    mean_delta = float(np.mean(deltas))
-    primary_ok = mean_delta >= gate.min_delta and lower > 0
-    checks = [
-        MetricCheck(
-            metric=primary,
-            role="primary",
-            challenger=float(chal.mean()),
-            champion=float(champ.mean()),
-            delta=mean_delta,
-            threshold=gate.min_delta,
-            passed=primary_ok,
-            lower=lower,
-            upper=upper,
-            p_value=p,
-            folds=len(deltas),
-        )
-    ]
+    return _Interval(float(np.mean(deltas)), lower, upper, p, len(deltas))
+
+
+def _primary_check(
+    metric: str, *, chal: np.ndarray, champ: np.ndarray, interval: _Interval, gate: GateSection
+) -> MetricCheck:
+    """Passes only when the mean change reaches min_delta and the interval clears zero."""
+    return MetricCheck(
+        metric=metric,
+        role="primary",
+        challenger=float(chal.mean()),
+        champion=float(champ.mean()),
+        delta=interval.mean,
+        threshold=gate.min_delta,
+        passed=interval.mean >= gate.min_delta and interval.lower > 0,
+        lower=interval.lower,
+        upper=interval.upper,
+        p_value=interval.p_value,
+        folds=interval.folds,
+    )
+
+
+def _guardrail_checks(paired: PairedScores, *, contract: Contract) -> list[MetricCheck]:
+    """One check per guardrail with usable folds: the mean drop must stay within tolerance."""
+    checks: list[MetricCheck] = []
     for metric, tolerance in contract.metrics.guardrails.items():
         g_chal, g_champ = _clean_pairs(paired.challenger[metric], paired.champion[metric])
         if len(g_chal) == 0:
             continue
-        g_sign = 1.0 if METRICS[metric][1] else -1.0
-        g_delta = float(np.mean(g_sign * (g_chal - g_champ)))
+        g_delta = float(np.mean(_orientation(metric) * (g_chal - g_champ)))
         checks.append(
             MetricCheck(
                 metric=metric,
@@ -202,35 +233,38 @@ def decide(
                 folds=len(g_chal),
             )
         )
-    failed_guards = [c for c in checks[1:] if not c.passed]
-    numbers = {
-        "metric": primary,
-        "mean_delta": mean_delta,
-        "lower": lower,
-        "upper": upper,
-        "p_value": p,
-        "folds": len(deltas),
+    return checks
+
+
+def _numbers(metric: str, interval: _Interval, *, gate: GateSection) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "mean_delta": interval.mean,
+        "lower": interval.lower,
+        "upper": interval.upper,
+        "p_value": interval.p_value,
+        "folds": interval.folds,
         "confidence": gate.confidence,
         "min_delta": gate.min_delta,
         "method": gate.method,
     }
+
+
+def _verdict(
+    checks: tuple[MetricCheck, ...], *, interval: _Interval, numbers: Mapping[str, Any]
+) -> Decision:
+    """Guardrails veto first; then a credibly worse, better or undecided primary metric."""
     head = str(checks[0])
+    failed_guards = [c for c in checks[1:] if not c.passed]
     if failed_guards:
         why = "; ".join(str(c) for c in failed_guards)
-        return Decision(
-            Verdict.REJECT, f"Guardrail failed. {why}. ({head})", tuple(checks), numbers
-        )
-    if upper < 0:
-        return Decision(Verdict.REJECT, f"The challenger is worse. {head}.", tuple(checks), numbers)
-    if primary_ok:
-        return Decision(
-            Verdict.PROMOTE, f"The challenger is better. {head}.", tuple(checks), numbers
-        )
+        return Decision(Verdict.REJECT, f"Guardrail failed. {why}. ({head})", checks, numbers)
+    if interval.upper < 0:
+        return Decision(Verdict.REJECT, f"The challenger is worse. {head}.", checks, numbers)
+    if checks[0].passed:
+        return Decision(Verdict.PROMOTE, f"The challenger is better. {head}.", checks, numbers)
     return Decision(
-        Verdict.HOLD,
-        f"No credible improvement; the champion stays. {head}.",
-        tuple(checks),
-        numbers,
+        Verdict.HOLD, f"No credible improvement; the champion stays. {head}.", checks, numbers
     )
 
 

@@ -306,10 +306,13 @@ def test_nothing_cached_and_registry_down_is_not_ready_but_alive(project):
 
 
 def test_bentoml_build_packages_the_service(tmp_path):
-    """It builds a Bento from bentofile.yaml (what a container image is made from)."""
+    """It builds a Bento with `make bento` (what a container image is made from): the contract,
+    and the code as the project's wheel, which holds the `champion` namespace."""
+    import zipfile
+
     env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), BENTOML_DO_NOT_TRACK="true")
     out = subprocess.run(
-        [str(Path(os.sys.executable).with_name("bentoml")), "build", "--output", "tag"],
+        ["make", "--no-print-directory", "bento"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -317,10 +320,16 @@ def test_bentoml_build_packages_the_service(tmp_path):
         timeout=300,
         check=False,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "champion:" in out.stdout
-    built = list((tmp_path / "bentoml" / "bentos" / "champion").glob("*/src/champion.toml"))
-    assert built, "the contract must ship inside the Bento"
+    assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+    store = tmp_path / "bentoml" / "bentos" / "champion"
+    bentos = [b for b in store.glob("*") if b.name != "latest"]
+    assert len(bentos) == 1, "one Bento is built"
+    assert (bentos[0] / "src" / "champion.toml").is_file(), "the contract ships inside"
+    wheels = list(bentos[0].glob("env/python/wheels/champion-*.whl"))
+    assert wheels, "the project's wheel ships inside"
+    names = set(zipfile.ZipFile(wheels[0]).namelist())
+    assert {"champion/service/app.py", "champion/training/cycle.py"} <= names
+    assert not any(n.startswith(("service/", "training/", "monitoring/")) for n in names)
 
 
 def test_predict_command_sends_a_csv_and_reports_problems(project):

@@ -16,3 +16,22 @@ def test_bentofile_lists_every_runtime_dependency_of_pyproject() -> None:
     # BentoML is the builder itself; everything else must reach the image.
     missing = sorted(set(declared) - set(bento) - {d for d in declared if d.startswith("bentoml")})
     assert not missing, f"bentofile.yaml lacks {missing}"
+
+
+def test_bentofile_ships_the_wheel_of_this_version() -> None:
+    """It names the wheel `make bento` builds, for the version pyproject declares."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    wheels = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["wheels"]
+    assert wheels == [f"dist/champion-{version}-py3-none-any.whl"]
+
+
+def test_the_distribution_installs_under_one_namespace() -> None:
+    """It installs `champion.service`, `champion.training`, `champion.monitoring`, no bare
+    top-level names that could collide with another project's `training`."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p.startswith("champion.") for p in tool["packages"])
+    assert set(tool["package-dir"]) == {
+        "champion.service",
+        "champion.training",
+        "champion.monitoring",
+    }
