@@ -16,6 +16,7 @@ from champion.training.errors import ChampionError
 
 if TYPE_CHECKING:
     from champion.service.root import Components
+    from champion.training.data import BatchEntry
     from champion.training.records import CycleReport
 
 P = ParamSpec("P")
@@ -108,24 +109,25 @@ def _report(report: CycleReport, *, result_file: Path | None, as_json: bool) -> 
         typer.echo(report.to_json())
 
 
-def _describe(entry: dict[str, Any]) -> str:
-    at = entry.get("at", "")[:19].replace("T", " ")
-    event = entry.get("event", "?")
-    verdict = entry.get("verdict")
-    head = verdict if event == "cycle" else event.replace("_", " ").upper()
-    if event == "cycle_interrupted":
+def _describe(record: dict[str, Any]) -> str:
+    from champion.training.records import Event, LedgerEntry
+
+    entry = LedgerEntry.from_record(record)
+    at = (entry.at or "")[:19].replace("T", " ")
+    if entry.event is Event.CYCLE:
+        head = str(entry.verdict or "")
+    elif entry.event is Event.CYCLE_INTERRUPTED:
         head = "FAILED"
+    else:
+        head = entry.event.replace("_", " ").upper()
     moved = ""
-    if "champion_after" in entry:
-        before, after = entry.get("champion_before"), entry.get("champion_after")
+    if entry.moved or entry.champion_after is not None:
+        before, after = entry.champion_before, entry.champion_after
         moved = f" v{before} → v{after}" if before != after else f" (champion v{after})"
         moved = moved.replace("vNone", "none")
-    version = (
-        f" challenger v{entry['challenger_version']}" if entry.get("challenger_version") else ""
-    )
-    batch = f" {entry['batch']}" if entry.get("batch") else ""
-    who = entry.get("who", "")
-    return f"{at}  {head:<15}{moved}{version}{batch}  [{who}]\n    {entry.get('reason', '')}"
+    version = f" challenger v{entry.challenger_version}" if entry.challenger_version else ""
+    batch = f" {entry.batch}" if entry.batch else ""
+    return f"{at}  {head:<15}{moved}{version}{batch}  [{entry.who}]\n    {entry.reason}"
 
 
 @app.command()
@@ -150,7 +152,7 @@ def status() -> None:
     """Show the champion, the aliases, the last verdict and the landing zone."""
     from collections import Counter
 
-    from champion.training.data import Manifest, landing_status
+    from champion.training.data import BatchStatus, Manifest, landing_status
 
     w = _root()
     registry = w.registry
@@ -183,11 +185,12 @@ def status() -> None:
     entries = w.ledger.entries()
     if entries:
         typer.echo("last entry:  " + _describe(entries[-1]).replace("\n", "\n             "))
-    counts = Counter(e["status"] for e in manifest.batches.values())
+    counts = Counter(e.status for e in manifest.batches.values())
     landing = landing_status(w.contract, manifest)
     typer.echo(
-        f"batches:     {counts['accepted']} accepted ({len(manifest.unconsumed())} not yet "
-        f"trained on), {counts['retired']} retired, {counts['quarantined']} quarantined"
+        f"batches:     {counts[BatchStatus.ACCEPTED]} accepted ({len(manifest.unconsumed())} "
+        f"not yet trained on), {counts[BatchStatus.RETIRED]} retired, "
+        f"{counts[BatchStatus.QUARANTINED]} quarantined"
     )
     # Accepted files may stay in the landing zone or go: only files not taken in count here.
     typer.echo(
@@ -203,15 +206,17 @@ batches_app = typer.Typer(
 app.add_typer(batches_app, name="batches")
 
 
-def _batch_line(batch_id: str, entry: dict[str, Any]) -> str:
-    seen = str(entry.get("seen_at", ""))[:19].replace("T", " ")
-    rows = entry.get("usable_rows", entry.get("rows", "?"))
-    trained = entry.get("consumed_by") or "-"
-    line = f"{batch_id}  {entry['status']:<11} {rows:>7} rows  seen {seen}  trained on: {trained}"
-    if entry["status"] == "quarantined" and entry.get("reasons"):
-        line += f"\n    {entry['reasons'][0]}"
-    elif entry["status"] == "retired":
-        line += f"\n    retired: {entry.get('retired_reason', '')}"
+def _batch_line(batch_id: str, entry: BatchEntry) -> str:
+    from champion.training.data import BatchStatus
+
+    seen = (entry.seen_at or "")[:19].replace("T", " ")
+    rows = next((n for n in (entry.usable_rows, entry.rows) if n is not None), "?")
+    trained = entry.consumed_by or "-"
+    line = f"{batch_id}  {entry.status:<11} {rows:>7} rows  seen {seen}  trained on: {trained}"
+    if entry.status is BatchStatus.QUARANTINED and entry.reasons:
+        line += f"\n    {entry.reasons[0]}"
+    elif entry.status is BatchStatus.RETIRED:
+        line += f"\n    retired: {entry.retired_reason or ''}"
     return line
 
 
@@ -233,7 +238,7 @@ def batches(
     landing = landing_status(w.contract, manifest)
     if as_json:
         body = {
-            "batches": manifest.batches,
+            "batches": manifest.records(),
             "classes": manifest.classes,
             "landing_zone": {
                 "new": list(landing.new),
@@ -245,7 +250,7 @@ def batches(
         return
     if not manifest.batches:
         typer.echo("No batch taken in yet.")
-    for batch_id in sorted(manifest.batches, key=lambda b: manifest.batches[b].get("seen_at", "")):
+    for batch_id in sorted(manifest.batches, key=lambda b: manifest.batches[b].seen_at or ""):
         typer.echo(_batch_line(batch_id, manifest.batches[batch_id]))
     for label, names in (
         ("new (taken in by the next cycle)", landing.new),
@@ -297,18 +302,7 @@ def promote(
     """Manually make VERSION the champion (recorded in the ledger)."""
     from champion.training import actions
 
-    w = _root()
-    entry = actions.promote(
-        version,
-        reason=reason,
-        registry=w.registry,
-        ledger=w.ledger,
-        leases=w.leases,
-        lease_timeout=w.settings.lease_timeout_seconds,
-    )
-    typer.secho(
-        f"champion: v{entry['champion_before']} → v{entry['champion_after']}", fg=typer.colors.GREEN
-    )
+    _manual(actions.promote, version, reason=reason)
 
 
 @app.command()
@@ -319,17 +313,22 @@ def rollback(
     """Make `previous` the champion again (a second rollback undoes the first)."""
     from champion.training import actions
 
+    _manual(actions.rollback, reason=reason)
+
+
+def _manual(action: Callable[..., dict[str, Any]], *args: str, reason: str) -> None:
+    """Run a manual promote or rollback on this home's ports and say what moved."""
     w = _root()
-    entry = actions.rollback(
+    entry = action(
+        *args,
         reason=reason,
         registry=w.registry,
         ledger=w.ledger,
         leases=w.leases,
         lease_timeout=w.settings.lease_timeout_seconds,
     )
-    typer.secho(
-        f"champion: v{entry['champion_before']} → v{entry['champion_after']}", fg=typer.colors.GREEN
-    )
+    before, after = entry["champion_before"], entry["champion_after"]
+    typer.secho(f"champion: v{before} → v{after}", fg=typer.colors.GREEN)
 
 
 @app.command()

@@ -159,8 +159,12 @@ def parse_body(body: bytes, *, max_bytes: int) -> Any:
         raise RequestInvalid(400, f"malformed JSON: {exc}", reason="malformed_json") from None
 
 
-def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Batch:
-    """Check `{"instances": [...]}` against the contract and build the input frame."""
+# (name, numeric, nullable, declared values): looked up once, not once per value.
+_Spec = tuple[str, bool, bool, frozenset[str] | None]
+
+
+def _instances(payload: Any, *, max_rows: int) -> list[Any]:
+    """The rows of a `{"instances": [...]}` body; refuses any other shape or size."""
     if not isinstance(payload, dict) or "instances" not in payload:
         raise RequestInvalid(
             422, 'the body must be an object {"instances": [...]}', reason="bad_envelope"
@@ -184,9 +188,11 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
             f"'instances' has {len(rows)} rows; at most {max_rows} allowed",
             reason="too_many_rows",
         )
-    names = list(contract.features)
-    # (name, numeric, nullable, declared values): looked up once, not once per value.
-    specs = [
+    return rows
+
+
+def _specs(contract: Contract) -> list[_Spec]:
+    return [
         (
             name,
             spec.type == "numeric",
@@ -195,6 +201,44 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
         )
         for name, spec in contract.features.items()
     ]
+
+
+def _check_row(
+    i: int,
+    row: dict[str, Any],
+    specs: list[_Spec],
+    columns: dict[str, list[Any]],
+    unseen: dict[str, int],
+    problems: list[Problem],
+) -> None:
+    """Append row `i`'s values to `columns`; count unseen categories, collect its problems."""
+    for name, numeric, nullable, allowed in specs:
+        column = columns[name]
+        value = row.get(name, _ABSENT)
+        kind = type(value)
+        if kind is float and -FLOAT32_MAX <= value <= FLOAT32_MAX:  # the common case first
+            if numeric:
+                column.append(value)
+                continue
+        elif kind is str and not numeric:
+            if allowed is not None and value not in allowed:
+                unseen[name] = unseen.get(name, 0) + 1
+            column.append(value)
+            continue
+        column.append(None)
+        problem = _problem(value, numeric=numeric, nullable=nullable)
+        if problem is None:
+            if value is not None:  # an int that fits a float
+                column[-1] = float(value)
+            continue
+        problems.append(Problem(i, name, *problem))
+
+
+def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Batch:
+    """Check `{"instances": [...]}` against the contract and build the input frame."""
+    rows = _instances(payload, max_rows=max_rows)
+    names = list(contract.features)
+    specs = _specs(contract)
     known = frozenset(names)
     problems: list[Problem] = []
     columns: dict[str, list[Any]] = {n: [] for n in names}
@@ -205,26 +249,7 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
                 Problem(i, None, "not_object", "each instance must be an object of feature values")
             )
             continue
-        for name, numeric, nullable, allowed in specs:
-            column = columns[name]
-            value = row.get(name, _ABSENT)
-            kind = type(value)
-            if kind is float and -FLOAT32_MAX <= value <= FLOAT32_MAX:  # the common case first
-                if numeric:
-                    column.append(value)
-                    continue
-            elif kind is str and not numeric:
-                if allowed is not None and value not in allowed:
-                    unseen[name] = unseen.get(name, 0) + 1
-                column.append(value)
-                continue
-            column.append(None)
-            problem = _problem(value, numeric=numeric, nullable=nullable)
-            if problem is None:
-                if value is not None:  # an int that fits a float
-                    column[-1] = float(value)
-                continue
-            problems.append(Problem(i, name, *problem))
+        _check_row(i, row, specs, columns, unseen, problems)
         if len(row) != len(specs) or not known.issuperset(row):
             for key in sorted(set(row) - known):
                 problems.append(

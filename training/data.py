@@ -9,9 +9,10 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,6 @@ BATCH_SUFFIXES = (".csv.gz", ".csv", ".parquet")
 PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".filepart", ".tmp", "~")
 MANIFEST_VERSION = 1
 BATCH_COLUMN = "__batch__"
-# Statuses whose content intake took in (and keeps in the store).
-KEPT = ("accepted", "retired")
 
 
 @dataclass(frozen=True)
@@ -124,12 +123,93 @@ def _merge_classes(known: Sequence[Any], new: Sequence[Any]) -> list[Any]:
     return [merged[k] for k in sorted(merged)]
 
 
+class BatchStatus(StrEnum):
+    """Where a batch stands: in the window's pool, refused at intake, or taken out by hand."""
+
+    ACCEPTED = "accepted"
+    QUARANTINED = "quarantined"
+    RETIRED = "retired"
+
+
+# Statuses whose content intake took in (and keeps in the store).
+KEPT = frozenset({BatchStatus.ACCEPTED, BatchStatus.RETIRED})
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One batch in the manifest: what intake recorded, and what later steps changed.
+
+    Only `file`, `sha256` and `status` are always there. The other fields are None when the
+    entry has no such key: its status does not use it, or an older manifest did not record it.
+    `from_record` and `to_record` are the one way in from, and out to, the manifest file.
+    """
+
+    file: str
+    sha256: str
+    status: BatchStatus
+    seen_at: str | None = None
+    rows: int | None = None
+    unknown_categories: Mapping[str, int] | None = None
+    duplicates_dropped: int | None = None
+    # Accepted (and retired) batches. `stored` is None for a batch accepted before the store
+    # existed: it is copied into the store when first used.
+    consumed_by: str | None = None
+    usable_rows: int | None = None
+    stored: str | None = None
+    # Quarantined batches.
+    reasons: tuple[str, ...] | None = None
+    quarantined_as: str | None = None
+    # Retired batches.
+    retired_at: str | None = None
+    retired_reason: str | None = None
+    retired_by: str | None = None
+    # Keys this version does not know, written back as they were read.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> BatchEntry:
+        """The entry a manifest file holds (raises KeyError, TypeError or ValueError if bad)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in record.items() if k in known}
+        values["status"] = BatchStatus(record["status"])
+        if values.get("reasons") is not None:
+            values["reasons"] = tuple(values["reasons"])
+        if values.get("unknown_categories") is not None:
+            values["unknown_categories"] = dict(values["unknown_categories"])
+        extra = {k: v for k, v in record.items() if k not in known}
+        return cls(**values, extra=extra)
+
+    def to_record(self) -> dict[str, Any]:
+        """The entry as the manifest file holds it: the keys it has, none of the absent ones."""
+        record: dict[str, Any] = dict(self.extra)
+        record.update(file=self.file, sha256=self.sha256, status=self.status.value)
+        if self.status in KEPT or self.consumed_by is not None:
+            record["consumed_by"] = self.consumed_by  # null until a run trains on the batch
+        optional: dict[str, Any] = {
+            "seen_at": self.seen_at,
+            "rows": self.rows,
+            "unknown_categories": (
+                None if self.unknown_categories is None else dict(self.unknown_categories)
+            ),
+            "duplicates_dropped": self.duplicates_dropped,
+            "usable_rows": self.usable_rows,
+            "stored": self.stored,
+            "reasons": None if self.reasons is None else list(self.reasons),
+            "quarantined_as": self.quarantined_as,
+            "retired_at": self.retired_at,
+            "retired_reason": self.retired_reason,
+            "retired_by": self.retired_by,
+        }
+        record.update((k, v) for k, v in optional.items() if v is not None)
+        return record
+
+
 class Manifest:
     """Remembers every batch ever seen, so none is used twice or lost."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.batches: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, BatchEntry] = {}
         # Target values of the accepted batches; None for a manifest written before they were
         # recorded (learnt from the batches when first needed).
         self.classes: list[Any] | None = []
@@ -140,57 +220,72 @@ class Manifest:
                 raise DataError(f"manifest {path} is not valid JSON: {exc}") from None
             if raw.get("version") != MANIFEST_VERSION:
                 raise DataError(f"manifest {path} has unknown version {raw.get('version')!r}")
-            self.batches = raw["batches"]
+            self.batches = {b: self._entry(b, r) for b, r in raw["batches"].items()}
             self.classes = raw.get("classes")
 
+    def _entry(self, batch_id: str, record: Mapping[str, Any]) -> BatchEntry:
+        try:
+            return BatchEntry.from_record(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"manifest {self.path}: the entry of batch {batch_id} cannot be read: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """The entries as the manifest file holds them (and `champion batches --json` prints)."""
+        return {batch_id: entry.to_record() for batch_id, entry in self.batches.items()}
+
     def save(self) -> None:
-        body = {"version": MANIFEST_VERSION, "batches": self.batches, "classes": self.classes}
+        body = {"version": MANIFEST_VERSION, "batches": self.records(), "classes": self.classes}
         atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
     def by_digest(self, sha256: str) -> str | None:
         """The batch taken in with this content; a quarantined one may come back once fixed."""
         for batch_id, entry in self.batches.items():
-            if entry["sha256"] == sha256 and entry["status"] in KEPT:
+            if entry.sha256 == sha256 and entry.status in KEPT:
                 return batch_id
         return None
 
     def holds(self, name: str, batch_id: str) -> bool:
         """Whether this landing-zone file, with this content, was already taken in."""
         entry = self.batches.get(batch_id)
-        return entry is not None and entry["status"] in KEPT and entry["file"] == name
+        return entry is not None and entry.status in KEPT and entry.file == name
 
     def accepted(self) -> list[str]:
         """Batches in the training window's pool (retired and quarantined ones excluded)."""
-        return sorted(b for b, e in self.batches.items() if e["status"] == "accepted")
+        return sorted(b for b, e in self.batches.items() if e.status is BatchStatus.ACCEPTED)
 
     def unconsumed(self) -> list[str]:
-        return [b for b in self.accepted() if not self.batches[b].get("consumed_by")]
+        return [b for b in self.accepted() if not self.batches[b].consumed_by]
 
     def mark_consumed(self, batch_ids: list[str] | tuple[str, ...], run_id: str) -> None:
         for batch_id in batch_ids:
-            self.batches[batch_id]["consumed_by"] = run_id
+            self.batches[batch_id] = replace(self.batches[batch_id], consumed_by=run_id)
         self.save()
 
-    def retire(self, batch_id: str, *, reason: str, who: str) -> dict[str, Any]:
+    def retire(self, batch_id: str, *, reason: str, who: str) -> BatchEntry:
         """Take an accepted batch out of every future window; its stored file is kept."""
         entry = self.batches.get(batch_id)
         if entry is None:
             raise DataError(
                 f"no batch {batch_id!r} in the manifest {self.path}; `champion batches` lists them"
             )
-        if entry["status"] != "accepted":
+        if entry.status is not BatchStatus.ACCEPTED:
             raise DataError(
-                f"batch {batch_id} is {entry['status']}, not accepted; "
+                f"batch {batch_id} is {entry.status}, not accepted; "
                 "only an accepted batch can be retired"
             )
-        entry.update(
-            status="retired",
+        retired = replace(
+            entry,
+            status=BatchStatus.RETIRED,
             retired_at=datetime.now(UTC).isoformat(),
             retired_reason=reason,
             retired_by=who,
         )
+        self.batches[batch_id] = retired
         self.save()
-        return entry
+        return retired
 
 
 def _null_rate_check(limit: float) -> pa.Check:
@@ -559,9 +654,9 @@ def _store(path: Path, data: bytes, digest: str) -> None:
 def _stored_bytes(contract: Contract, manifest: Manifest, batch_id: str) -> tuple[bytes, str]:
     """An accepted batch's bytes from the store, checked against the digest taken at intake."""
     entry = manifest.batches[batch_id]
-    stored = entry.get("stored")
+    stored = entry.stored
     if stored is None:
-        return _migrate(contract, manifest, batch_id), batch_suffix(entry["file"]) or ".csv"
+        return _migrate(contract, manifest, batch_id), batch_suffix(entry.file) or ".csv"
     path = contract.data.store / stored
     try:
         data = path.read_bytes()
@@ -570,7 +665,7 @@ def _stored_bytes(contract: Contract, manifest: Manifest, batch_id: str) -> tupl
             f"accepted batch {batch_id}: its stored copy {path} is missing; restore it, or "
             f"retire the batch (champion batches retire {batch_id} --reason ...)"
         ) from None
-    if sha256_bytes(data) != entry["sha256"]:
+    if sha256_bytes(data) != entry.sha256:
         raise DataError(
             f"accepted batch {batch_id}: the stored file {path} does not match the digest "
             "recorded at intake; it was altered after intake (restore it from a backup, or "
@@ -582,20 +677,20 @@ def _stored_bytes(contract: Contract, manifest: Manifest, batch_id: str) -> tupl
 def _migrate(contract: Contract, manifest: Manifest, batch_id: str) -> bytes:
     """Copy a batch accepted before the store existed into it, if its file is unchanged."""
     entry = manifest.batches[batch_id]
-    path = contract.data.landing_zone / entry["file"]
+    path = contract.data.landing_zone / entry.file
     try:
         data: bytes | None = path.read_bytes()
     except FileNotFoundError:
         data = None
-    if data is None or sha256_bytes(data) != entry["sha256"]:
+    if data is None or sha256_bytes(data) != entry.sha256:
         state = "is missing" if data is None else "has changed since intake"
         raise DataError(
             f"accepted batch {batch_id} predates the batch store and its landing-zone file "
             f"{path} {state}; retire it: champion batches retire {batch_id} --reason ..."
         )
-    stored = f"{entry['sha256']}{batch_suffix(entry['file']) or '.csv'}"
-    _store(contract.data.store / stored, data, entry["sha256"])
-    entry["stored"] = stored
+    stored = f"{entry.sha256}{batch_suffix(entry.file) or '.csv'}"
+    _store(contract.data.store / stored, data, entry.sha256)
+    manifest.batches[batch_id] = replace(entry, stored=stored)
     manifest.save()
     log.info("batch copied into the store", extra={"batch": batch_id, "stored": stored})
     return data
@@ -637,6 +732,135 @@ def _known_classes(contract: Contract, manifest: Manifest) -> list[Any]:
     return manifest.classes
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """A landing-zone file read once: its bytes, the stat they were read under, their digest."""
+
+    path: Path
+    data: bytes
+    seen: os.stat_result
+    digest: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def suffix(self) -> str:
+        return batch_suffix(self.path.name) or ".csv"
+
+    @property
+    def batch_id(self) -> str:
+        return batch_id_for(self.path.name, self.digest)
+
+
+def _arrive(path: Path) -> _Arrival | None:
+    """The file as read whole, or None when it changed while being read (still being written).
+
+    Raises FileNotFoundError when it was removed since the listing.
+    """
+    taken = _read_whole(path)
+    if taken is None:
+        return None
+    data, seen = taken
+    return _Arrival(path, data, seen, sha256_bytes(data))
+
+
+def _judge(
+    contract: Contract, manifest: Manifest, arrival: _Arrival, *, lock: bool
+) -> tuple[pd.DataFrame | None, BatchReport]:
+    """Check a batch not taken in before: a copy of a kept one, unreadable, or validated."""
+    batch_id, name = arrival.batch_id, arrival.name
+    duplicate_of = manifest.by_digest(arrival.digest)
+    if duplicate_of is not None:
+        status = manifest.batches[duplicate_of].status
+        done = "already taken in" + (" and retired" if status is BatchStatus.RETIRED else "")
+        reasons = (f"same content as batch {duplicate_of}, {done}",)
+        return None, BatchReport(batch_id, name, False, 0, reasons)
+    try:
+        raw = parse_batch(arrival.data, arrival.suffix, contract)
+    except Exception as exc:  # any parser failure means the file is unusable
+        reasons = (f"unreadable: {type(exc).__name__}: {exc}",)
+        return None, BatchReport(batch_id, name, False, 0, reasons)
+    known = _known_classes(contract, manifest) if lock else None
+    frame, report = validate_batch(raw, contract, known_classes=known)
+    return frame, replace(report, batch_id=batch_id, file=name)
+
+
+def _accept(
+    contract: Contract,
+    manifest: Manifest,
+    arrival: _Arrival,
+    report: BatchReport,
+    frame: pd.DataFrame,
+    base: BatchEntry,
+) -> BatchEntry:
+    """Store the judged bytes under their digest; the entry of the accepted batch."""
+    stored = f"{arrival.digest}{arrival.suffix}"
+    _store(contract.data.store / stored, arrival.data, arrival.digest)
+    if manifest.classes is not None and contract.task == "classification":
+        manifest.classes = _merge_classes(manifest.classes, report.classes)
+    log.info("batch accepted", extra={"batch": arrival.batch_id, "rows": len(frame)})
+    return replace(
+        base,
+        status=BatchStatus.ACCEPTED,
+        consumed_by=None,
+        usable_rows=len(frame),
+        stored=stored,
+    )
+
+
+def _refuse(
+    contract: Contract, arrival: _Arrival, report: BatchReport, base: BatchEntry
+) -> BatchEntry:
+    """Move the judged bytes to quarantine with their reasons; the entry of the batch."""
+    reasons = list(report.reasons)
+    moved = _quarantine(
+        arrival.path,
+        arrival.data,
+        arrival.seen,
+        contract.data.quarantine,
+        arrival.batch_id,
+        reasons,
+    )
+    log.warning("batch quarantined", extra={"batch": arrival.batch_id, "reasons": reasons})
+    return replace(
+        base, status=BatchStatus.QUARANTINED, reasons=report.reasons, quarantined_as=moved.name
+    )
+
+
+def _take_in(
+    contract: Contract, manifest: Manifest, arrival: _Arrival, *, lock: bool
+) -> tuple[BatchReport, BatchEntry]:
+    """Judge one new batch, accept or quarantine it, and record it in the manifest."""
+    frame, report = _judge(contract, manifest, arrival, lock=lock)
+    # What every entry records; `_accept` or `_refuse` sets the status and its fields.
+    base = BatchEntry(
+        file=arrival.name,
+        sha256=arrival.digest,
+        status=BatchStatus.QUARANTINED,
+        seen_at=datetime.now(UTC).isoformat(),
+        rows=report.rows,
+        unknown_categories=report.unknown_categories,
+        duplicates_dropped=report.duplicates_dropped,
+    )
+    if report.accepted and frame is not None:
+        entry = _accept(contract, manifest, arrival, report, frame, base)
+    else:
+        entry = _refuse(contract, arrival, report, base)
+    manifest.batches[arrival.batch_id] = entry
+    manifest.save()
+    return report, entry
+
+
+def _warn_ignored(ignored: Sequence[Path]) -> None:
+    if ignored:
+        log.warning(
+            "files of a type intake does not read are left in the landing zone",
+            extra={"files": [p.name for p in ignored], "accepted_types": list(BATCH_SUFFIXES)},
+        )
+
+
 def intake(contract: Contract, manifest: Manifest, *, now: float | None = None) -> IntakeReport:
     """Validate every batch not seen before; store and accept it, or quarantine it.
 
@@ -644,74 +868,23 @@ def intake(contract: Contract, manifest: Manifest, *, now: float | None = None) 
     same bytes, so a file rewritten meanwhile can never be accepted under another's digest.
     """
     scan = scan_landing(contract.data.landing_zone, contract.data.settle_seconds, now=now)
-    if scan.ignored:
-        log.warning(
-            "files of a type intake does not read are left in the landing zone",
-            extra={
-                "files": [p.name for p in scan.ignored],
-                "accepted_types": list(BATCH_SUFFIXES),
-            },
-        )
+    _warn_ignored(scan.ignored)
     lock = contract.task == "classification" and contract.classes is None
     accepted: list[BatchReport] = []
     quarantined: list[BatchReport] = []
     waiting = [p.name for p in scan.waiting]
     for path in scan.ready:
-        suffix = batch_suffix(path.name) or ".csv"
         try:
-            taken = _read_whole(path)
+            arrival = _arrive(path)
         except FileNotFoundError:  # removed since the listing
             continue
-        if taken is None:
+        if arrival is None:
             waiting.append(path.name)
             continue
-        data, seen = taken
-        digest = sha256_bytes(data)
-        batch_id = batch_id_for(path.name, digest)
-        if manifest.holds(path.name, batch_id):
+        if manifest.holds(path.name, arrival.batch_id):
             continue
-        duplicate_of = manifest.by_digest(digest)
-        reasons: list[str]
-        frame: pd.DataFrame | None = None
-        if duplicate_of is not None:
-            status = manifest.batches[duplicate_of]["status"]
-            done = "already taken in" + (" and retired" if status == "retired" else "")
-            reasons = [f"same content as batch {duplicate_of}, {done}"]
-            report = BatchReport(batch_id, path.name, False, 0, tuple(reasons))
-        else:
-            try:
-                raw = parse_batch(data, suffix, contract)
-            except Exception as exc:  # any parser failure means the file is unusable
-                reasons = [f"unreadable: {type(exc).__name__}: {exc}"]
-                report = BatchReport(batch_id, path.name, False, 0, tuple(reasons))
-            else:
-                known = _known_classes(contract, manifest) if lock else None
-                frame, report = validate_batch(raw, contract, known_classes=known)
-                reasons = list(report.reasons)
-                report = replace(report, batch_id=batch_id, file=path.name)
-        entry: dict[str, Any] = {
-            "file": path.name,
-            "sha256": digest,
-            "seen_at": datetime.now(UTC).isoformat(),
-            "rows": report.rows,
-            "unknown_categories": report.unknown_categories,
-            "duplicates_dropped": report.duplicates_dropped,
-        }
-        if report.accepted and frame is not None:
-            stored = f"{digest}{suffix}"
-            _store(contract.data.store / stored, data, digest)
-            entry.update(status="accepted", consumed_by=None, usable_rows=len(frame), stored=stored)
-            if manifest.classes is not None and contract.task == "classification":
-                manifest.classes = _merge_classes(manifest.classes, report.classes)
-            accepted.append(report)
-            log.info("batch accepted", extra={"batch": batch_id, "rows": len(frame)})
-        else:
-            moved = _quarantine(path, data, seen, contract.data.quarantine, batch_id, reasons)
-            entry.update(status="quarantined", reasons=reasons, quarantined_as=moved.name)
-            quarantined.append(report)
-            log.warning("batch quarantined", extra={"batch": batch_id, "reasons": reasons})
-        manifest.batches[batch_id] = entry
-        manifest.save()
+        report, entry = _take_in(contract, manifest, arrival, lock=lock)
+        (accepted if entry.status is BatchStatus.ACCEPTED else quarantined).append(report)
     if waiting:
         log.info(
             "batch files still being written are left for the next cycle",

@@ -106,7 +106,7 @@ def test_batches_json_prints_the_raw_entries(project: Contract, cli: Invoke) -> 
     result = cli("batches", "--json")
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
-    assert body["batches"] == Manifest(project.data.manifest).batches
+    assert body["batches"] == Manifest(project.data.manifest).records()
     assert set(body["batches"]) == set(ids.values())
     assert body["landing_zone"]["ignored"] == ["notes.txt"]
     assert body["classes"] == [0, 1]
@@ -120,7 +120,7 @@ def test_retire_removes_the_batch_from_the_next_window_and_records_it(
     result = cli("batches", "retire", ids["b2.csv"], "--reason", "labels were shifted")
     assert result.exit_code == 0, result.output
     manifest = Manifest(project.data.manifest)
-    assert manifest.batches[ids["b2.csv"]]["status"] == "retired"
+    assert manifest.batches[ids["b2.csv"]].status == "retired"
     assert load_window(project, manifest).batch_ids == (ids["b1.csv"],)
     (entry,) = _ledger(project).entries()
     assert entry["event"] == "batch_retired"
@@ -151,7 +151,7 @@ def test_retire_needs_a_reason(project: Contract, cli: Invoke) -> None:
     blank = cli("batches", "retire", ids["b1.csv"], "--reason", "  ")
     assert blank.exit_code != 0 and "reason" in blank.output
     assert cli("batches", "retire", ids["b1.csv"]).exit_code != 0
-    assert Manifest(project.data.manifest).batches[ids["b1.csv"]]["status"] == "accepted"
+    assert Manifest(project.data.manifest).batches[ids["b1.csv"]].status == "accepted"
 
 
 def test_empty_manifest_is_said_so(project: Contract, cli: Invoke) -> None:

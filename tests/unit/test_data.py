@@ -446,9 +446,9 @@ def test_accepted_batch_is_stored_under_its_digest(
     batch_id = _accept(contract, path)
     entry = Manifest(contract.data.manifest).batches[batch_id]
     digest = hashlib.sha256(content).hexdigest()
-    assert entry["sha256"] == digest
-    assert entry["stored"] == f"{digest}.csv"
-    assert (contract.data.store / entry["stored"]).read_bytes() == content
+    assert entry.sha256 == digest
+    assert entry.stored == f"{digest}.csv"
+    assert (contract.data.store / entry.stored).read_bytes() == content
     assert batch_id == f"b1-{digest[:12]}"
     leftovers = [p.name for p in contract.data.store.iterdir() if p.name.startswith(".")]
     assert leftovers == []
@@ -468,7 +468,7 @@ def test_overwritten_accepted_file_is_a_new_batch(
     data = load_window(contract, manifest)
     assert set(data.batch_ids) == {first, second.batch_id}
     assert data.rows == 200
-    assert manifest.batches[first]["status"] == "accepted"
+    assert manifest.batches[first].status == "accepted"
 
 
 def test_deleted_landing_file_leaves_the_window_unchanged(
@@ -504,7 +504,7 @@ def test_tampered_stored_file_is_refused(contract: Contract, write_batch: BatchW
     path = write_batch(_frame(), "b1")
     batch_id = _accept(contract, path)
     manifest = Manifest(contract.data.manifest)
-    stored = contract.data.store / manifest.batches[batch_id]["stored"]
+    stored = contract.data.store / manifest.batches[batch_id].stored
     altered = _frame()
     altered["salary"] = altered["salary"] + 1.0  # still a valid batch, but not the one taken in
     altered.to_csv(stored, index=False)
@@ -518,7 +518,7 @@ def test_missing_stored_file_is_refused(contract: Contract, write_batch: BatchWr
     path = write_batch(_frame(), "b1")
     batch_id = _accept(contract, path)
     manifest = Manifest(contract.data.manifest)
-    (contract.data.store / manifest.batches[batch_id]["stored"]).unlink()
+    (contract.data.store / manifest.batches[batch_id].stored).unlink()
     with pytest.raises(DataError, match="missing") as caught:
         load_window(contract, manifest)
     assert batch_id in str(caught.value)
@@ -545,7 +545,7 @@ def test_legacy_batch_is_copied_into_the_store_on_first_use(
     data = load_window(contract, Manifest(contract.data.manifest))
     assert data.batch_ids == (batch_id,)
     entry = Manifest(contract.data.manifest).batches[batch_id]
-    assert (contract.data.store / entry["stored"]).read_bytes() == path.read_bytes()
+    assert (contract.data.store / entry.stored).read_bytes() == path.read_bytes()
     path.unlink()
     assert load_window(contract, Manifest(contract.data.manifest)).batch_ids == (batch_id,)
 
@@ -589,7 +589,7 @@ def test_file_younger_than_the_settle_time_is_left_for_later(
     assert [r.file for r in report.accepted] == ["old.csv"]
     assert report.waiting == ("fresh.csv",)
     assert fresh.exists()
-    assert all(e["file"] != "fresh.csv" for e in manifest.batches.values())
+    assert all(e.file != "fresh.csv" for e in manifest.batches.values())
     later = intake(slow, manifest, now=time.time() + 61)
     assert [r.file for r in later.accepted] == ["fresh.csv"]
     assert later.waiting == ()
@@ -615,7 +615,7 @@ def test_batch_file_types_are_matched_case_insensitively(contract: Contract) -> 
     assert report.quarantined == ()
     assert report.ignored == ("notes.txt",)
     assert (zone / "notes.txt").exists()
-    stored = sorted(e["stored"][64:] for e in manifest.batches.values())
+    stored = sorted(e.stored[64:] for e in manifest.batches.values())
     assert stored == [".csv", ".csv.gz", ".parquet"]
     ids = {r.file: r.batch_id for r in report.accepted}
     assert ids["daily.Csv.GZ"].startswith("daily-")
@@ -828,8 +828,8 @@ def test_retired_batch_leaves_the_window_and_is_not_taken_in_again(
     reloaded = Manifest(contract.data.manifest)
     assert reloaded.accepted() == [ids[keep.name]]
     entry = reloaded.batches[ids[drop.name]]
-    assert entry["status"] == "retired" and entry["retired_reason"] == "labels were wrong"
-    assert (contract.data.store / entry["stored"]).exists()
+    assert entry.status == "retired" and entry.retired_reason == "labels were wrong"
+    assert (contract.data.store / entry.stored).exists()
     assert load_window(contract, reloaded).batch_ids == (ids[keep.name],)
     assert intake(contract, reloaded).accepted == ()
     copy = drop.with_name("drop-again.csv")
