@@ -265,9 +265,14 @@ def test_probes_answer_get_only(client, method, path):
 
 
 def test_a_method_a_route_does_not_take_is_a_405_naming_the_problem(client):
-    """It answers GET /predict with 405 and an `error` body like every other refusal."""
+    """It answers GET /predict and GET /feedback with 405 and an `error` body like every other
+    refusal, saying which methods are allowed."""
     r = client.get("/predict")
+    assert r.status_code == 405 and r.json()["error"] == "/predict answers POST only", r.text
+    assert r.headers["allow"] == "POST"
+    r = client.get("/feedback")
     assert r.status_code == 405 and r.json()["error"] == "Method Not Allowed", r.text
+    assert r.headers["allow"] == "POST"
 
 
 def test_an_integral_float_row_is_the_integer_row(client):
