@@ -16,7 +16,7 @@ from champion.training.errors import ChampionError
 
 if TYPE_CHECKING:
     from champion.service.root import Components
-    from champion.training.data import BatchEntry
+    from champion.training.manifest import BatchEntry
     from champion.training.records import CycleReport
 
 P = ParamSpec("P")
@@ -152,7 +152,8 @@ def status() -> None:
     """Show the champion, the aliases, the last verdict and the landing zone."""
     from collections import Counter
 
-    from champion.training.data import BatchStatus, Manifest, landing_status
+    from champion.training.data import landing_status
+    from champion.training.manifest import BatchStatus, Manifest
 
     w = _root()
     registry = w.registry
@@ -207,7 +208,7 @@ app.add_typer(batches_app, name="batches")
 
 
 def _batch_line(batch_id: str, entry: BatchEntry) -> str:
-    from champion.training.data import BatchStatus
+    from champion.training.manifest import BatchStatus
 
     seen = (entry.seen_at or "")[:19].replace("T", " ")
     rows = next((n for n in (entry.usable_rows, entry.rows) if n is not None), "?")
@@ -231,7 +232,8 @@ def batches(
     """List every batch in the manifest, and the landing-zone files not taken in."""
     if ctx.invoked_subcommand is not None:
         return
-    from champion.training.data import Manifest, landing_status
+    from champion.training.data import landing_status
+    from champion.training.manifest import Manifest
 
     w = _root()
     manifest = Manifest(w.contract.data.manifest)
@@ -271,8 +273,8 @@ def retire_batch(
     reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")],
 ) -> None:
     """Take an accepted batch out of every future training window (its stored copy stays)."""
-    from champion.training.data import Manifest
     from champion.training.lease import CYCLE, REGISTRY
+    from champion.training.manifest import Manifest
     from champion.training.process import actor
     from champion.training.records import Event, LedgerEntry
 
@@ -366,8 +368,9 @@ def simulate(
 def bootstrap() -> None:
     """Prepare a fresh checkout: demo data if the landing zone is empty, a champion if none."""
     from champion.training.cycle import run_cycle
-    from champion.training.data import Manifest, pending_files
+    from champion.training.data import pending_files
     from champion.training.demo.simulate import SimulationPlan, simulate_batches
+    from champion.training.manifest import Manifest
 
     w = _root()
     landing = w.contract.data.landing_zone

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import skops.io as sio
 
-from champion.training.data import BATCH_COLUMN, BatchReport, IntakeReport, TrainingData
+from champion.training.checks import BatchReport
+from champion.training.data import BATCH_COLUMN, IntakeReport, TrainingData
 from champion.training.errors import IntegrityError, LeaseBusyError, RegistryError
 from champion.training.records import LedgerEntry
 from champion.training.registry import (

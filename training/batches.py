@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from champion.training.config import Contract
-from champion.training.data import IntakeReport, Manifest, TrainingData, intake, load_window
+from champion.training.data import IntakeReport, TrainingData, intake, load_window
+from champion.training.manifest import Manifest
 
 
 class FileBatches:

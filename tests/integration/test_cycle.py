@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from champion.training import actions
-from champion.training.data import Manifest
+from champion.training.manifest import Manifest
 from champion.training.records import Verdict
 from champion.training.registry import TAG_SHA256, load_verified
 

@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 from champion.service.cli import app
 from champion.training.config import Contract, get_settings
-from champion.training.data import Manifest, intake, load_window
+from champion.training.data import intake, load_window
 from champion.training.demo.simulate import agrawal_frame
 from champion.training.ledger import Ledger
+from champion.training.manifest import Manifest
 from tests.unit.conftest import make_contract, small_raw_contract
 
 Invoke = Callable[..., Result]

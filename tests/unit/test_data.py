@@ -14,17 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from champion.training.checks import validate_batch
 from champion.training.config import FLOAT32_MAX, Contract
-from champion.training.data import (
-    BATCH_COLUMN,
-    MANIFEST_VERSION,
-    Manifest,
-    intake,
-    load_window,
-    validate_batch,
-)
+from champion.training.data import BATCH_COLUMN, intake, load_window
 from champion.training.demo.simulate import agrawal_frame
 from champion.training.errors import DataError
+from champion.training.manifest import MANIFEST_VERSION, Manifest
 from tests.unit.conftest import BatchWriter, make_contract, small_raw_contract
 
 
