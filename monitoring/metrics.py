@@ -40,8 +40,13 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry, *, features: Sequence[str]) -> None:
         self.features = frozenset(features)
         self._allowed: dict[tuple[Any, ...], frozenset[str]] = {}
-        r = registry
-        # Data plane
+        self._serving(registry)
+        self._retraining(registry)
+        self._monitoring(registry)
+        self._zero_known_labels()
+
+    def _serving(self, r: CollectorRegistry) -> None:
+        """The data plane: requests, rows, capture, feedback, swaps (every worker)."""
         self.predictions = Counter(
             "champion_predictions_total", "Prediction requests by outcome.", ["outcome"], registry=r
         )
@@ -104,7 +109,9 @@ class ServiceMetrics:
             r,
             mode="max",
         )
-        # Control plane (recorded by the scheduler leader)
+
+    def _retraining(self, r: CollectorRegistry) -> None:
+        """The control plane: ticks and cycles (recorded by the scheduler leader)."""
         self.retrain_ticks = Counter(
             "champion_retrain_ticks_total",
             "Scheduled retrain ticks by outcome.",
@@ -127,6 +134,9 @@ class ServiceMetrics:
             r,
             mode="max",
         )
+
+    def _monitoring(self, r: CollectorRegistry) -> None:
+        """The monitoring job's gauges: CV score, drift, live quality (the leader)."""
         self.cv_score = _gauge(
             "champion_cv_score", "The champion's cross-validated score.", ["metric"], r
         )
@@ -164,6 +174,7 @@ class ServiceMetrics:
             "champion_live_quality", "Quality on labelled live rows.", ["metric"], r
         )
 
+    def _zero_known_labels(self) -> None:
         # Create every known label value at 0, so the first failure after a start is an
         # increase Prometheus can see (a series born at 1 reads as no change).
         for outcome in PREDICTION_OUTCOMES:

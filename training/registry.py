@@ -421,27 +421,8 @@ class Registry:
             )
         # Leaving the fluent context marks the run finished; the cycle is not done yet.
         self.client.update_run(run_id, status="RUNNING")
-        runtime_tags = {TAG_RUNTIME: RUNTIME_SKLEARN}
-        if compilation is not None:
-            runtime_tags[TAG_RUNTIME_NOTE] = compilation.reason[:5000]
-            if compilation.onnx is not None and compilation.sha256 is not None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    onnx_path = Path(tmp) / ONNX_FILE
-                    onnx_path.write_bytes(compilation.onnx)
-                    self.client.log_model_artifact(info.model_id, str(onnx_path))
-                runtime_tags |= {
-                    TAG_RUNTIME: compilation.runtime,
-                    TAG_ONNX_SHA256: compilation.sha256,
-                }
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{info.artifact_path}/{MODEL_FILE}",
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
-                )
-            )
-            digest = sha256_file(local)
+        runtime_tags = self._log_compiled(info.model_id, compilation)
+        digest = self._stored_digest(info.artifact_path)
         mv = self.client.create_model_version(
             self.model_name,
             source=info.model_uri,
@@ -452,6 +433,32 @@ class Registry:
         )
         self.client.set_registered_model_alias(self.model_name, "challenger", mv.version)
         return _ref(mv)
+
+    def _log_compiled(self, model_id: str, compilation: Compilation | None) -> dict[str, str]:
+        """Put the ONNX file beside the model; the tags saying which runtime serves, and why."""
+        tags = {TAG_RUNTIME: RUNTIME_SKLEARN}
+        if compilation is None:
+            return tags
+        tags[TAG_RUNTIME_NOTE] = compilation.reason[:5000]
+        if compilation.onnx is not None and compilation.sha256 is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx_path = Path(tmp) / ONNX_FILE
+                onnx_path.write_bytes(compilation.onnx)
+                self.client.log_model_artifact(model_id, str(onnx_path))
+            tags |= {TAG_RUNTIME: compilation.runtime, TAG_ONNX_SHA256: compilation.sha256}
+        return tags
+
+    def _stored_digest(self, artifact_path: str) -> str:
+        """The digest of the model file as stored (read back, not as written)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{artifact_path}/{MODEL_FILE}",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+            )
+            return sha256_file(local)
 
     def set_version_tags(self, version: str, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
