@@ -543,7 +543,7 @@ class Champion:
                 # compiled form was refused at load (then scikit-learn, and the note says why).
                 "runtime": served.runtime,
                 "runtime_note": served.runtime_note,
-                "candidate": served.tags.get("champion.candidate"),
+                "candidate": served.candidate,
                 "cv_metrics": fp.get("cv_metrics"),
                 "trained_on": {k: data.get(k) for k in ("rows", "time_min", "time_max", "sha256")}
                 | {"batches": len(data.get("batches", []))},

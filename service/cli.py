@@ -177,11 +177,10 @@ def status() -> None:
         created = datetime.fromtimestamp(ref.created_ms / 1000).isoformat(timespec="seconds")
         typer.echo(
             f"champion:    v{champion}, registered {created}, "
-            f"{ref.tags.get('champion.rows', '?')} rows, {ref.tags.get('champion.candidate', '')}"
+            f"{ref.rows or '?'} rows, {ref.candidate_json or ''}"
         )
         typer.echo(
-            f"serves with: {ref.tags.get('champion.runtime', 'sklearn')}"
-            + (f" ({note})" if (note := ref.tags.get("champion.runtime_note")) else "")
+            f"serves with: {ref.runtime}" + (f" ({ref.runtime_note})" if ref.runtime_note else "")
         )
     entries = w.ledger.entries()
     if entries:

@@ -32,6 +32,7 @@ from champion.training.errors import ChampionError, IntegrityError, RegistryErro
 from champion.training.files import atomic_write_text
 from champion.training.ports import ModelRegistry
 from champion.training.registry import (
+    TAG_CANDIDATE,
     TAG_ONNX_SHA256,
     TAG_RUNTIME,
     ModelRef,
@@ -97,6 +98,11 @@ class Served:
     @property
     def runtime(self) -> str:
         return RUNTIME_ONNX if self.compiled is not None else RUNTIME_SKLEARN
+
+    @property
+    def candidate(self) -> str | None:
+        """The tuned candidate (family and parameters) as registered, JSON."""
+        return self.tags.get(TAG_CANDIDATE)
 
     def predict(self, inputs: Inputs) -> tuple[np.ndarray, np.ndarray | None]:
         if self.compiled is not None:

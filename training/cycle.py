@@ -129,7 +129,7 @@ def reconcile(ctx: Context) -> list[dict[str, Any]]:
                 "(a cycle stopped between the alias move and its ledger entry, or "
                 "the alias was moved outside champion)."
             )
-            tagged = current.tags.get(TAG_VERDICT)
+            tagged = current.verdict
             entry = LedgerEntry(
                 Event.RECONCILED,
                 reason,

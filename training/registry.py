@@ -79,6 +79,23 @@ class ModelRef:
     def candidate_json(self) -> str | None:
         return self.tags.get(TAG_CANDIDATE)
 
+    @property
+    def rows(self) -> str | None:
+        return self.tags.get(TAG_ROWS)
+
+    @property
+    def runtime(self) -> str:
+        """What registration chose to serve it: `onnxruntime` or `sklearn`."""
+        return self.tags.get(TAG_RUNTIME, RUNTIME_SKLEARN)
+
+    @property
+    def runtime_note(self) -> str | None:
+        return self.tags.get(TAG_RUNTIME_NOTE)
+
+    @property
+    def verdict(self) -> str | None:
+        return self.tags.get(TAG_VERDICT)
+
 
 @dataclass(frozen=True)
 class RunSummary:
