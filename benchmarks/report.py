@@ -560,9 +560,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         interval = mon.get("monitor_interval_seconds") or 60.0
         add(
             f"Drift evaluation (`champion.monitoring.drift.evaluate`, profile from "
-            f"`champion.monitoring.profile.build_profile`): {drift['features']} numeric features, a "
-            f"{drift['window_rows']:,}-row window against a {drift['reference_rows']:,}-row "
-            f"reference: {_f(drift['evaluate_seconds_median'] * 1000)} ms (median of "
+            f"`champion.monitoring.profile.build_profile`): {drift['features']} numeric "
+            f"features, a {drift['window_rows']:,}-row window against a "
+            f"{drift['reference_rows']:,}-row reference: "
+            f"{_f(drift['evaluate_seconds_median'] * 1000)} ms (median of "
             f"{len(drift['evaluate_seconds_all'])}), i.e. {_f(share * 100, 3)} % of one core at "
             f"the default `CHAMPION_MONITOR_SECONDS={interval:.0f}`."
         )
