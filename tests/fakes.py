@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,9 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pandas as pd
 import skops.io as sio
 
+from champion.monitoring.capture import Captured, Fresh, Written
 from champion.training.checks import BatchReport
 from champion.training.data import BATCH_COLUMN, IntakeReport, TrainingData
 from champion.training.errors import IntegrityError, LeaseBusyError, RegistryError
@@ -121,8 +125,10 @@ class FakeLedger:
     def append(self, entry: LedgerEntry | Mapping[str, Any]) -> dict[str, Any]:
         body = entry.to_record() if isinstance(entry, LedgerEntry) else dict(entry)
         record = {"at": self.clock.now().isoformat(), **body, "seq": len(self.records) + 1}
-        self.records.append(record)
-        return copy.deepcopy(record)
+        # Stored as the file ledger stores it: JSON, with anything else as text.
+        stored: dict[str, Any] = json.loads(json.dumps(record, sort_keys=True, default=str))
+        self.records.append(stored)
+        return copy.deepcopy(stored)
 
     def entries(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.records)
@@ -407,11 +413,223 @@ class FakeBatches:
         self.consumed |= dict.fromkeys(batch_ids, by)
 
 
+# -- predictions ----------------------------------------------------------------------------
+
+_INT64 = (-(2**63), 2**63 - 1)  # what an SQLite integer (the log's row number) can hold
+
+
+def _stored(c: Captured) -> dict[str, Any]:
+    """One captured row as the log stores it; raises TypeError, ValueError or OverflowError
+    when it cannot be stored (a lone surrogate, a row beyond 64 bits, a non-string key)."""
+    str.encode(c.request_id)
+    str.encode(c.model_version)
+    if not _INT64[0] <= c.row <= _INT64[1]:
+        raise OverflowError(f"row {c.row} is outside a 64-bit integer")
+    return {
+        "request_id": c.request_id,
+        "row": c.row,
+        "at": float(c.at),
+        "model_version": c.model_version,
+        "features": orjson.dumps(c.features, default=str).decode(),
+        "prediction": orjson.dumps(c.prediction, default=str).decode(),
+        "score": None if c.score is None else float(c.score),
+        "label": None,  # the label as JSON text ("null" is a label); None: not labelled
+        "labelled_at": 0,  # the order labels came in (one number per `label` call)
+        "exported": False,
+        "export_name": None,
+    }
+
+
+def _known_key(request_id: Any, row: Any) -> bool:
+    if not isinstance(request_id, str) or not isinstance(row, int):
+        return False
+    try:
+        request_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return _INT64[0] <= row <= _INT64[1]
+
+
+def _window_row(row_id: int, r: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "request_id": r["request_id"],
+        "row": r["row"],
+        "at": r["at"],
+        "model_version": r["model_version"],
+        "features": json.loads(r["features"]),
+        "prediction": json.loads(r["prediction"]),
+        "score": r["score"],
+    }
+
+
+def _newest(found: list[Any], limit: int) -> list[Any]:
+    """The last `limit` of `found` (a negative limit is no limit, as in SQL's LIMIT -1)."""
+    if limit < 0:
+        return found
+    return found[max(len(found) - limit, 0) :] if limit else []
+
+
+class FakePredictions:
+    """The prediction log as a dict of rows by id, behaving like the SQLite `PredictionLog`."""
+
+    def __init__(self, *, max_rows: int = 200_000) -> None:
+        self.max_rows = max_rows
+        self.rows: dict[int, dict[str, Any]] = {}  # id -> stored row, in id order
+        self.keys: dict[tuple[str, int], int] = {}  # (request_id, row) -> id
+        self._ids = itertools.count(1)  # like AUTOINCREMENT: never reused, one per insert try
+        self._label_calls = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def write(self, items: Sequence[Captured]) -> Written:
+        stored: list[dict[str, Any]] = []
+        bad = 0
+        for c in items:
+            try:
+                stored.append(_stored(c))
+            except (TypeError, ValueError, OverflowError):
+                bad += 1
+        inserted = 0
+        with self._lock:
+            for r in stored:
+                row_id = next(self._ids)  # a conflicting insert uses up its id too
+                key = (r["request_id"], r["row"])
+                if key in self.keys:
+                    continue
+                self.rows[row_id] = r
+                self.keys[key] = row_id
+                inserted += 1
+            if self.rows:  # the disk bound: labelled-but-unexported rows are kept
+                newest = max(self.rows)
+                for row_id in [i for i in self.rows if i <= newest - self.max_rows]:
+                    r = self.rows[row_id]
+                    if r["label"] is None or r["exported"]:
+                        del self.rows[row_id]
+                        del self.keys[(r["request_id"], r["row"])]
+        return Written(inserted=inserted, duplicates=len(stored) - inserted, unserialisable=bad)
+
+    def recent(self, *, limit: int, version: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            found = [
+                _window_row(i, r)
+                for i, r in self.rows.items()
+                if version is None or r["model_version"] == version
+            ]
+        return _newest(found, limit)
+
+    def since(self, after_id: int, *, limit: int, version: str) -> Fresh:
+        with self._lock:
+            found = [
+                _window_row(i, r)
+                for i, r in self.rows.items()
+                if r["model_version"] == version and i > after_id
+            ]
+        rows = _newest(found, limit)
+        return Fresh(rows=rows, max_id=rows[-1]["id"] if rows else after_id, fresh=len(found))
+
+    def label(self, items: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[str]]:
+        """All or nothing: returns (unknown keys, already labelled keys); writes if both empty."""
+        unknown: list[str] = []
+        done: list[str] = []
+        with self._lock:
+            call = next(self._label_calls)
+            staged: dict[int, str] = {}  # id -> label JSON, written only if nothing is refused
+            for request_id, row, label in items:
+                key = f"{request_id}#{row}"
+                if not _known_key(request_id, row):
+                    unknown.append(key)  # it could never have been captured
+                    continue
+                text = json.dumps(label)  # a label JSON cannot encode raises, writing nothing
+                row_id = self.keys.get((request_id, row))
+                if row_id is None:
+                    unknown.append(key)
+                elif self.rows[row_id]["label"] is None and row_id not in staged:
+                    staged[row_id] = text
+                else:
+                    done.append(key)
+            if not unknown and not done:
+                for row_id, text in staged.items():
+                    self.rows[row_id] |= {"label": text, "labelled_at": call}
+        return unknown, done
+
+    def labelled(self, *, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            found = sorted(
+                ((r["labelled_at"], i, r) for i, r in self.rows.items() if r["label"] is not None),
+                key=lambda t: (t[0], t[1]),
+                reverse=True,
+            )
+        chosen = found if limit < 0 else found[:limit]
+        return [
+            {
+                "features": json.loads(r["features"]),
+                "prediction": json.loads(r["prediction"]),
+                "score": r["score"],
+                "label": json.loads(r["label"]),
+            }
+            for _, _, r in chosen
+        ]
+
+    def claim_export(self, name: str, *, min_rows: int) -> int:
+        with self._lock:
+            pending = [
+                r
+                for r in self.rows.values()
+                if r["label"] is not None and not r["exported"] and r["export_name"] is None
+            ]
+            if len(pending) < min_rows:
+                return 0
+            for r in pending:
+                r["export_name"] = name
+            return len(pending)
+
+    def claimed(self) -> list[str]:
+        with self._lock:
+            names = [
+                r["export_name"]
+                for r in self.rows.values()  # id order: a name's first row decides its place
+                if r["label"] is not None and not r["exported"] and r["export_name"] is not None
+            ]
+        return list(dict.fromkeys(names))
+
+    def export_rows(self, name: str) -> list[tuple[int, dict[str, Any], Any, float]]:
+        with self._lock:
+            return [
+                (i, json.loads(r["features"]), json.loads(r["label"]), r["at"])
+                for i, r in self.rows.items()
+                if r["export_name"] == name
+            ]
+
+    def finish_export(self, name: str) -> int:
+        with self._lock:
+            marked = [
+                r for r in self.rows.values() if r["export_name"] == name and not r["exported"]
+            ]
+            for r in marked:
+                r["exported"] = True
+            return len(marked)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.rows)
+
+    def close(self) -> None:
+        return None
+
+
 if TYPE_CHECKING:  # mypy checks that each fake satisfies its port
-    from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
+    from champion.training.ports import (
+        BatchStore,
+        Clock,
+        Leases,
+        LedgerStore,
+        ModelRegistry,
+        PredictionStore,
+    )
 
     _registry: ModelRegistry = FakeRegistry()
     _ledger: LedgerStore = FakeLedger()
     _leases: Leases = FakeLeases()
     _batches: BatchStore = FakeBatches()
     _clock: Clock = FakeClock()
+    _predictions: PredictionStore = FakePredictions()

@@ -46,11 +46,16 @@ class Ledger:
         with self._lock:
             if self.path.exists() and self.path.stat().st_size > self.max_bytes:
                 self._rotate()
-            last = next(self.tail(), None)
+            last = next(self._current_newest_first(), None)  # a segment carries the last seq
             seq = int(last.get("seq") or 0) + 1 if last is not None else 1
-            record = {"at": self.clock.now().isoformat(), **body, "seq": seq}
-            self._write(json.dumps(record, sort_keys=True, default=str))
-        return record
+            line = json.dumps(
+                {"at": self.clock.now().isoformat(), **body, "seq": seq},
+                sort_keys=True,
+                default=str,
+            )
+            self._write(line)
+        stored: dict[str, Any] = json.loads(line)  # as every reader will see it
+        return stored
 
     def _write(self, line: str) -> None:
         with self.path.open("ab+") as fh:
@@ -69,7 +74,7 @@ class Ledger:
 
     def _rotate(self) -> None:
         """Archive the current file (caller holds the lock) and start a segment."""
-        last = next(self.tail(), None)
+        last = next(self._current_newest_first(), None)
         carried: dict[str, Any] = {
             "event": SEGMENT,
             "at": self.clock.now().isoformat(),
@@ -105,8 +110,15 @@ class Ledger:
         return [e for e in out if e.get("event") != SEGMENT]
 
     def tail(self) -> Iterator[dict[str, Any]]:
-        """Entries newest first, read backwards in blocks: the cost is what is read, not the
-        ledger's length (a year of half-hourly cycles is ~17,000 lines)."""
+        """Every entry, newest first (archives included, segment markers left out). Read
+        backwards in blocks: the cost is what is read, not the ledger's length."""
+        for entry in self._current_newest_first():
+            if entry.get("event") != SEGMENT:
+                yield entry
+        yield from self._archived_newest_first()
+
+    def _current_newest_first(self) -> Iterator[dict[str, Any]]:
+        """The current file's lines, newest first, its segment marker included."""
         if not self.path.exists():
             return
         with self.path.open("rb") as fh:
@@ -126,19 +138,29 @@ class Ledger:
             if rest and (entry := _parse(rest)):
                 yield entry
 
+    def _archived_newest_first(self) -> Iterator[dict[str, Any]]:
+        for archive in reversed(self.archives()):
+            with gzip.open(archive, "rb") as fh:
+                found = [e for line in fh if (e := _parse(line)) is not None]
+            yield from (e for e in reversed(found) if e.get("event") != SEGMENT)
+
     def last(self, event: str) -> dict[str, Any] | None:
         """The newest entry of one event kind ("cycle", "rollback", ...)."""
-        for entry in self.tail():
+        for entry in self._current_newest_first():
             if entry.get("event") == event:
                 return entry
             if entry.get("event") == SEGMENT:
+                # The segment carries the last cycle; rarer events are in the archives.
                 found = entry.get(f"last_{event}")
-                return found if isinstance(found, dict) else None
-        return None
+                if isinstance(found, dict):
+                    return found
+                break
+        return next((e for e in self._archived_newest_first() if e.get("event") == event), None)
 
     def last_champion(self) -> str | None:
         """The champion version the ledger last recorded (None before the first promotion)."""
-        for entry in self.tail():
+        # A segment carries the champion when there was one: no need to open the archives.
+        for entry in self._current_newest_first():
             if "champion_after" in entry:
                 return entry["champion_after"]
         return None

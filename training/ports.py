@@ -6,7 +6,7 @@
 | `LedgerStore`     | `champion.training.ledger.Ledger`          | `tests.fakes`         |
 | `Leases`          | `champion.training.lease.FileLeases`       | `tests.fakes`         |
 | `BatchStore`      | `champion.training.batches.FileBatches`    | `tests.fakes`         |
-| `PredictionStore` | `champion.monitoring.capture.PredictionLog`| (SQLite in a temp dir) |
+| `PredictionStore` | `champion.monitoring.capture.PredictionLog`| `tests.fakes`         |
 | `Clock`           | `champion.training.clock.SystemClock`      | `tests.fakes`         |
 
 They are shaped for a second, shared backend: leases name their owner, ledger appends return a
@@ -163,7 +163,8 @@ class PredictionStore(Protocol):
     def since(self, after_id: int, *, limit: int, version: str) -> Fresh: ...
 
     def label(self, items: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[str]]:
-        """Attach labels to rows not yet labelled; returns (labelled, refused) request ids."""
+        """Attach labels, all or nothing, each row exactly once: returns (unknown keys,
+        already labelled keys); when either is non-empty nothing is written."""
         ...
 
     def labelled(self, *, limit: int) -> list[dict[str, Any]]: ...
