@@ -34,10 +34,12 @@ from champion.training.ports import ModelRegistry
 from champion.training.registry import (
     TAG_CANDIDATE,
     TAG_ONNX_SHA256,
+    TAG_PARITY_SHA256,
     TAG_RUNTIME,
     ModelRef,
     input_example,
     load_verified,
+    parity_rows,
     read_onnx,
     schema_problems,
 )
@@ -240,7 +242,10 @@ class ModelSlot:
                 Encoder.from_pipeline(pipeline), data, classes=classes, threads=self.threads
             )
             names = list(self.contract.features)
-            rows = parity_frame(example[names], self.contract, seed=0)
+            # The held-out rows registered with it; versions from before them: the example.
+            stored = parity_rows(local_dir, expected_sha256=tags.get(TAG_PARITY_SHA256))
+            base = stored if stored is not None else example
+            rows = parity_frame(base[names], self.contract, seed=0)
             diff = parity(compiled, pipeline, rows, names)
         except Exception as exc:  # NotCompilable, IntegrityError, or a runtime's own
             # Slower, never wrong: the verified scikit-learn pipeline serves instead.

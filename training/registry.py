@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -37,12 +38,14 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.tree._tree.Tree",
 )
 MODEL_FILE = "model.skops"
+PARITY_FILE = "parity_rows.parquet"  # held-out rows the compiled form is re-checked on at load
 
 TAG_SHA256 = "champion.sha256"
 TAG_CANDIDATE = "champion.candidate"
 TAG_RUNTIME = "champion.runtime"
 TAG_RUNTIME_NOTE = "champion.runtime_note"
 TAG_ONNX_SHA256 = "champion.onnx_sha256"
+TAG_PARITY_SHA256 = "champion.parity_rows_sha256"
 TAG_VERDICT = "champion.verdict"
 TAG_KIND = "champion.kind"
 TAG_DATA = "champion.data_sha256"
@@ -183,6 +186,17 @@ def read_onnx(local_dir: Path, *, expected_sha256: str | None) -> bytes:
     if hashlib.sha256(data).hexdigest() != expected_sha256:
         raise IntegrityError(f"{ONNX_FILE} digest does not match the recorded one")
     return data
+
+
+def parity_rows(local_dir: Path, *, expected_sha256: str | None) -> pd.DataFrame | None:
+    """The held-out rows stored with a compiled version (None for versions without them)."""
+    path = local_dir / PARITY_FILE
+    if expected_sha256 is None or not path.is_file():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise IntegrityError(f"{PARITY_FILE} digest does not match the recorded one")
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def input_example(local_dir: Path) -> pd.DataFrame | None:
@@ -462,6 +476,11 @@ class Registry:
                 onnx_path = Path(tmp) / ONNX_FILE
                 onnx_path.write_bytes(compilation.onnx)
                 self.client.log_model_artifact(model_id, str(onnx_path))
+                if compilation.sample is not None and len(compilation.sample):
+                    rows_path = Path(tmp) / PARITY_FILE
+                    compilation.sample.to_parquet(rows_path, index=False)
+                    self.client.log_model_artifact(model_id, str(rows_path))
+                    tags[TAG_PARITY_SHA256] = sha256_file(rows_path)
             tags |= {TAG_RUNTIME: compilation.runtime, TAG_ONNX_SHA256: compilation.sha256}
         return tags
 

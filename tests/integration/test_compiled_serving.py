@@ -4,6 +4,7 @@ uvloop + httptools with scikit-learn's answers, and refused (scikit-learn serves
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,12 @@ import pytest
 from champion.service.runtime import ONNX_FILE, PARITY_TOLERANCE, RUNTIME_ONNX, RUNTIME_SKLEARN
 from champion.training.pipeline import prepare_features
 from champion.training.records import Verdict
-from champion.training.registry import TAG_ONNX_SHA256, TAG_RUNTIME, TAG_RUNTIME_NOTE
+from champion.training.registry import (
+    TAG_ONNX_SHA256,
+    TAG_PARITY_SHA256,
+    TAG_RUNTIME,
+    TAG_RUNTIME_NOTE,
+)
 from tests.integration.conftest import SMALL, make_project
 from tests.integration.test_serve import ROW, serving
 
@@ -67,12 +73,16 @@ def test_a_forest_champion_serves_from_onnx_with_sklearns_answers(forest):
     ref = forest.registry().alias("champion")
     assert ref.tags[TAG_RUNTIME] == RUNTIME_ONNX, ref.tags.get(TAG_RUNTIME_NOTE)
     assert len(ref.tags[TAG_ONNX_SHA256]) == 64
+    assert len(ref.tags[TAG_PARITY_SHA256]) == 64
     rows = _rows(40)
     with serving(forest, workers=1) as base:
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["server"] == {"loop": "uvloop", "http": "httptools"}
         model = httpx.get(f"{base}/model").json()
         assert model["runtime"] == RUNTIME_ONNX, model["runtime_note"]
+        # Re-checked at load on the held-out rows registered with it, not on the 5-row example.
+        checked = re.search(r"on (\d+) rows at load", model["runtime_note"])
+        assert checked and int(checked.group(1)) >= 300, model["runtime_note"]
         r = httpx.post(f"{base}/predict", json={"instances": rows})
         assert r.status_code == 200, r.text
         body = r.json()

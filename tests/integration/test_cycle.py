@@ -25,6 +25,8 @@ def test_bootstrap_on_empty_registry_makes_version_1_champion(project):
     assert registry.aliases()["champion"] == "1"
     ref = registry.alias("champion")
     assert ref.sha256 and ref.candidate_json
+    # Whatever family the search picked, it serves compiled.
+    assert ref.runtime == "onnxruntime", (ref.candidate_json, ref.runtime_note)
     loaded = registry.load(ref, cache_dir=project.root / "dl")
     assert list(loaded.input_names) == list(project.contract.features)
     run = registry.run_summary(ref.run_id)

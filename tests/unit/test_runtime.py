@@ -18,6 +18,7 @@ from champion.service.runtime import (
     frame_columns,
     parity,
     parity_frame,
+    parity_tolerance,
 )
 from champion.training.compile import compile_pipeline
 from champion.training.config import Contract
@@ -107,15 +108,83 @@ def test_a_convertible_pipeline_serves_from_onnx_with_the_same_answers(
 
 
 def test_an_unconvertible_estimator_falls_back_to_sklearn_with_a_reason(
-    contract: Contract, data: Any
+    contract: Contract, data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """It serves with scikit-learn, saying why, when the converter fails on both input types."""
+    import champion.training.compile as compile_module
+
+    def gap(*args: Any) -> bytes:
+        raise RuntimeError("no converter for this estimator")
+
+    monkeypatch.setattr(compile_module, "_convert", gap)
     pipeline = _fit(contract, data, Candidate("hist_gradient_boosting", {"max_iter": 10}))
     result = compile_pipeline(pipeline, contract, data[2], seed=0)
-    if result.runtime == RUNTIME_ONNX:  # a converter release that handles it: still on parity
-        assert result.max_diff is not None and result.max_diff <= PARITY_TOLERANCE
-        return
-    assert result.runtime == RUNTIME_SKLEARN
-    assert result.onnx is None and result.reason
+    assert result.runtime == RUNTIME_SKLEARN and result.onnx is None
+    assert "no converter for this estimator" in result.reason
+
+
+def _regression(contract: Contract) -> tuple[Contract, Any]:
+    """The demo contract as a regression on a price-like target (values 100 to 1,600)."""
+    raw = raw_contract()
+    raw["task"] = "regression"
+    del raw["classes"]
+    raw["metrics"] = {"primary": "rmse", "guardrails": {}}
+    raw["search"]["families"] = ["linear", "random_forest", "hist_gradient_boosting"]
+    raw["search"]["space"].pop("logistic", None)
+    reg = make_contract(contract.data.landing_zone.parent, raw)
+    frames = []
+    for n, seed in ((1500, 3), (400, 4)):
+        frame = agrawal_frame(n, function=2, seed=seed)
+        frame[reg.target] = frame["loan"] / 300 + frame["age"] * 3 + 100.0
+        frames.append(frame)
+    X, held = (prepare_features(f, reg) for f in frames)
+    return reg, (X, frames[0][reg.target].to_numpy(), held)
+
+
+FAMILIES = [
+    ("classification", Candidate("logistic", {"C": 0.5})),
+    ("classification", FOREST),
+    ("classification", Candidate("hist_gradient_boosting", {"max_iter": 40})),
+    ("regression", Candidate("linear", {})),
+    ("regression", FOREST),
+    ("regression", Candidate("hist_gradient_boosting", {"max_iter": 40})),
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "candidate"), FAMILIES, ids=[f"{t}-{c.family}" for t, c in FAMILIES]
+)
+def test_every_family_the_search_can_pick_serves_compiled(
+    contract: Contract, data: Any, task: str, candidate: Candidate
+) -> None:
+    """It compiles each family in both tasks, with the same answers as scikit-learn on
+    held-out rows, missing values and unseen categories (probabilities within 1e-5 and the same
+    class; regression within 1e-6 of the predictions' scale)."""
+    chosen, rows_of = (contract, data) if task == "classification" else _regression(contract)
+    pipeline = _fit(chosen, rows_of, candidate)
+    result = compile_pipeline(pipeline, chosen, rows_of[2], seed=0)
+    assert result.runtime == RUNTIME_ONNX, result.reason
+    assert result.onnx is not None
+    classes = list(pipeline.classes_) if task == "classification" else None
+    compiled = CompiledModel(Encoder.from_pipeline(pipeline), result.onnx, classes=classes)
+    rows = parity_frame(rows_of[2], chosen, seed=9)
+    got = compiled.run(frame_columns(rows, list(chosen.features)), len(rows))
+    if task == "classification":
+        want = pipeline.predict_proba(rows)
+        assert np.abs(got - want).max() <= PARITY_TOLERANCE
+        assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
+    else:
+        want = pipeline.predict(rows)
+        scale = np.abs(want).max()
+        assert scale > 100  # the relative rule is what is being tested
+        assert np.abs(got - want).max() <= max(PARITY_TOLERANCE, 1e-6 * scale)
+
+
+def test_regression_parity_is_relative_to_the_predictions_scale() -> None:
+    """It allows 1e-6 of the largest prediction (at least 1e-5), and nothing more."""
+    assert parity_tolerance(np.array([0.5, 0.2]), classification=False) == PARITY_TOLERANCE
+    assert parity_tolerance(np.array([-3000.0, 20.0]), classification=False) == pytest.approx(3e-3)
+    assert parity_tolerance(np.array([[0.2, 0.8]]), classification=True) == PARITY_TOLERANCE
 
 
 def test_an_unknown_encoding_step_is_refused(contract: Contract, data: Any) -> None:
@@ -139,7 +208,7 @@ def test_parity_refuses_a_model_that_answers_differently(contract: Contract, dat
         parity(wrong, pipeline, rows, list(contract.features))
 
 
-def test_float32_splits_that_disagree_fall_through_to_float64(
+def test_an_input_type_that_fails_parity_falls_through_to_the_next(
     contract: Contract, data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each input type is tried on parity; a failing one is skipped, the next one used."""
@@ -150,15 +219,33 @@ def test_float32_splits_that_disagree_fall_through_to_float64(
 
     def first_fails(model: CompiledModel, *args: Any) -> float:
         calls.append(model.dtype)
-        if model.dtype is np.float32:
+        if model.dtype is np.float64:
             raise NotCompilable("outputs differ (forced)")
         return real(model, *args)
 
     monkeypatch.setattr(compiled_module, "parity", first_fails)
     pipeline = _fit(contract, data, Candidate("logistic", {"C": 2.0}))
     result = compile_pipeline(pipeline, contract, data[2])
-    assert calls == [np.float32, np.float64]
-    assert result.runtime == RUNTIME_ONNX and result.reason.startswith("float64")
+    assert calls == [np.float64, np.float32]
+    assert result.runtime == RUNTIME_ONNX and result.reason.startswith("float32")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "first"),
+    [
+        (FOREST, np.float32),
+        (Candidate("hist_gradient_boosting", {"max_iter": 10}), np.float32),
+        (Candidate("logistic", {}), np.float64),
+    ],
+    ids=["forest", "boosting", "logistic"],
+)
+def test_trees_try_float32_first_and_linear_models_float64(
+    contract: Contract, data: Any, candidate: Candidate, first: type
+) -> None:
+    """It compiles trees in float32 (what their splits compare) and linear models in float64."""
+    result = compile_pipeline(_fit(contract, data, candidate), contract, data[2], seed=0)
+    assert result.runtime == RUNTIME_ONNX
+    assert result.reason.startswith(np.dtype(first).name), result.reason
 
 
 def test_without_rows_to_check_there_is_no_compiled_form(contract: Contract, data: Any) -> None:
