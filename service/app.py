@@ -412,9 +412,19 @@ class Champion:
         return await self._predict(Headers(scope=scope), receive)
 
     async def _predict(self, headers: Headers, receive: Receive) -> JSONResponse:
+        started = time.perf_counter()
+        served = self.slot.current  # one reference: this request finishes on this model
+        response, outcome = await self._answer(headers, receive, served)
+        version = served.version if served is not None else "none"
+        self.metrics.answered(outcome, version, time.perf_counter() - started)
+        return response
+
+    async def _answer(
+        self, headers: Headers, receive: Receive, served: Served | None
+    ) -> tuple[JSONResponse, str]:
+        """The response to one POST /predict, and its outcome (a PREDICTION_OUTCOMES value)."""
         rid = headers.get("x-request-id", "")
         rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(16)
-        served = self.slot.current  # one reference: this request finishes on this model
         limit = self.settings.max_body_bytes
         try:
             body = await _receive_limited(receive, headers.get("content-length"), limit)
@@ -426,24 +436,23 @@ class Champion:
         except RequestInvalid as exc:
             self.metrics.predictions.labels("invalid").inc()
             self.metrics.validation_failures.labels(exc.reason).inc()
-            return JSONResponse(exc.body() | {"request_id": rid}, status_code=exc.status)
+            refused = exc.body() | {"request_id": rid}
+            return JSONResponse(refused, status_code=exc.status), "invalid"
         if batch.unseen:
             self.metrics.unseen(dict(batch.unseen))
         if served is None:
             self.metrics.predictions.labels("unavailable").inc()
             st = self.slot.status()
-            return _error(
-                503,
-                "no champion model is loaded yet: "
-                + (st.last_error or "the registry has no champion yet"),
-                request_id=rid,
+            why = st.last_error or "the registry has no champion yet"
+            return _error(503, f"no champion model is loaded yet: {why}", request_id=rid), (
+                "unavailable"
             )
         try:
             pred, proba = served.predict(batch)
         except Exception:
             log.exception("prediction failed", extra={"request_id": rid, "version": served.version})
             self.metrics.predictions.labels("error").inc()
-            return _error(500, "the model failed on this input", request_id=rid)
+            return _error(500, "the model failed on this input", request_id=rid), "error"
         self._predicted_ok.inc()
         self.metrics.rows.inc(len(pred))
         self.metrics.classes(pred, served.classes)
@@ -456,7 +465,7 @@ class Champion:
             out["probabilities"] = proba
             out["classes"] = served.classes
         out |= {"model_version": served.version, "request_id": rid}
-        return _json(out)
+        return _json(out), "ok"
 
     def _capture(
         self,

@@ -71,6 +71,7 @@ EXPORTED: dict[str, frozenset[str]] = {
     "champion_retrain_ticks_total": frozenset({"outcome"}),
     "champion_retrain_runs_total": frozenset({"verdict"}),
     **_histogram("champion_retrain_duration_seconds", NONE),
+    **_histogram("champion_request_duration_seconds", frozenset({"outcome", "version"})),
     "champion_retrain_last_success_timestamp_seconds": NONE,
     "champion_cv_score": frozenset({"metric"}),
     "champion_drift_score": frozenset({"feature"}),
@@ -96,6 +97,9 @@ VERDICTS = ("PROMOTE", "HOLD", "REJECT", "SKIPPED", "FAILED", "STALE")
 # (metric, label) -> the values it can take; a selector naming another value is a typo.
 LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("champion_predictions_total", "outcome"): frozenset({"ok", "invalid", "unavailable", "error"}),
+    ("champion_request_duration_seconds_bucket", "outcome"): frozenset(
+        {"ok", "invalid", "unavailable", "error"}
+    ),
     ("champion_retrain_ticks_total", "outcome"): frozenset(
         {*VERDICTS, "missed", "overlap", "timeout", "error"}
     ),

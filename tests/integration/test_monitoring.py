@@ -164,6 +164,12 @@ def test_metrics_are_exact_sums_over_two_workers(champion):
     assert value("champion_predictions_total", outcome="ok") == ok
     assert value("champion_predictions_total", outcome="invalid") == len(invalid)
     assert value("champion_predictions_total", outcome="error") == 0
+    # champion's own latency histogram counts the same requests, by outcome and version.
+    assert value("champion_request_duration_seconds_count", outcome="ok", version="1") == ok
+    assert value("champion_request_duration_seconds_count", outcome="invalid", version="1") == len(
+        invalid
+    )
+    assert value("champion_request_duration_seconds_bucket", outcome="ok", version="1", le="+Inf")
     assert value("champion_predicted_rows_total") == ok
     assert sum(value("champion_predicted_class_total", **{"class": c}) or 0 for c in CLASSES) == ok
     reasons = Counter(reason for _, reason in invalid)
