@@ -12,6 +12,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import bentoml
@@ -158,6 +159,33 @@ def _predict_operation() -> dict[str, Any]:
     }
 
 
+def _receiver(body: bytes) -> Receive:
+    """An ASGI `receive` that delivers `body` in one message."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+class _ApiError(BentoMLException):
+    """A refused prediction as BentoML's API layer reports it (status and our error body)."""
+
+    def __init__(self, status: int, payload: dict[str, Any]) -> None:
+        super().__init__(str(payload.get("error", "prediction refused")))
+        self.error_code = HTTPStatus(status)
+        self.payload = payload
+
+
+def _api_error(status: int, payload: dict[str, Any]) -> BentoMLException:
+    return _ApiError(status, payload)
+
+
 def _current_service() -> Any:
     try:
         return bentoml.get_current_service()
@@ -211,7 +239,7 @@ class FastPath:
             response = _error(503, "the service is starting: no worker is ready yet")
         else:
             try:
-                response = await svc.predict(scope, receive)
+                response = await svc.answer(scope, receive)
             except ClientDisconnect:
                 return  # nobody left to answer
         await response(scope, receive, send)
@@ -406,9 +434,22 @@ class Champion:
 
     # -- predictions ----------------------------------------------------------------------
 
-    async def predict(self, scope: Scope, receive: Receive) -> JSONResponse:
-        """POST /predict, the one handler: FastPath routes here ahead of FastAPI's layers
-        (documented in `_openapi`, as the probes are)."""
+    @bentoml.api(route="/predict", name="predict")
+    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST /predict: `{"instances": [...]}` → the current champion's predictions.
+
+        A BentoML API, so /schema.json lists it and BentoML's own clients call it by name
+        (`client.predict(instances=[...])`). Over HTTP, FastPath hands the request to `answer`
+        ahead of the framework's layers; both run `_predict`, the one implementation.
+        """
+        response = await self._predict(Headers(), _receiver(orjson.dumps({"instances": instances})))
+        payload: dict[str, Any] = orjson.loads(response.body)
+        if response.status_code != 200:
+            raise _api_error(response.status_code, payload)
+        return payload
+
+    async def answer(self, scope: Scope, receive: Receive) -> JSONResponse:
+        """POST /predict as FastPath routes it (documented in `_openapi`, as the probes are)."""
         return await self._predict(Headers(scope=scope), receive)
 
     async def _predict(self, headers: Headers, receive: Receive) -> JSONResponse:

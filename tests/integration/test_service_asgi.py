@@ -420,7 +420,7 @@ def test_predict_is_answered_ahead_of_fastapi_routing(monkeypatch):
     reached: list[str] = []
 
     class Service:
-        async def predict(self, scope: Any, receive: Any) -> Any:
+        async def answer(self, scope: Any, receive: Any) -> Any:
             from fastapi.responses import JSONResponse
 
             body = await app_module._receive_limited(receive, None, 1000)
