@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from champion.monitoring.capture import Captured
+from champion.service import v2
 from champion.service.ratelimit import TokenBucket
 from champion.service.scheduler import CycleOutcome, RetrainScheduler
 from champion.service.validation import (
@@ -159,6 +160,11 @@ def _predict_operation() -> dict[str, Any]:
     }
 
 
+def _model_in(path: str) -> str:
+    """The model name in /v2/models/{name}/infer."""
+    return path.removeprefix("/v2/models/").removesuffix("/infer")
+
+
 def _receiver(body: bytes) -> Receive:
     """An ASGI `receive` that delivers `body` in one message."""
     sent = False
@@ -211,6 +217,9 @@ class FastPath:
             if path == "/predict":
                 await self._predict(scope, receive, send)
                 return
+            elif path.startswith("/v2/models/") and path.endswith("/infer"):
+                await self._infer_v2(scope, receive, send)
+                return
             elif path in ("/livez", "/readyz") and scope["method"] not in ("GET", "HEAD"):
                 response = _error(405, f"{path} answers GET only")
                 response.headers["Allow"] = "GET, HEAD"
@@ -229,6 +238,20 @@ class FastPath:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _infer_v2(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            response = _error(405, "v2 infer answers POST only")
+            response.headers["Allow"] = "POST"
+        elif (svc := _current_service()) is None:
+            response = _error(503, "the service is starting: no worker is ready yet")
+        else:
+            try:
+                response = await svc.answer_v2(scope, receive)
+            except ClientDisconnect:
+                return
+        await response(scope, receive, send)
 
     @staticmethod
     async def _predict(scope: Scope, receive: Receive, send: Send) -> None:
@@ -452,6 +475,82 @@ class Champion:
         """POST /predict as FastPath routes it (documented in `_openapi`, as the probes are)."""
         return await self._predict(Headers(scope=scope), receive)
 
+    async def answer_v2(self, scope: Scope, receive: Receive) -> JSONResponse:
+        """POST /v2/models/{name}/infer (Open Inference Protocol), routed by FastPath."""
+        name = self.contract.project.name
+        if scope["path"] != f"/v2/models/{name}/infer":
+            return _error(404, f"no model {_model_in(scope['path'])!r} here; this serves {name!r}")
+        started = time.perf_counter()
+        served = self.slot.current
+        request_id: list[str | None] = [None]
+
+        def shape(payload: Any) -> Any:
+            if isinstance(payload, dict) and isinstance(payload.get("id"), str):
+                request_id[0] = payload["id"]
+            return v2.instances(payload, self.contract, max_rows=self.settings.max_rows)
+
+        def render(answer: dict[str, Any]) -> JSONResponse:
+            return _json(v2.response(answer, model_name=name, request_id=request_id[0]))
+
+        response, outcome = await self._answer(
+            Headers(scope=scope), receive, served, shape=shape, render=render
+        )
+        version = served.version if served is not None else "none"
+        self.metrics.answered(outcome, version, time.perf_counter() - started)
+        return response
+
+    # -- Open Inference Protocol (v2) metadata and health -------------------------------
+
+    @api.get("/v2", summary="Open Inference Protocol: server metadata")
+    def v2_server(self) -> JSONResponse:
+        return JSONResponse({"name": "champion", "version": "1", "extensions": []})
+
+    @api.get("/v2/health/live", summary="Open Inference Protocol: alive")
+    def v2_live(self) -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    @api.get(
+        "/v2/health/ready",
+        summary="Open Inference Protocol: a champion is loaded",
+        responses=_errors(503),
+    )
+    def v2_ready(self) -> JSONResponse:
+        ready = self.slot.current is not None
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get(
+        "/v2/models/{model}",
+        summary="Open Inference Protocol: the model's tensors",
+        responses=_errors(404, s404="No model of that name here."),
+    )
+    def v2_model(self, model: str) -> JSONResponse:
+        if (missing := self._v2_unknown(model)) is not None:
+            return missing
+        served = self.slot.current
+        body = v2.model_metadata(
+            self.contract,
+            versions=[served.version] if served else [],
+            classes=served.classes if served else self.contract.classes,
+        )
+        return JSONResponse(body)
+
+    @api.get(
+        "/v2/models/{model}/ready",
+        summary="Open Inference Protocol: the model is loaded",
+        responses=_errors(404, 503, s404="No model of that name here."),
+    )
+    def v2_model_ready(self, model: str) -> JSONResponse:
+        if (missing := self._v2_unknown(model)) is not None:
+            return missing
+        ready = self.slot.current is not None
+        return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
+
+    def _v2_unknown(self, model: str) -> JSONResponse | None:
+        name = self.contract.project.name
+        if model == name:
+            return None
+        return _error(404, f"no model {model!r} here; this serves {name!r}")
+
     async def _predict(self, headers: Headers, receive: Receive) -> JSONResponse:
         started = time.perf_counter()
         served = self.slot.current  # one reference: this request finishes on this model
@@ -461,16 +560,24 @@ class Champion:
         return response
 
     async def _answer(
-        self, headers: Headers, receive: Receive, served: Served | None
+        self,
+        headers: Headers,
+        receive: Receive,
+        served: Served | None,
+        *,
+        shape: Callable[[Any], Any] = lambda payload: payload,
+        render: Callable[[dict[str, Any]], JSONResponse] = _json,
     ) -> tuple[JSONResponse, str]:
-        """The response to one POST /predict, and its outcome (a PREDICTION_OUTCOMES value)."""
+        """The response to one prediction request, and its outcome (a PREDICTION_OUTCOMES
+        value). `shape` turns the parsed body into `{"instances": [...]}` (the v2 protocol's
+        tensors, say); `render` turns the answer into the response body."""
         rid = headers.get("x-request-id", "")
         rid = rid if _REQUEST_ID.match(rid) else secrets.token_hex(16)
         limit = self.settings.max_body_bytes
         try:
             body = await _receive_limited(receive, headers.get("content-length"), limit)
             batch = validate_instances(
-                parse_body(body, max_bytes=limit),
+                shape(parse_body(body, max_bytes=limit)),
                 contract=self.contract,
                 max_rows=self.settings.max_rows,
             )
@@ -506,7 +613,7 @@ class Champion:
             out["probabilities"] = proba
             out["classes"] = served.classes
         out |= {"model_version": served.version, "request_id": rid}
-        return _json(out), "ok"
+        return render(out), "ok"
 
     def _capture(
         self,

@@ -437,6 +437,8 @@ def test_predict_is_answered_ahead_of_fastapi_routing(monkeypatch):
     assert client.post("/predict", content=b"12345").json() == {"echo": 5}
     wrong = client.get("/predict")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    wrong = client.get("/v2/models/m/infer")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert client.post("/feedback", content=b"{}").json() == {"inner": True}
     assert reached == ["POST /feedback"]
 
