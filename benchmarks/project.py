@@ -1,8 +1,9 @@
 """A throwaway champion project for the benchmarks: demo data, a real MLflow store, champions.
 
 Demo data comes from `champion simulate` (a subprocess, as a user runs it); models are
-registered by `training.cycle.run_cycle` with a contract whose search space admits exactly one
-candidate, so the serving benchmarks always measure the same kind of model.
+registered by `training.cycle.run_cycle`: the default champion with the shipped contract (its own
+search picks the family), the secondary ones with a contract whose search space admits exactly
+one candidate, so those always measure the same kind of model.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ FORCED: dict[str, dict[str, Any]] = {
 }
 
 
+# The estimator family each forced scenario registers.
+FORCED_FAMILY: dict[str, str] = {name: next(iter(space)) for name, space in FORCED.items()}
+
+
 def champion_exe() -> str:
     return str(Path(sys.executable).with_name("champion"))
 
@@ -64,6 +69,14 @@ def forced_raw(scenario: str, *, folds: int = 3, repeats: int = 1) -> dict[str, 
         "space": space | {"reduction": {"components": {"choices": [0]}}},
     }
     raw["cv"] = {"scheme": "auto", "folds": folds, "repeats": repeats}
+    return raw
+
+
+def default_raw(*, folds: int = 3, repeats: int = 1) -> dict[str, Any]:
+    """The shipped contract as a user gets it (its search, families and budgets), with only the
+    fold count (and gate repeats) of the forced scenarios, for time."""
+    raw = shipped_raw()
+    raw["cv"] = dict(raw["cv"], folds=folds, repeats=repeats)
     return raw
 
 

@@ -69,7 +69,7 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = _ratio(c_rps, n_rps)
     out.append(
         _target(
-            "single-row throughput at 32 connections vs no-op (forest)",
+            "single-row throughput at 32 connections vs no-op (default champion)",
             measured=c_rps,
             unit="req/s",
             baseline=n_rps,
@@ -83,7 +83,7 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = _ratio(c_rps, m_rps)
     out.append(
         _target(
-            "single-row throughput at 32 connections vs mlflow models serve (forest)",
+            "single-row throughput at 32 connections vs mlflow models serve (default champion)",
             measured=c_rps,
             unit="req/s",
             baseline=m_rps,
@@ -97,7 +97,7 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     p99 = _get(champ32, "p99_ms")
     out.append(
         _target(
-            "p99 latency at 32 connections (forest)",
+            "p99 latency at 32 connections (default champion)",
             measured=p99,
             unit="ms",
             baseline=_get(noop32, "p99_ms"),
@@ -242,6 +242,89 @@ def _status(met: bool | None) -> str:
     return {True: "met", False: "**not met**", None: "not measured"}[met]
 
 
+def _default(r: dict[str, Any]) -> dict[str, Any]:
+    """The default champion's facts recorded at setup (family, candidate, serving runtime)."""
+    return _get(r, "setup", "default_champion") or {}
+
+
+def _family(model: dict[str, Any]) -> str:
+    return str(model.get("family") or "unknown family")
+
+
+def _serves(model: dict[str, Any]) -> str:
+    """How registration chose to serve a version, from its recorded runtime."""
+    runtime = model.get("runtime")
+    if runtime == "onnxruntime":
+        return "compiled, through ONNX Runtime"
+    if runtime is None:
+        return "with an unrecorded runtime"
+    note = f": {model['runtime_note']}" if model.get("runtime_note") else ""
+    return f"with `{runtime}`, not compiled{note}"
+
+
+def _labels(r: dict[str, Any]) -> dict[str, str]:
+    """Row labels: the primary champion rows name the default champion's family; the forced
+    versions are marked secondary."""
+    models = _get(r, "setup", "models") or {}
+    return {
+        "champion": f"champion, default ({_family(_default(r))})",
+        "champion_forest": "secondary: champion, forced "
+        + _family(models.get("forest") or {"family": "random_forest"}),
+        "champion_gbt": "secondary: champion, forced "
+        + _family(models.get("gbt") or {"family": "hist_gradient_boosting"}),
+        "noop": "BentoML no-op",
+        "naive": "naive BentoML + skops",
+        "mlflow": "mlflow models serve",
+    }
+
+
+def _cpu(x: Any) -> str:
+    return _f(_get(x, "cpu_ms_per_request"), 2)
+
+
+def _champion_text(r: dict[str, Any]) -> list[str]:
+    """Which champion the primary rows serve, and what the secondary rows are."""
+    d = _default(r)
+    if not d:
+        return []
+    models = _get(r, "setup", "models") or {}
+    search = d.get("search") or {}
+    served = _get(r, "runtime", "runtime")
+    text = (
+        f"**The champion measured.** Every primary champion row (single-row sweep, head to head, "
+        f"1,000-row requests, capture, the swap's starting point, cold start and memory) serves "
+        f"the **default champion**: the version the shipped `champion.toml`'s own search "
+        f"({search.get('strategy', '?')}, at most {search.get('max_trials', '?')} trials; "
+        f"{d.get('trials', '?')} run) picked on the demo data, in a fresh project as a first "
+        f"`champion retrain` does, with only the cross-validation folds reduced to "
+        f"{d.get('folds', '?')} (shipped: {d.get('shipped_folds', '?')}) for time. "
+        f"It is v{d.get('version')}, a "
+        f"**{_family(d)}** model (`{d.get('label')}`), and it serves **{_serves(d)}**: "
+        f"registration recorded the runtime `{d.get('runtime')}` on the version"
+    )
+    if d.get("runtime_note"):
+        text += f" ({d['runtime_note']})"
+    if served:
+        text += f", and the serving worker reported `{served}`"
+    text += "."
+    secondary = [
+        f"`{_labels(r)[f'champion_{k}']}` (v{m.get('version')}, `{m.get('label')}`; "
+        f"serves {_serves(m)})"
+        for k, m in models.items()
+        if k != "default"
+    ]
+    if secondary:
+        levels = _get(r, "meta", "plan", "secondary_concurrency") or []
+        at = ", ".join(str(c) for c in levels) or "–"
+        text += (
+            " Secondary rows, each trained on one more demo batch with a search space admitting "
+            "one candidate, served by the same champion server after the swap (promoted, "
+            f"awaited, then loaded) at {at} connections only: " + "; ".join(secondary) + ". The "
+            "gbt version is also the swap's target."
+        )
+    return [text]
+
+
 def _reading(r: dict[str, Any]) -> list[str]:
     """Facts computed from the results that explain the targets (no opinions, no constants)."""
     out = []
@@ -253,8 +336,9 @@ def _reading(r: dict[str, Any]) -> list[str]:
     noop32 = _get(r, "single_row", "noop", "32")
     if one:
         text = (
-            "**What one row costs.** One in-process single-row `predict_proba` of the forest in "
-            f"scikit-learn took {one:.2f} ms on the server's core "
+            "**What one row costs.** One in-process single-row `predict_proba` of the default "
+            f"champion ({_family(_default(r))}) in scikit-learn took {one:.2f} ms on the server's "
+            "core "
             f"(roughly {1000 / one:.0f} calls/s)"
         )
         if compiled_one:
@@ -267,6 +351,11 @@ def _reading(r: dict[str, Any]) -> list[str]:
             text += (
                 f" At one connection the whole champion request took p50 {c1['p50_ms']:.1f} ms "
                 f"({c1['rps']:.0f} req/s)."
+            )
+        if _get(c32, "cpu_ms_per_request") and _get(noop32, "cpu_ms_per_request"):
+            text += (
+                f" At 32 connections its worker spent {c32['cpu_ms_per_request']:.2f} ms of CPU "
+                f"per answered request, the no-op's {noop32['cpu_ms_per_request']:.2f} ms."
             )
         noop_rps = _get(r, "head_to_head", "noop", "rps") or _get(noop32, "rps")
         if noop_rps:
@@ -360,19 +449,27 @@ def render_markdown(r: dict[str, Any]) -> str:
     )
     models = setup.get("models", {})
     desc = "; ".join(
-        f"{k}: v{x.get('version')} {x.get('candidate', {}).get('family', '')} "
-        f"{x.get('candidate', {}).get('params', '')}"
+        f"{'primary' if k == 'default' else 'secondary'} {k}: v{x.get('version')} "
+        f"{x.get('candidate', {}).get('family', '')} {x.get('candidate', {}).get('params', '')}, "
+        f"runtime {x.get('runtime')}"
         for k, x in models.items()
     )
     add(f"| models | {desc} |")
-    extra = setup.get("extra_batches_for_gbt")
+    extra = setup.get("extra_batches_for_secondary")
     add(
         f"| data | demo stream (`champion simulate`), {setup.get('demo_batches')} batches x "
         f"{setup.get('rows_per_batch')} rows"
-        + (f" (+{extra} batch on which the gbt version was trained)" if extra else "")
+        + (
+            f" (+1 batch for each secondary version, {extra} in all, trained on in turn)"
+            if extra
+            else ""
+        )
         + " |"
     )
     add("")
+    for para in _champion_text(r):
+        add(para)
+        add("")
     add("## Targets")
     add("")
     add("| target | measured | baseline | ratio | goal | status |")
@@ -405,24 +502,28 @@ def render_markdown(r: dict[str, Any]) -> str:
         "the champion service with the scheduler off, capture on, the shipped alias poll "
         "(every 10 s). "
         'The no-op, naive and champion services get `{"instances": [row]}`; '
-        '`mlflow models serve` gets `{"dataframe_records": [row]}` and computes `predict` only.'
+        '`mlflow models serve` gets `{"dataframe_records": [row]}` and computes `predict` only. '
+        "The naive service and `mlflow models serve` load the default champion's version. "
+        "CPU ms/req: user + system CPU seconds of the server's worker processes (psutil, summed "
+        "over the process tree below the `bentoml serve` or `mlflow models serve` supervisor) "
+        "during the load, divided by the requests answered. Secondary rows (the forced versions) "
+        "come last among the champion rows."
     )
     add("")
-    add("| service | connections | req/s | p50 ms | p99 ms | errors | vs no-op | vs mlflow |")
-    add("|---|---|---|---|---|---|---|---|")
+    add(
+        "| service | connections | req/s | CPU ms/req | p50 ms | p99 ms | errors | vs no-op "
+        "| vs mlflow |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|")
     single = r.get("single_row", {})
-    labels = {
-        "champion": "champion (forest)",
-        "champion_gbt": "champion (gbt)",
-        "noop": "BentoML no-op",
-        "naive": "naive BentoML + skops",
-        "mlflow": "mlflow models serve",
-    }
+    labels = _labels(r)
     for key, label in labels.items():
         levels = single.get(key)
+        if key.startswith("champion_") and isinstance(levels, dict) and "skipped" in levels:
+            continue  # a plan without secondary rows
         if not isinstance(levels, dict) or "skipped" in levels or "error" in levels:
             reason = (levels or {}).get("skipped") or (levels or {}).get("error") or "not run"
-            add(f"| {label} | – | – | – | – | – | – | {reason} |")
+            add(f"| {label} | – | – | – | – | – | – | – | {reason} |")
             continue
         for c, res in levels.items():
             if not isinstance(res, dict):
@@ -430,7 +531,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             noop = _get(single, "noop", c, "rps")
             mlf = _get(single, "mlflow", c, "rps")
             add(
-                f"| {label} | {c} | {_f(res.get('rps'))} | {_f(res.get('p50_ms'))} | "
+                f"| {label} | {c} | {_f(res.get('rps'))} | {_cpu(res)} | {_f(res.get('p50_ms'))} | "
                 f"{_f(res.get('p99_ms'))} | {res.get('errors')} | "
                 f"{_f(_ratio(res.get('rps'), noop), 2)} | {_f(_ratio(res.get('rps'), mlf), 2)} |"
             )
@@ -446,14 +547,18 @@ def render_markdown(r: dict[str, Any]) -> str:
             "them alike."
         )
         add("")
-        add("| service | req/s | runs req/s | median p99 ms | errors | vs no-op | vs mlflow |")
-        add("|---|---|---|---|---|---|---|")
+        add(
+            "| service | req/s | CPU ms/req | runs req/s | median p99 ms | errors | vs no-op "
+            "| vs mlflow |"
+        )
+        add("|---|---|---|---|---|---|---|---|")
         for key in ("champion", "noop", "naive", "mlflow"):
             x = h2h.get(key)
             if not isinstance(x, dict):
                 continue
             add(
-                f"| {labels[key]} | {_f(x['rps'])} | {', '.join(_f(v) for v in x['runs_rps'])} | "
+                f"| {labels[key]} | {_f(x['rps'])} | {_cpu(x)} | "
+                f"{', '.join(_f(v) for v in x['runs_rps'])} | "
                 f"{_f(x['p99_ms_median'])} | {x['errors']} | "
                 f"{_f(_ratio(x['rps'], _get(h2h, 'noop', 'rps')), 2)} | "
                 f"{_f(_ratio(x['rps'], _get(h2h, 'mlflow', 'rps')), 2)} |"
@@ -468,44 +573,40 @@ def render_markdown(r: dict[str, Any]) -> str:
     add("## 2. 1,000-row requests")
     add("")
     svc = b.get("service") or {}
-    add("| what | rows/s | req/s | p99 ms | errors | vs in-process |")
-    add("|---|---|---|---|---|---|")
+    family = _family(_default(r))
+    add("| what | rows/s | req/s | CPU ms/req | p99 ms | errors | vs in-process |")
+    add("|---|---|---|---|---|---|---|")
     inp = b.get("in_process") or {}
     add(
-        f"| champion service (forest), {svc.get('connections', '?')} connections | "
-        f"{_f(svc.get('rows_per_s'), 0)} | {_f(svc.get('rps'))} | {_f(svc.get('p99_ms'))} | "
-        f"{svc.get('errors')} | {_f(b.get('ratio'), 3)} |"
+        f"| champion service, default ({family}), {svc.get('connections', '?')} connections | "
+        f"{_f(svc.get('rows_per_s'), 0)} | {_f(svc.get('rps'))} | {_cpu(svc)} | "
+        f"{_f(svc.get('p99_ms'))} | {svc.get('errors')} | {_f(b.get('ratio'), 3)} |"
     )
-    gbt = b.get("service_gbt") or {}
-    if "rows_per_s" in gbt:
-        add(
-            f"| champion service (gbt), {gbt.get('connections', '?')} connections | "
-            f"{_f(gbt.get('rows_per_s'), 0)} | {_f(gbt.get('rps'))} | {_f(gbt.get('p99_ms'))} | "
-            f"{gbt.get('errors')} | – |"
-        )
     add(
-        f"| in-process `pipeline.predict_proba(DataFrame)` (forest, one core) | "
-        f"{_f(inp.get('rows_per_s'), 0)} | {_f(_ratio(inp.get('rows_per_s'), 1000))} | – | – | 1 |"
+        f"| in-process `pipeline.predict_proba(DataFrame)` (default {family}, one core) | "
+        f"{_f(inp.get('rows_per_s'), 0)} | {_f(_ratio(inp.get('rows_per_s'), 1000))} | – | – | – "
+        "| 1 |"
     )
     comp = b.get("compiled") or {}
     if comp:
         add(
             f"| in-process compiled form: NumPy encoding + ONNX Runtime, from validated columns | "
             f"{_f(comp.get('rows_per_s'), 0)} | {_f(_ratio(comp.get('rows_per_s'), 1000))} | "
-            f"– | – | {_f(_ratio(comp.get('rows_per_s'), inp.get('rows_per_s')), 3)} |"
+            f"– | – | – | {_f(_ratio(comp.get('rows_per_s'), inp.get('rows_per_s')), 3)} |"
         )
     check = b.get("validate_batch") or {}
     if check:
         add(
             f"| in-process `parse_body` + `validate_instances` of the same body (no model) | "
             f"{_f(check.get('rows_per_s'), 0)} | {_f(_ratio(check.get('rows_per_s'), 1000))} | "
-            "– | – | – |"
+            "– | – | – | – |"
         )
     one = b.get("in_process_one_row") or {}
     if one:
         add("")
         add(
-            f"For scale: in process, one single-row `predict_proba` of the forest takes "
+            f"For scale: in process, one single-row `predict_proba` of the default champion "
+            f"({family}) takes "
             f"{_f(one.get('ms_per_call'), 2)} ms ({_f(one.get('rows_per_s'))} calls/s on one core)"
             + (
                 f"; its compiled form {_f(b['compiled_one_row'].get('ms_per_call'), 3)} ms"
@@ -529,16 +630,18 @@ def render_markdown(r: dict[str, Any]) -> str:
     add("")
     if "capture_on" in cap:
         add(
-            "Two champion servers (forest), one with `CHAMPION_CAPTURE_SAMPLE_RATE=0`, on the "
-            "same core; 32 connections, runs interleaved (on, off, on, off, ...)."
+            f"Two champion servers (the default champion, {_family(_default(r))}), one with "
+            "`CHAMPION_CAPTURE_SAMPLE_RATE=0`, on the same core; 32 connections, runs interleaved "
+            "(on, off, on, off, ...)."
         )
         add("")
-        add("| capture | req/s | median p99 ms | errors |")
-        add("|---|---|---|---|")
+        add("| capture | req/s | CPU ms/req | median p99 ms | errors |")
+        add("|---|---|---|---|---|")
         for k in ("capture_on", "capture_off"):
             x = cap[k]
             add(
-                f"| {k.split('_')[1]} | {_f(x['rps'])} | {_f(x['p99_ms_median'])} | {x['errors']} |"
+                f"| {k.split('_')[1]} | {_f(x['rps'])} | {_cpu(x)} | {_f(x['p99_ms_median'])} | "
+                f"{x['errors']} |"
             )
         add("")
         runs = {
@@ -584,7 +687,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"alias every 1 s (wrk, one connection "
             f"per thread, every request recorded). {s['promote_at_s']:.1f} s into it "
             f"`training.actions.promote` moves the alias v{s['from_version']} → "
-            f"v{s['to_version']} (forest → gbt); the worker notices within its 1 s poll, "
+            f"v{s['to_version']} (default {_family(_default(r))} → secondary forced gbt); the "
+            "worker notices within its 1 s poll, "
             "downloads, verifies and warms the new model in the background while serving, then "
             "swaps one reference. Windows are by completion time: steady = after a 1 s ramp up "
             "to the promotion call; swap = from the call to 1 s after the last answer by the old "

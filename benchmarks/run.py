@@ -3,19 +3,23 @@
     python -m benchmarks.run [--quick] [--out benchmarks/results.json]
                              [--markdown docs/performance.md]
 
-One run builds its own temporary project (demo data from `champion simulate`, a random-forest
-champion and a gradient-boosting version registered by `training.cycle` from contracts whose
-search space admits one candidate each) and measures:
+One run builds its own temporary project (demo data from `champion simulate`) and registers,
+with `training.cycle`: the default champion, the one the shipped contract's own search picks on
+the demo data (only its fold count reduced, for time), which every primary row measures; and two
+secondary versions from contracts whose search space admits one candidate each, a random forest
+and a histogram gradient boosting (the swap's target). It measures:
 
 1. single-row serving at 1, 8 and 32 connections (wrk + a Lua POST script; a Python
    asyncio + httpx generator only when wrk cannot be installed), load generator pinned to one
    core and server to the other, for: the champion service (1 worker, scheduler off, capture
    on), a BentoML no-op service (the framework's ceiling), a naive BentoML service
-   (skops + predict_proba per request) and `mlflow models serve` on the same version;
+   (skops + predict_proba per request) and `mlflow models serve` on the same version; the
+   secondary versions at 32 connections only; with every row the worker processes' CPU time
+   per answered request;
 2. 1,000-row requests against the in-process `pipeline.predict_proba` on the same rows;
 3. capture on vs off (interleaved, two servers) and the drift evaluation time of 30 numeric
    features over a 10,000-row window;
-4. a champion swap (training.actions.promote) under 32 connections, in 1-second slices;
+4. a champion swap (training.actions.promote, default -> gbt) under 32 connections;
 5. cold start (process start to /readyz 200) and resident memory per worker;
 6. one `champion retrain` with the shipped contract (bayes) against an exhaustive grid over
    the same space and folds.
@@ -49,16 +53,27 @@ from typing import Any
 
 from benchmarks.load import LoadGen, LoadResult, ensure_wrk, wrk_version
 from benchmarks.project import (
+    FORCED_FAMILY,
     ROOT,
     BenchProject,
     champion_exe,
+    default_raw,
     demo_rows,
     forced_raw,
     grid_raw,
     shipped_raw,
 )
 from benchmarks.report import evaluate_targets, render_markdown
-from benchmarks.servers import Server, free_port, pin_prefix, serving, stop, worker_memory
+from benchmarks.servers import (
+    Server,
+    cpu_used,
+    free_port,
+    pin_prefix,
+    serving,
+    stop,
+    worker_cpu,
+    worker_memory,
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,8 @@ class Plan:
     h2h_rounds: int  # head to head: all servers up, 32-connection runs interleaved by round
     h2h_seconds: float
     services: tuple[str, ...]
-    gbt: bool  # serve the gradient-boosting version after the swap
+    secondary: bool  # serve the gbt and forest versions after the swap ...
+    secondary_levels: tuple[int, ...]  # ... at these connection counts
     retrain: bool
     grid: bool
     demo_batches: int
@@ -102,7 +118,8 @@ QUICK = Plan(
     h2h_rounds=0,
     h2h_seconds=0,
     services=("champion", "noop"),
-    gbt=False,
+    secondary=True,
+    secondary_levels=(32,),
     retrain=False,
     grid=False,
     demo_batches=2,
@@ -128,7 +145,8 @@ FULL = Plan(
     h2h_rounds=3,
     h2h_seconds=5,
     services=("champion", "noop", "naive", "mlflow"),
-    gbt=True,
+    secondary=True,
+    secondary_levels=(32,),
     retrain=True,
     grid=True,
     demo_batches=4,
@@ -202,7 +220,8 @@ class Bench:
         self.cpus = cpus
         self.project = BenchProject(work / "project")
         self.logs = work / "logs"
-        self.versions: dict[str, str] = {}
+        self.versions: dict[str, str] = {}  # scenario (default, forest, gbt) -> version
+        self.models: dict[str, dict[str, Any]] = {}  # scenario -> version, family, runtime
         self.bodies: dict[str, Path] = {}
         self.rows: list[dict[str, Any]] = []
 
@@ -211,24 +230,37 @@ class Bench:
     def setup(self) -> dict[str, Any]:
         plan, project = self.plan, self.project
         t0 = time.monotonic()
-        project.write_contract(forced_raw("forest", folds=plan.setup_folds))
+        # The default champion: the shipped contract's own search on the demo data, in a fresh
+        # project (no champion yet), as a user's first `champion retrain` gets it.
+        raw = default_raw(folds=plan.setup_folds)
+        project.write_contract(raw)
         project.simulate(batches=plan.demo_batches, rows=plan.demo_rows)
-        say(f"demo data: {plan.demo_batches} batches x {plan.demo_rows} rows; registering forest")
-        forest = project.cycle()
-        if forest.verdict.value != "PROMOTE" or not forest.version:
-            raise RuntimeError(f"the forest champion was not promoted: {forest.reason}")
-        self.versions["forest"] = forest.version
-        if plan.gbt or plan.swap:
-            # A second version to swap to: one more batch, the gradient-boosting candidate.
-            project.simulate(batches=1, rows=plan.demo_rows, seed=8)
-            project.write_contract(forced_raw("gbt", folds=plan.setup_folds))
-            say("registering gbt")
-            gbt = project.cycle()
-            if not gbt.version:
-                raise RuntimeError(f"the gbt version was not registered: {gbt.reason}")
-            self.versions["gbt"] = gbt.version
-            project.write_contract(forced_raw("forest", folds=plan.setup_folds))
-            project.promote(self.versions["forest"], reason="benchmark: forest is the champion")
+        say(
+            f"demo data: {plan.demo_batches} batches x {plan.demo_rows} rows; registering the "
+            f"default champion (the shipped contract's search, {plan.setup_folds} folds)"
+        )
+        default = project.cycle()
+        if not default.version:
+            raise RuntimeError(f"the default champion was not registered: {default.reason}")
+        self.versions["default"] = default.version
+        registry = project.registry()
+        self.models["default"] = describe(registry, default.version) | {
+            "verdict": default.verdict.value,
+            "trials": default.trials,
+            "cycle_seconds": round(default.seconds, 1),
+            "search": {k: raw["search"][k] for k in ("strategy", "max_trials", "max_seconds")},
+            "folds": raw["cv"]["folds"],
+            "shipped_folds": shipped_raw()["cv"]["folds"],
+        }
+        say(
+            f"  default champion v{default.version}: {self.models['default']['label']}, "
+            f"serving runtime {self.models['default']['runtime']} ({default.trials} trials, "
+            f"{default.seconds:.0f}s, {default.verdict.value})"
+        )
+        if plan.secondary or plan.swap:
+            self.register_forced(registry)
+            project.write_contract(raw)
+        project.promote(self.versions["default"], reason="benchmark: the default champion")
         contract = project.contract()
         frame = project.demo_frame()
         self.rows = demo_rows(frame, contract, 1000)
@@ -242,21 +274,53 @@ class Bench:
             path = bodies / f"{name}.json"
             path.write_text(json.dumps(payload), encoding="utf-8")
             self.bodies[name] = path
-        registry = project.registry()
-        models = {}
-        for scenario, v in self.versions.items():
-            ref = registry.version(v)
-            models[scenario] = {"version": v, "candidate": json.loads(ref.candidate_json or "{}")}
         return {
             "seconds": round(time.monotonic() - t0, 1),
             "demo_batches": plan.demo_batches,
-            "extra_batches_for_gbt": 1 if "gbt" in self.versions else 0,
+            "extra_batches_for_secondary": len(self.versions) - 1,
             "rows_per_batch": plan.demo_rows,
+            "folds": plan.setup_folds,
             "model_name": contract.project.name,
-            "models": models,
+            "models": self.models,
+            "default_champion": self.models["default"],
             "champion": project.champion_version(),
             "request_row": self.rows[0],
         }
+
+    def register_forced(self, registry: Any) -> None:
+        """The secondary versions, forest and gbt, each on one more demo batch.
+
+        A cycle's search scores the champion's own candidate first when its family is in the
+        space; with a one-candidate space that trial would be the only one. So each forced
+        cycle runs while the champion is of another family (the order and a promotion see to
+        it), and registers the forced candidate, whatever its gate verdict.
+        """
+        plan, project = self.plan, self.project
+        order = ["forest", "gbt"]
+        if self.models["default"]["family"] == FORCED_FAMILY["forest"]:
+            order.reverse()
+        for i, scenario in enumerate(order):
+            family = FORCED_FAMILY[scenario]
+            current = project.champion_version()
+            if current is not None and describe(registry, current)["family"] == family:
+                other = next(
+                    (m["version"] for m in self.models.values() if m["family"] != family), None
+                )
+                if other is None:
+                    raise RuntimeError(f"no version of another family than {family} to promote")
+                project.promote(other, reason=f"benchmark: a {family} search starts clean")
+            project.simulate(batches=1, rows=plan.demo_rows, seed=8 + i)
+            project.write_contract(forced_raw(scenario, folds=plan.setup_folds))
+            say(f"registering {scenario} (forced {family}, one more batch)")
+            result = project.cycle()
+            if not result.version:
+                raise RuntimeError(f"the {scenario} version was not registered: {result.reason}")
+            self.versions[scenario] = result.version
+            self.models[scenario] = describe(registry, result.version) | {
+                "verdict": result.verdict.value
+            }
+            if self.models[scenario]["family"] != family:
+                raise RuntimeError(f"{scenario} registered {self.models[scenario]['label']}")
 
     # -- servers ------------------------------------------------------------------------------
 
@@ -364,27 +428,39 @@ class Bench:
         if self.plan.warmup_seconds:
             self.loadgen.run(url, body, connections=8, seconds=self.plan.warmup_seconds)
 
-    def sweep(self, url: str, body: Path) -> dict[str, Any]:
+    def load(
+        self, server: Server, url: str, body: Path, *, connections: int, seconds: float
+    ) -> tuple[LoadResult, dict[str, Any]]:
+        """One load run, and the CPU time the server's workers spent on it (user + system,
+        summed over the worker processes), per answered request."""
+        before = worker_cpu(server)
+        r = self.loadgen.run(url, body, connections=connections, seconds=seconds)
+        return r, cpu_figures(cpu_used(before, worker_cpu(server)), r.ok)
+
+    def sweep(
+        self, server: Server, url: str, body: Path, levels: tuple[int, ...] | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for c in self.plan.levels:
+        for c in levels or self.plan.levels:
             time.sleep(self.plan.settle_seconds)
-            r = self.loadgen.run(url, body, connections=c, seconds=self.plan.seconds)
+            r, cpu = self.load(server, url, body, connections=c, seconds=self.plan.seconds)
             say(
                 f"  {c:>2} conns: {r.rps:8.1f} req/s  p50 {r.p50_ms} ms  p99 {r.p99_ms} ms  "
-                f"errors {r.errors}"
+                f"CPU {cpu['cpu_ms_per_request']} ms/req  errors {r.errors}"
             )
-            out[str(c)] = r.to_dict()
+            out[str(c)] = r.to_dict() | cpu
         return out
 
-    def batch_load(self, url: str) -> dict[str, Any]:
+    def batch_load(self, server: Server, url: str) -> dict[str, Any]:
         time.sleep(self.plan.settle_seconds)
-        r = self.loadgen.run(
+        r, cpu = self.load(
+            server,
             url,
             self.bodies["batch"],
             connections=self.plan.batch_connections,
             seconds=self.plan.batch_seconds,
         )
-        d = r.to_dict()
+        d = r.to_dict() | cpu
         d["rows_per_request"] = 1000
         d["rows_per_s"] = round(r.ok * 1000 / r.seconds, 1) if r.seconds else 0.0
         say(f"  batch: {d['rows_per_s']:.0f} rows/s ({r.rps:.1f} req/s, errors {r.errors})")
@@ -395,7 +471,8 @@ class Bench:
     def champion_suite(self, out: dict[str, Any]) -> None:
         """Fills `out` as it goes, so a failure late in the suite keeps what was measured."""
         plan = self.plan
-        say("champion service (forest, capture on)")
+        default = self.models["default"]
+        say(f"champion service (default champion: {default['label']}, capture on)")
         with self.champion_server("champion") as a:
             pid = a.ready_body.get("pid") if isinstance(a.ready_body, dict) else None
             out["cold_start"] = {
@@ -407,8 +484,9 @@ class Bench:
             step(out, "runtime", lambda: self.runtime(a))
             url = f"{a.base}/predict"
             self.warm(url, self.bodies["one"])
-            step(out, "single_row", lambda: self.sweep(url, self.bodies["one"]))
-            step(out, "batch", lambda: self.batch_load(url))
+            step(out, "single_row", lambda: self.sweep(a, url, self.bodies["one"]))
+            step(out, "batch", lambda: self.batch_load(a, url))
+            out["memory_after_load"] = worker_memory(a, pid)  # the default champion's
             # The in-process baseline right away, on the same (now idle) core as the server.
             time.sleep(plan.settle_seconds)
             step(out, "in_process", self.in_process)
@@ -421,13 +499,23 @@ class Bench:
                     step(out, "swap", lambda: self.swap(s))
             else:
                 out["swap"] = {"skipped": "no second version registered"}
-            if plan.gbt and "gbt" in self.versions and a.proc.poll() is None:
-                say("champion service (gbt, after the swap)")
-                step(out, "gbt_ready", lambda: self.wait_version(a, self.versions["gbt"]))
-                self.warm(url, self.bodies["one"])
-                step(out, "gbt_single_row", lambda: self.sweep(url, self.bodies["one"]))
-                step(out, "gbt_batch", lambda: self.batch_load(url))
-            out["memory_after_load"] = worker_memory(a, pid)
+            if plan.secondary:
+                # gbt first: the swap left it the champion. The server follows the alias.
+                for scenario in ("gbt", "forest"):
+                    if scenario in self.versions and a.proc.poll() is None:
+                        run = functools.partial(self.secondary, a, scenario)
+                        step(out, f"{scenario}_single_row", run)
+
+    def secondary(self, server: Server, scenario: str) -> dict[str, Any]:
+        """A secondary version on the same champion server: promoted, awaited, then loaded."""
+        version = self.versions[scenario]
+        say(f"champion service ({scenario}, secondary: {self.models[scenario]['label']})")
+        self.project.promote(version, reason=f"benchmark: {scenario} (secondary rows)")
+        ready = self.wait_version(server, version)
+        url = f"{server.base}/predict"
+        self.warm(url, self.bodies["one"])
+        levels = self.sweep(server, url, self.bodies["one"], levels=self.plan.secondary_levels)
+        return {"version": version, "ready": ready, "levels": levels}
 
     def runtime(self, server: Server) -> dict[str, Any]:
         """What serves in the champion worker: runtime, its note, event loop, HTTP parser."""
@@ -462,13 +550,14 @@ class Bench:
         say("capture off: second champion server, interleaved runs at 32 connections")
         with self.champion_server("champion-nocapture", CHAMPION_CAPTURE_SAMPLE_RATE="0") as b:
             self.warm(f"{b.base}/predict", self.bodies["one"])
-            on: list[LoadResult] = []
-            off: list[LoadResult] = []
+            on: list[tuple[LoadResult, dict[str, Any]]] = []
+            off: list[tuple[LoadResult, dict[str, Any]]] = []
             for _ in range(self.plan.capture_rounds):
                 for server, into in ((a, on), (b, off)):
                     time.sleep(self.plan.settle_seconds)
                     into.append(
-                        self.loadgen.run(
+                        self.load(
+                            server,
                             f"{server.base}/predict",
                             self.bodies["one"],
                             connections=32,
@@ -477,13 +566,16 @@ class Bench:
                     )
             cold_b = b.ready_seconds
 
-        def agg(runs: list[LoadResult]) -> dict[str, Any]:
+        def agg(measured: list[tuple[LoadResult, dict[str, Any]]]) -> dict[str, Any]:
+            runs = [r for r, _ in measured]
             secs = sum(r.seconds for r in runs)
+            cpu = sum(c["worker_cpu_seconds"] for _, c in measured)
             return {
                 "rps": round(sum(r.requests for r in runs) / secs, 3) if secs else 0.0,
                 "p99_ms_median": statistics.median(r.p99_ms or 0 for r in runs),
                 "errors": sum(r.errors for r in runs),
-                "runs": [r.to_dict() for r in runs],
+                **cpu_figures(cpu, sum(r.ok for r in runs)),
+                "runs": [r.to_dict() | c for r, c in measured],
             }
 
         res_on, res_off = agg(on), agg(off)
@@ -492,10 +584,13 @@ class Bench:
         spreads = [
             (max(r.rps for r in runs) - min(r.rps for r in runs))
             / statistics.mean(r.rps for r in runs)
-            for runs in (on, off)
+            for runs in ([r for r, _ in on], [r for r, _ in off])
             if len(runs) > 1 and statistics.mean(r.rps for r in runs) > 0
         ]
-        say(f"  capture on {res_on['rps']:.1f} req/s, off {res_off['rps']:.1f} req/s")
+        say(
+            f"  capture on {res_on['rps']:.1f} req/s ({res_on['cpu_ms_per_request']} ms CPU/req), "
+            f"off {res_off['rps']:.1f} req/s ({res_off['cpu_ms_per_request']} ms CPU/req)"
+        )
         return {
             "connections": 32,
             "capture_on": res_on,
@@ -506,14 +601,15 @@ class Bench:
         }
 
     def swap(self, a: Server) -> dict[str, Any]:
-        """Promote gbt during one continuous 32-connection run that records every request.
+        """Promote gbt over the default champion during one continuous 32-connection run that
+        records every request.
 
         Windows on the run's own timeline: steady (after a 1 s ramp, before the promotion),
         swap (from the promotion call until 1 s after the last answer from the old version),
         after (the rest).
         """
         plan = self.plan
-        old, new = self.versions["forest"], self.versions["gbt"]
+        old, new = self.versions["default"], self.versions["gbt"]
         url = f"{a.base}/predict"
         say(f"swap under load: v{old} -> v{new} at 32 connections, {plan.swap_seconds:g}s run")
         time.sleep(plan.settle_seconds)
@@ -605,7 +701,7 @@ class Bench:
             ctx = self.bento_baseline("noop", "benchmarks.noop_service:Noop", "bench_noop")
             return ctx, "/predict", self.bodies["one"]
         if kind == "naive":
-            model = self.project.load(self.versions["forest"])
+            model = self.project.load(self.versions["default"])
             ctx = self.bento_baseline(
                 "naive",
                 "benchmarks.naive_service:Naive",
@@ -614,7 +710,7 @@ class Bench:
             )
             return ctx, "/predict", self.bodies["one"]
         if kind == "mlflow":
-            ctx = self.mlflow_server(self.versions["forest"])
+            ctx = self.mlflow_server(self.versions["default"])
             return ctx, "/invocations", self.bodies["mlflow_one"]
         raise ValueError(kind)
 
@@ -630,7 +726,7 @@ class Bench:
             say(f"  ready in {s.ready_seconds:.2f}s")
             url = f"{s.base}{path}"
             self.warm(url, body)
-            out["single_row"] = self.sweep(url, body)
+            out["single_row"] = self.sweep(s, url, body)
             out["memory_after_load"] = worker_memory(s)
         return out
 
@@ -643,41 +739,49 @@ class Bench:
         """
         plan = self.plan
         kinds = list(plan.services)
-        # The swap left gbt serving: the forest is the champion again for this comparison.
-        self.project.promote(self.versions["forest"], reason="benchmark: head to head")
+        # The swap and the secondary rows left another version serving: the default champion
+        # is the champion again for this comparison.
+        self.project.promote(self.versions["default"], reason="benchmark: head to head")
         say(f"head to head at 32 connections: {', '.join(kinds)} ({plan.h2h_rounds} rounds)")
-        runs: dict[str, list[LoadResult]] = {k: [] for k in kinds}
+        runs: dict[str, list[tuple[LoadResult, dict[str, Any]]]] = {k: [] for k in kinds}
         with contextlib.ExitStack() as stack:
-            targets = {}
+            targets: dict[str, tuple[Server, str, Path]] = {}
             for kind in kinds:
                 ctx, path, body = self.server_for(kind)
                 server = stack.enter_context(ctx)
-                targets[kind] = (f"{server.base}{path}", body)
-                self.warm(*targets[kind])
+                targets[kind] = (server, f"{server.base}{path}", body)
+                self.warm(*targets[kind][1:])
             if "champion" in targets:
                 import httpx
 
-                ready = httpx.get(targets["champion"][0].replace("/predict", "/readyz")).json()
-                if ready.get("model_version") != self.versions["forest"]:
-                    raise RuntimeError(f"champion serves {ready}, not the forest")
+                ready = httpx.get(f"{targets['champion'][0].base}/readyz").json()
+                if ready.get("model_version") != self.versions["default"]:
+                    raise RuntimeError(f"champion serves {ready}, not the default champion")
             for r in range(plan.h2h_rounds):
                 order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
                 for kind in order:
                     time.sleep(plan.settle_seconds)
-                    url, body = targets[kind]
+                    server, url, body = targets[kind]
                     runs[kind].append(
-                        self.loadgen.run(url, body, connections=32, seconds=plan.h2h_seconds)
+                        self.load(server, url, body, connections=32, seconds=plan.h2h_seconds)
                     )
         out: dict[str, Any] = {"connections": 32, "rounds": plan.h2h_rounds}
-        for kind, rs in runs.items():
+        for kind, measured in runs.items():
+            rs = [x for x, _ in measured]
             secs = sum(x.seconds for x in rs)
+            cpu = sum(c["worker_cpu_seconds"] for _, c in measured)
             out[kind] = {
                 "rps": round(sum(x.requests for x in rs) / secs, 3) if secs else None,
                 "p99_ms_median": statistics.median(x.p99_ms or 0 for x in rs),
                 "errors": sum(x.errors for x in rs),
+                **cpu_figures(cpu, sum(x.ok for x in rs)),
                 "runs_rps": [round(x.rps, 2) for x in rs],
+                "runs_cpu_ms_per_request": [c["cpu_ms_per_request"] for _, c in measured],
             }
-            say(f"  {kind}: {out[kind]['rps']} req/s (runs {out[kind]['runs_rps']})")
+            say(
+                f"  {kind}: {out[kind]['rps']} req/s, {out[kind]['cpu_ms_per_request']} ms CPU/req "
+                f"(runs {out[kind]['runs_rps']})"
+            )
         return out
 
     # -- in process -----------------------------------------------------------------------------
@@ -693,7 +797,7 @@ class Bench:
         from champion.training.pipeline import prepare_features
         from champion.training.registry import TAG_ONNX_SHA256, read_onnx
 
-        model = self.project.load(self.versions["forest"])
+        model = self.project.load(self.versions["default"])
         contract = self.project.contract()
         batch = prepare_features(pd.DataFrame(self.rows[:1000]), contract)
         one = prepare_features(pd.DataFrame(self.rows[:1]), contract)
@@ -869,6 +973,33 @@ class Bench:
         return out
 
 
+def describe(registry: Any, version: str) -> dict[str, Any]:
+    """One registered version: its candidate (family and parameters, from its tags) and the
+    runtime registration chose to serve it with (`ModelRef.runtime`)."""
+    from champion.training.pipeline import Candidate
+
+    ref = registry.version(version)
+    candidate = json.loads(ref.candidate_json or "{}")
+    label = Candidate.from_json(ref.candidate_json).label() if ref.candidate_json else None
+    return {
+        "version": str(version),
+        "family": candidate.get("family"),
+        "label": label,
+        "candidate": candidate,
+        "runtime": ref.runtime,
+        "runtime_note": ref.runtime_note,
+    }
+
+
+def cpu_figures(cpu_seconds: float, answered: int) -> dict[str, Any]:
+    """Worker CPU seconds over a load and per answered request (ms)."""
+    return {
+        "worker_cpu_seconds": round(cpu_seconds, 3),
+        "answered": answered,
+        "cpu_ms_per_request": round(cpu_seconds * 1000 / answered, 3) if answered else None,
+    }
+
+
 def summarize(records: list[Any], seconds: float) -> dict[str, Any]:
     """Count, failures, rate and latency percentiles of recorded requests."""
     import numpy as np
@@ -948,6 +1079,7 @@ def run(plan: Plan, *, loadgen_kind: str, keep: bool) -> dict[str, Any]:
                 "batch_seconds": plan.batch_seconds,
                 "batch_connections": plan.batch_connections,
                 "services": list(plan.services),
+                "secondary_concurrency": list(plan.secondary_levels) if plan.secondary else [],
             },
         }
     }
@@ -1014,9 +1146,18 @@ def assemble(
             d = d[k]
         return d
 
+    # The primary rows: the default champion. Secondary: the forced forest and gbt versions.
     single: dict[str, Any] = {"champion": get(champ, "single_row") or champ.get("error")}
-    if plan.gbt:
-        single["champion_gbt"] = get(champ, "gbt_single_row")
+    for scenario in ("forest", "gbt"):
+        key = f"champion_{scenario}"
+        if not plan.secondary:
+            single[key] = {"skipped": "not in this plan"}
+            continue
+        measured = get(champ, f"{scenario}_single_row") or {}
+        if "levels" in measured:
+            single[key] = measured["levels"]
+        else:
+            single[key] = {"error": measured.get("error") or champ.get("error") or "not measured"}
     for kind in ("noop", "naive", "mlflow"):
         if kind in plan.services:
             single[kind] = get(baselines, kind, "single_row") or get(baselines, kind, "error")
@@ -1032,7 +1173,6 @@ def assemble(
     results["batch"] = {
         "rows_per_request": 1000,
         "service": service_batch,
-        "service_gbt": get(champ, "gbt_batch") if plan.gbt else {"skipped": "quick mode"},
         "in_process": in_batch,
         "in_process_one_row": get(champ, "in_process", "one_row"),
         "validate_batch": get(champ, "in_process", "validate_batch"),

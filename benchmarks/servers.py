@@ -78,6 +78,41 @@ class Server:
         return out
 
 
+# pid -> (create time, CPU seconds so far): a pid reused by another process is not confused.
+CpuSample = dict[int, tuple[float, float]]
+
+
+def worker_cpu(server: Server) -> CpuSample:
+    """User + system CPU seconds so far of each worker: every descendant of the server's own
+    process (BentoML's worker processes, uvicorn under `mlflow models serve`), not the
+    supervisor itself."""
+    import psutil
+
+    try:
+        procs = psutil.Process(server.proc.pid).children(recursive=True)
+    except psutil.Error:
+        return {}
+    out: CpuSample = {}
+    for p in procs:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                out[p.pid] = (p.create_time(), t.user + t.system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def cpu_used(before: CpuSample, after: CpuSample) -> float:
+    """CPU seconds the workers consumed between two samples (a worker started in between
+    counts from zero; one that ended in between is lost)."""
+    total = 0.0
+    for pid, (created, seconds) in after.items():
+        prev = before.get(pid)
+        total += seconds - prev[1] if prev is not None and prev[0] == created else seconds
+    return total
+
+
 def vmrss_mb(pid: int) -> float | None:
     """VmRSS of one process from /proc/<pid>/status."""
     try:

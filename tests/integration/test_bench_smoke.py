@@ -77,13 +77,24 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert {"python", "bentoml", "mlflow", "scikit-learn", "numpy"} <= set(meta["versions"])
     assert meta["loadgen"]
 
-    # 1. single row: the champion and the no-op at the one quick level, nothing failed.
-    for service in ("champion", "noop"):
+    # The primary champion is the one the shipped contract's own search picks; the forced
+    # forest and gbt versions are secondary.
+    setup = results["setup"]
+    default = setup["default_champion"]
+    assert default["family"] and default["runtime"] and default["version"]
+    assert setup["models"]["default"] == default
+    assert setup["models"]["forest"]["family"] == "random_forest"
+    assert setup["models"]["gbt"]["family"] == "hist_gradient_boosting"
+
+    # 1. single row: the champion (default, then the secondary versions) and the no-op at the
+    # one quick level, nothing failed, the workers' CPU time per answered request measured.
+    for service in ("champion", "champion_forest", "champion_gbt", "noop"):
         levels = results["single_row"][service]
         assert list(levels) == ["32"], levels
         assert set(levels["32"]) >= LOAD_KEYS
         assert levels["32"]["requests"] > 0
         assert levels["32"]["errors"] == 0
+        assert levels["32"]["cpu_ms_per_request"] > 0
     assert "skipped" in results["single_row"]["mlflow"]
     assert "skipped" in results["head_to_head"]  # full mode only
 
@@ -93,6 +104,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert batch["in_process"]["rows_per_s"] > 0
     assert batch["ratio"] is not None
     assert batch["validate_batch"]["ms_per_call"] > 0
+    assert batch["service"]["cpu_ms_per_request"] > 0
 
     # 3. monitoring: drift evaluation of 30 features over 10,000 rows.
     drift = results["monitoring"]["drift"]
@@ -103,6 +115,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     swap = results["swap"]
     assert {"windows", "swap_p99_ms", "steady_p99_ms", "errors", "requests"} <= set(swap)
     assert swap["serving_after"] == swap["to_version"]
+    assert swap["from_version"] == default["version"]
     assert swap["errors"] == 0
 
     # 5. cold start and memory.
@@ -120,6 +133,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 
     text = md.read_text()
     assert "## Targets" in text and "shared and loaded" in text
+    assert f"a **{default['family']}** model" in text and "CPU ms/req" in text
+    assert "secondary: champion, forced random_forest" in text
 
     assert _leftovers(meta["workdir"]) == []
     assert not Path(meta["workdir"]).exists()
