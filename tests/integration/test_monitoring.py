@@ -18,9 +18,10 @@ import pytest
 import tomli_w
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from champion.monitoring.capture import PredictionLog
-from champion.monitoring.metrics import PREDICTION_OUTCOMES, TICK_OUTCOMES
+from champion.monitoring.metrics import PREDICTION_OUTCOMES, REQUEST_BUCKETS, TICK_OUTCOMES
 from champion.service.validation import REASONS
 from champion.training.demo.simulate import agrawal_frame
 from champion.training.records import Verdict
@@ -231,6 +232,7 @@ def test_random_input_creates_no_new_series(champion):
         "feature": set(FEATURES),
         "class": set(CLASSES),
         "version": {"1", "none"},  # model versions the registry holds, never request text
+        "le": {floatToGoString(b) for b in REQUEST_BUCKETS} | {"+Inf"},
     }
     new = {series for series in after if series[0].startswith("champion_")} - set(before)
     assert new, "the random requests were not counted at all"
@@ -238,11 +240,13 @@ def test_random_input_creates_no_new_series(champion):
         for label, label_value in labels:
             assert label in allowed, (name, label)
             assert label_value in allowed[label], (name, label, label_value)
+    latency = {f"champion_request_duration_seconds_{s}" for s in ("bucket", "count", "sum")}
     assert {name for name, _ in new} <= {
         "champion_predictions_total",
         "champion_validation_failures_total",
         "champion_unseen_categories_total",
         "champion_predicted_class_total",
+        *latency,
     }
     leaked = [s for s in sent if s in text]
     assert leaked == [], f"request text became metric text: {leaked[:5]}"
