@@ -215,10 +215,10 @@ class FastPath:
         if scope["type"] == "http":
             path = scope["path"]
             if path == "/predict":
-                await self._predict(scope, receive, send)
+                await self._post(scope, receive, send, what="/predict", handler="answer")
                 return
             elif path.startswith("/v2/models/") and path.endswith("/infer"):
-                await self._infer_v2(scope, receive, send)
+                await self._post(scope, receive, send, what="v2 infer", handler="answer_v2")
                 return
             elif path in ("/livez", "/readyz") and scope["method"] not in ("GET", "HEAD"):
                 response = _error(405, f"{path} answers GET only")
@@ -240,29 +240,17 @@ class FastPath:
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _infer_v2(scope: Scope, receive: Receive, send: Send) -> None:
+    async def _post(scope: Scope, receive: Receive, send: Send, *, what: str, handler: str) -> None:
+        """A POST-only prediction route: 405 for other methods, 503 before start-up, else the
+        service's `handler` answers."""
         if scope["method"] != "POST":
-            response = _error(405, "v2 infer answers POST only")
+            response = _error(405, f"{what} answers POST only")
             response.headers["Allow"] = "POST"
         elif (svc := _current_service()) is None:
             response = _error(503, "the service is starting: no worker is ready yet")
         else:
             try:
-                response = await svc.answer_v2(scope, receive)
-            except ClientDisconnect:
-                return
-        await response(scope, receive, send)
-
-    @staticmethod
-    async def _predict(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            response = _error(405, "/predict answers POST only")
-            response.headers["Allow"] = "POST"
-        elif (svc := _current_service()) is None:
-            response = _error(503, "the service is starting: no worker is ready yet")
-        else:
-            try:
-                response = await svc.answer(scope, receive)
+                response = await getattr(svc, handler)(scope, receive)
             except ClientDisconnect:
                 return  # nobody left to answer
         await response(scope, receive, send)
