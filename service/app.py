@@ -188,10 +188,6 @@ class _ApiError(BentoMLException):
         self.payload = payload
 
 
-def _api_error(status: int, payload: dict[str, Any]) -> BentoMLException:
-    return _ApiError(status, payload)
-
-
 def _current_service() -> Any:
     try:
         return bentoml.get_current_service()
@@ -456,7 +452,7 @@ class Champion:
         response = await self._predict(Headers(), _receiver(orjson.dumps({"instances": instances})))
         payload: dict[str, Any] = orjson.loads(response.body)
         if response.status_code != 200:
-            raise _api_error(response.status_code, payload)
+            raise _ApiError(response.status_code, payload)
         return payload
 
     async def answer(self, scope: Scope, receive: Receive) -> JSONResponse:
@@ -466,10 +462,8 @@ class Champion:
     async def answer_v2(self, scope: Scope, receive: Receive) -> JSONResponse:
         """POST /v2/models/{name}/infer (Open Inference Protocol), routed by FastPath."""
         name = self.contract.project.name
-        if scope["path"] != f"/v2/models/{name}/infer":
-            return _error(404, f"no model {_model_in(scope['path'])!r} here; this serves {name!r}")
-        started = time.perf_counter()
-        served = self.slot.current
+        if (missing := self._v2_unknown(_model_in(scope["path"]))) is not None:
+            return missing
         request_id: list[str | None] = [None]
 
         def shape(payload: Any) -> Any:
@@ -480,12 +474,7 @@ class Champion:
         def render(answer: dict[str, Any]) -> JSONResponse:
             return _json(v2.response(answer, model_name=name, request_id=request_id[0]))
 
-        response, outcome = await self._answer(
-            Headers(scope=scope), receive, served, shape=shape, render=render
-        )
-        version = served.version if served is not None else "none"
-        self.metrics.answered(outcome, version, time.perf_counter() - started)
-        return response
+        return await self._predict(Headers(scope=scope), receive, shape=shape, render=render)
 
     # -- Open Inference Protocol (v2) metadata and health -------------------------------
 
@@ -539,10 +528,18 @@ class Champion:
             return None
         return _error(404, f"no model {model!r} here; this serves {name!r}")
 
-    async def _predict(self, headers: Headers, receive: Receive) -> JSONResponse:
+    async def _predict(
+        self,
+        headers: Headers,
+        receive: Receive,
+        *,
+        shape: Callable[[Any], Any] = lambda payload: payload,
+        render: Callable[[dict[str, Any]], JSONResponse] = _json,
+    ) -> JSONResponse:
+        """Answer one prediction request (in `_answer`'s `shape` and `render`) and time it."""
         started = time.perf_counter()
         served = self.slot.current  # one reference: this request finishes on this model
-        response, outcome = await self._answer(headers, receive, served)
+        response, outcome = await self._answer(headers, receive, served, shape=shape, render=render)
         version = served.version if served is not None else "none"
         self.metrics.answered(outcome, version, time.perf_counter() - started)
         return response
@@ -553,8 +550,8 @@ class Champion:
         receive: Receive,
         served: Served | None,
         *,
-        shape: Callable[[Any], Any] = lambda payload: payload,
-        render: Callable[[dict[str, Any]], JSONResponse] = _json,
+        shape: Callable[[Any], Any],
+        render: Callable[[dict[str, Any]], JSONResponse],
     ) -> tuple[JSONResponse, str]:
         """The response to one prediction request, and its outcome (a PREDICTION_OUTCOMES
         value). `shape` turns the parsed body into `{"instances": [...]}` (the v2 protocol's
