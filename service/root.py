@@ -45,16 +45,14 @@ class Components:
         self._tracking_uri = tracking_uri
         self.contract = contract
         self.clock: Clock = clock or SystemClock()
-        self._overrides: dict[str, Any] = {
-            k: v
-            for k, v in {
-                "registry": registry,
-                "ledger": ledger,
-                "leases": leases,
-                "prediction_log": prediction_log,
-            }.items()
-            if v is not None
+        # A replacement takes the place of the cached adapter: the property never builds one.
+        given: dict[str, object] = {
+            "registry": registry,
+            "ledger": ledger,
+            "leases": leases,
+            "prediction_log": prediction_log,
         }
+        self.__dict__.update({k: v for k, v in given.items() if v is not None})
         self._batches = batches
 
     @property
@@ -65,8 +63,6 @@ class Components:
 
     @cached_property
     def registry(self) -> ModelRegistry:
-        if "registry" in self._overrides:
-            return self._overrides["registry"]
         from champion.training.registry import Registry
 
         return Registry(
@@ -77,16 +73,12 @@ class Components:
 
     @cached_property
     def ledger(self) -> LedgerStore:
-        if "ledger" in self._overrides:
-            return self._overrides["ledger"]
         from champion.training.ledger import Ledger
 
         return Ledger(self.settings.ledger_path, clock=self.clock)
 
     @cached_property
     def leases(self) -> Leases:
-        if "leases" in self._overrides:
-            return self._overrides["leases"]
         from champion.training.lease import FileLeases
 
         return FileLeases(self.settings.lock_dir)
@@ -101,8 +93,6 @@ class Components:
 
     @cached_property
     def prediction_log(self) -> PredictionLog:
-        if "prediction_log" in self._overrides:
-            return self._overrides["prediction_log"]
         from champion.monitoring.capture import PredictionLog
 
         return PredictionLog(
