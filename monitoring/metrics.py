@@ -126,12 +126,17 @@ class ServiceMetrics:
         self._request_children: dict[tuple[str, str], Any] = {}
 
     def answered(self, outcome: str, version: str, seconds: float) -> None:
-        """One answered request (hot path: each label pair is resolved once)."""
+        """One answered prediction request, counted and timed in one place (hot path: each
+        label pair is resolved once)."""
         key = (outcome if outcome in PREDICTION_OUTCOMES else "error", version)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.request_seconds.labels(*key)
-        child.observe(seconds)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.predictions.labels(key[0]),
+                self.request_seconds.labels(*key),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def _retraining(self, r: CollectorRegistry) -> None:
         """The control plane: ticks and cycles (recorded by the scheduler leader)."""

@@ -21,7 +21,7 @@ import orjson
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, SecretStr
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +33,7 @@ from champion.monitoring.capture import Captured
 from champion.service import v2
 from champion.service.ratelimit import TokenBucket
 from champion.service.scheduler import CycleOutcome, RetrainScheduler
+from champion.service.stack import SERVICE_CONFIG, metrics_text
 from champion.service.validation import (
     Problem,
     RequestInvalid,
@@ -57,6 +58,14 @@ api = FastAPI(
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@api.get("/metrics", include_in_schema=False)
+async def _metrics() -> Response:
+    # BentoML's own /metrics route exists only while its metrics are on (stack.py): this one
+    # answers otherwise, with the same multiprocess collection.
+    body, media_type = await asyncio.to_thread(metrics_text)
+    return Response(body, media_type=media_type)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -259,7 +268,7 @@ def _server_stack() -> dict[str, str]:
     return {"loop": loop, "http": http}
 
 
-@bentoml.service(name="champion", traffic={"timeout": 60})
+@bentoml.service(name="champion", **SERVICE_CONFIG)
 @bentoml.asgi_app(api, path="/")
 class Champion:
     """One worker: a model slot following the registry, and a scheduler candidate."""
@@ -277,7 +286,6 @@ class Champion:
         self.registry = parts.registry
         self.ledger = parts.ledger
         self.metrics = metrics = service_metrics(tuple(contract.features))
-        self._predicted_ok = metrics.predictions.labels("ok")  # hot path: resolve labels once
         self._served_version: str | None = None
         self.slot = ModelSlot(
             registry=self.registry,
@@ -539,8 +547,18 @@ class Champion:
         """Answer one prediction request (in `_answer`'s `shape` and `render`) and time it."""
         started = time.perf_counter()
         served = self.slot.current  # one reference: this request finishes on this model
-        response, outcome = await self._answer(headers, receive, served, shape=shape, render=render)
         version = served.version if served is not None else "none"
+        try:
+            response, outcome = await self._answer(
+                headers, receive, served, shape=shape, render=render
+            )
+        except ClientDisconnect:
+            raise  # nobody left to answer, nothing to count
+        except Exception:
+            # Past the model (capture, encoding): still one clean, counted 500, so champion's
+            # own metrics see every failure without BentoML's middleware.
+            log.exception("answering a prediction failed", extra={"version": version})
+            response, outcome = _error(500, "the service failed to answer this request"), "error"
         self.metrics.answered(outcome, version, time.perf_counter() - started)
         return response
 
@@ -567,14 +585,12 @@ class Champion:
                 max_rows=self.settings.max_rows,
             )
         except RequestInvalid as exc:
-            self.metrics.predictions.labels("invalid").inc()
             self.metrics.validation_failures.labels(exc.reason).inc()
             refused = exc.body() | {"request_id": rid}
             return JSONResponse(refused, status_code=exc.status), "invalid"
         if batch.unseen:
             self.metrics.unseen(dict(batch.unseen))
         if served is None:
-            self.metrics.predictions.labels("unavailable").inc()
             st = self.slot.status()
             why = st.last_error or "the registry has no champion yet"
             return _error(503, f"no champion model is loaded yet: {why}", request_id=rid), (
@@ -584,9 +600,7 @@ class Champion:
             pred, proba = served.predict(batch)
         except Exception:
             log.exception("prediction failed", extra={"request_id": rid, "version": served.version})
-            self.metrics.predictions.labels("error").inc()
             return _error(500, "the model failed on this input", request_id=rid), "error"
-        self._predicted_ok.inc()
         self.metrics.rows.inc(len(pred))
         self.metrics.classes(pred, served.classes)
         if served.registered_ms:

@@ -595,3 +595,32 @@ def test_docs_page_is_served(client):
     assert response.status_code == 200, response.text
     assert "swagger" in response.text.lower()
     assert "/openapi.json" in response.text
+
+
+def test_a_failure_past_the_model_is_a_counted_clean_500(served_project, monkeypatch):
+    """It answers a clean 500 and counts outcome "error" when capturing the answer fails, so
+    champion's own metrics see every failure with BentoML's request metrics off."""
+    from champion.service.app import Champion
+
+    def boom(self: Any, *args: Any) -> None:
+        raise RuntimeError("capture broke")
+
+    monkeypatch.setattr(Champion.inner, "_capture", boom)
+    with serving(served_project, monkeypatch) as client:
+
+        def errors() -> float:
+            text = client.get("/metrics").text
+            found = re.search(
+                r'^champion_request_duration_seconds_count\{outcome="error",version="1"\} (\S+)',
+                text,
+                re.M,
+            )
+            return float(found.group(1)) if found else 0.0
+
+        before = errors()
+        response = _predict(client, {"instances": [ROW]})
+        assert response.status_code == 500, response.text
+        assert response.json()["error"] == "the service failed to answer this request"
+        assert errors() == before + 1
+        # The service answers on: the next request fails the same way, cleanly.
+        assert _predict(client, {"instances": [ROW]}).status_code == 500
