@@ -795,7 +795,7 @@ class Bench:
         from champion.service.runtime import CompiledModel, Encoder
         from champion.service.validation import parse_body, validate_instances
         from champion.training.pipeline import prepare_features
-        from champion.training.registry import TAG_ONNX_SHA256, read_onnx
+        from champion.training.artifacts import TAG_ONNX_SHA256, read_onnx
 
         model = self.project.load(self.versions["default"])
         contract = self.project.contract()

@@ -18,6 +18,7 @@ import pandas as pd
 from champion.monitoring.capture import LogLimiter
 from champion.monitoring.drift import DriftReport, evaluate
 from champion.monitoring.metrics import ServiceMetrics
+from champion.training.artifacts import REFERENCE_PROFILE, ModelRef
 from champion.training.config import Contract
 from champion.training.errors import RegistryError
 from champion.training.files import atomic_write_text
@@ -25,7 +26,6 @@ from champion.training.metrics import compute
 from champion.training.ports import LedgerStore, ModelRegistry, PredictionStore
 from champion.training.process import actor
 from champion.training.records import Event, LedgerEntry
-from champion.training.registry import REFERENCE_PROFILE, ModelRef
 
 log = logging.getLogger(__name__)
 

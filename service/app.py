@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -46,7 +47,9 @@ from champion.service.validation import (
 from champion.training.records import Event, LedgerEntry, Verdict
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
+    from champion.monitoring.watch import Watch
     from champion.service.slot import Served
+    from champion.training.ports import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +286,11 @@ class Champion:
         self.contract = contract = parts.contract
         # One request is one small predict: thread pools only add start-up and contention.
         threadpool_limits(limits=settings.serve_threads)
-        self.registry = parts.registry
         self.ledger = parts.ledger
         self.metrics = metrics = service_metrics(tuple(contract.features))
         self._served_version: str | None = None
         self.slot = ModelSlot(
-            registry=self.registry,
+            registry=lambda: parts.registry,  # MLflow loads after the cached champion serves
             contract=contract,
             cache_dir=settings.cache_dir,
             on_swap=self._on_swap,
@@ -300,11 +302,8 @@ class Champion:
             rate=settings.feedback_labels_per_second, burst=settings.feedback_burst_labels
         )
         self._start_capture()
-        self.watch = parts.watch(
-            metrics=metrics,
-            trigger_retrain=lambda trigger: self.scheduler.run_now(trigger),
-            on_error=lambda: metrics.background_error("monitor"),
-        )
+        self._watch: Watch | None = None
+        self._watch_lock = threading.Lock()
         self.scheduler = self._scheduler()
         self._details: dict[str, dict[str, Any]] = {}
         schema = self._openapi()
@@ -317,6 +316,24 @@ class Champion:
 
         exit_with_parent(what="worker")  # a killed supervisor must not leave workers behind
         log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.components.registry
+
+    @property
+    def watch(self) -> Watch:
+        """The monitoring job, built at its first use: it needs the registry client and scipy,
+        which would otherwise delay the worker's start. One instance (it keeps the streak)."""
+        with self._watch_lock:
+            if self._watch is None:
+                metrics = self.metrics
+                self._watch = self.components.watch(
+                    metrics=metrics,
+                    trigger_retrain=lambda trigger: self.scheduler.run_now(trigger),
+                    on_error=lambda: metrics.background_error("monitor"),
+                )
+            return self._watch
 
     def _start_capture(self) -> None:
         from champion.monitoring.capture import Capture
@@ -343,7 +360,7 @@ class Champion:
             retrain_timeout=settings.retrain_timeout_seconds,
             count=lambda outcome: metrics.retrain_ticks.labels(outcome).inc(),
             on_cycle=self._on_cycle,
-            monitor=self.watch.tick,
+            monitor=lambda: self.watch.tick(),
             on_error=metrics.background_error,
         )
 
@@ -642,8 +659,8 @@ class Champion:
         cached = self._details.get(served.version)
         if cached is not None:
             return cached
+        from champion.training.artifacts import FINGERPRINT
         from champion.training.errors import RegistryError
-        from champion.training.registry import FINGERPRINT
 
         details: dict[str, Any] = {}
         if served.run_id:

@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -27,22 +27,22 @@ from champion.service.runtime import (
     parity,
     parity_frame,
 )
-from champion.training.config import Contract
-from champion.training.errors import ChampionError, IntegrityError, RegistryError
-from champion.training.files import atomic_write_text
-from champion.training.ports import ModelRegistry
-from champion.training.registry import (
+from champion.training.artifacts import (
     TAG_CANDIDATE,
     TAG_ONNX_SHA256,
     TAG_PARITY_SHA256,
     TAG_RUNTIME,
     ModelRef,
-    input_example,
-    load_verified,
+    contained,
+    load_skops,
     parity_rows,
     read_onnx,
-    schema_problems,
+    signature_problems,
 )
+from champion.training.config import Contract
+from champion.training.errors import ChampionError, IntegrityError, RegistryError
+from champion.training.files import atomic_write_text
+from champion.training.ports import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ CACHE_INDEX = "champion.json"
 
 def _cache_name(version: str, sha256: str | None) -> str:
     return f"v{version}-{(sha256 or 'unknown')[:16]}"
+
+
+def _example(split: Mapping[str, Any] | None) -> pd.DataFrame | None:
+    """The input example from its `to_dict(orient="split")` form (`registry.model_facts`)."""
+    if not split:
+        return None
+    return pd.DataFrame(split["data"], columns=split["columns"], index=split.get("index"))
 
 
 class Inputs(Protocol):
@@ -96,6 +103,9 @@ class Served:
     registered_ms: int = 0
     compiled: CompiledModel | None = None
     runtime_note: str = ""
+    # What loading needs from the MLmodel file (`registry.model_facts`), kept in the cache
+    # index so a restart loads the cached copy without MLflow.
+    facts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def runtime(self) -> str:
@@ -141,7 +151,7 @@ class ModelSlot:
     def __init__(
         self,
         *,
-        registry: ModelRegistry,
+        registry: ModelRegistry | Callable[[], ModelRegistry],
         contract: Contract,
         cache_dir: Path,
         on_swap: Callable[[Served], None] | None = None,
@@ -149,7 +159,8 @@ class ModelSlot:
         on_error: Callable[[], None] | None = None,
         threads: int = 1,
     ) -> None:
-        self.registry = registry
+        # A factory defers the registry client (MLflow) until the cached champion serves.
+        self._registry = registry
         self.threads = threads
         self.contract = contract
         self.cache_dir = cache_dir
@@ -166,6 +177,11 @@ class ModelSlot:
         self._on_swap = on_swap or (lambda served: None)
         self._on_swap_failure = on_swap_failure or (lambda reason: None)
         self._on_error = on_error or (lambda: None)
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        source = self._registry
+        return source() if callable(source) else source
 
     # -- status ---------------------------------------------------------------------------
 
@@ -187,6 +203,7 @@ class ModelSlot:
         self,
         local_dir: Path,
         *,
+        facts: Mapping[str, Any],
         sha256: str | None,
         version: str,
         source: str,
@@ -194,8 +211,14 @@ class ModelSlot:
         run_id: str | None,
         registered_ms: int = 0,
     ) -> Served:
-        pipeline, digest = load_verified(local_dir, expected_sha256=sha256)
-        problems = schema_problems(local_dir, self.contract)
+        if facts.get("serialization_format") != "skops":
+            raise IntegrityError(
+                f"model in {local_dir} is stored as {facts.get('serialization_format')!r}; "
+                "only 'skops' is loaded"
+            )
+        model_file = contained(local_dir, str(facts.get("model_file")))
+        pipeline, digest = load_skops(model_file, expected_sha256=sha256)
+        problems = signature_problems(facts.get("signature"), self.contract)
         if problems:
             raise ChampionError(f"v{version} does not fit the contract: {'; '.join(problems)}")
         classes = (
@@ -203,7 +226,7 @@ class ModelSlot:
             if self.contract.task == "classification"
             else None
         )
-        example = input_example(local_dir)
+        example = _example(facts.get("example"))
         if example is None or example.empty:
             raise ChampionError(f"v{version} has no input example to warm up on")
         compiled, note = self._compiled(local_dir, pipeline, tags, example, version)
@@ -219,6 +242,7 @@ class ModelSlot:
             registered_ms,
             compiled,
             note,
+            dict(facts),
         )
         # Warm-up: the first real request pays no lazy costs.
         served.predict(FrameInputs(example.head(1)))
@@ -276,9 +300,13 @@ class ModelSlot:
         return target
 
     def _load_ref(self, ref: ModelRef) -> Served:
+        from champion.training.registry import model_facts
+
         def prepare() -> Served:
+            local_dir = self._cached_dir(ref)
             return self._prepare(
-                self._cached_dir(ref),
+                local_dir,
+                facts=model_facts(local_dir),
                 sha256=ref.sha256,
                 version=ref.version,
                 source="registry",
@@ -302,11 +330,13 @@ class ModelSlot:
             "tags": served.tags,
             "run_id": served.run_id,
             "registered_ms": served.registered_ms,
+            "facts": served.facts,
         }
         atomic_write_text(self.cache_dir / CACHE_INDEX, json.dumps(body, indent=1))
 
     def load_from_cache(self) -> bool:
-        """Serve the last champion this host loaded (digest-checked) when the registry is down."""
+        """Serve the last champion this host loaded, digest-checked: at start, before the
+        registry client is imported, and whenever the registry is down with nothing loaded."""
         index = self.cache_dir / CACHE_INDEX
         if not index.exists():
             return False
@@ -315,8 +345,14 @@ class ModelSlot:
             folder = meta.get("folder") or f"v{meta['version']}"
             if Path(folder).name != folder:  # the index names a folder inside the cache only
                 raise ChampionError(f"cache index names {folder!r}, not a cache folder")
+            facts = meta.get("facts")
+            if not facts:  # an index written before the facts were kept: read the folder
+                from champion.training.registry import model_facts
+
+                facts = model_facts(self.cache_dir / folder)
             served = self._prepare(
                 self.cache_dir / folder,
+                facts=facts,
                 sha256=meta["sha256"],
                 version=str(meta["version"]),
                 source="cache",
@@ -366,12 +402,21 @@ class ModelSlot:
             if ref is None:
                 return False
             current = self.current
-            if (
-                current is not None
-                and current.version == ref.version
-                and current.source == "registry"
-            ):
-                return False
+            if current is not None and current.version == ref.version:
+                if current.source == "registry":
+                    return False
+                if current.sha256 == ref.sha256:
+                    # The cached copy is the registered champion, digest for digest: confirmed
+                    # without loading it again.
+                    self.current = replace(
+                        current,
+                        source="registry",
+                        tags=dict(ref.tags),
+                        run_id=ref.run_id,
+                        registered_ms=ref.created_ms,
+                    )
+                    self.last_error = None
+                    return False
             if self.previous is not None and self.previous.version == ref.version:
                 # Rolled back to the model still in memory: instant.
                 prev = self.previous
@@ -401,13 +446,19 @@ class ModelSlot:
     # -- following the alias --------------------------------------------------------------
 
     def start(self, *, poll_seconds: float) -> None:
-        """First load (or cache), then poll in a daemon thread with backoff while unreachable."""
-        try:
-            self.refresh()
-        except RegistryError:
-            log.warning("registry unreachable at start", extra={"serving": self.status().version})
+        """Serve the cached champion at once when this host has one, and confirm it against
+        the registry (or swap to a newer champion) at the poller's first, immediate check;
+        with no cache, load from the registry before returning. Then poll in a daemon thread,
+        backing off while the registry is unreachable."""
+        first = 0.0
+        if not self.load_from_cache():
+            first = poll_seconds
+            try:
+                self.refresh()
+            except RegistryError:
+                log.warning("registry unreachable at start", extra={"serving": None})
         self._thread = threading.Thread(
-            target=self._follow, args=(poll_seconds,), name="champion-slot", daemon=True
+            target=self._follow, args=(poll_seconds, first), name="champion-slot", daemon=True
         )
         self._thread.start()
 
@@ -415,8 +466,8 @@ class ModelSlot:
         self._stop.set()
         self._wake.set()
 
-    def _follow(self, poll_seconds: float) -> None:
-        delay = poll_seconds
+    def _follow(self, poll_seconds: float, first: float) -> None:
+        delay = first
         while not self._stop.is_set():
             self._wake.wait(delay)
             self._wake.clear()

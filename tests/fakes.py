@@ -25,19 +25,19 @@ import pandas as pd
 import skops.io as sio
 
 from champion.monitoring.capture import Captured, Fresh, Written
-from champion.training.checks import BatchReport
-from champion.training.data import BATCH_COLUMN, IntakeReport, TrainingData
-from champion.training.errors import IntegrityError, LeaseBusyError, RegistryError
-from champion.training.records import LedgerEntry
-from champion.training.registry import (
+from champion.training.artifacts import (
     MODEL_FILE,
     TAG_KIND,
     TAG_SHA256,
     TRUSTED_TYPES,
-    LoadedModel,
     ModelRef,
     RunSummary,
 )
+from champion.training.checks import BatchReport
+from champion.training.data import BATCH_COLUMN, IntakeReport, TrainingData
+from champion.training.errors import IntegrityError, LeaseBusyError, RegistryError
+from champion.training.records import LedgerEntry
+from champion.training.registry import LoadedModel
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

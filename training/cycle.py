@@ -17,6 +17,26 @@ from sklearn.inspection import permutation_importance
 from threadpoolctl import threadpool_limits
 
 from champion.monitoring.profile import build_profile, save_profile
+from champion.training.artifacts import (
+    CV_SCORES,
+    FINGERPRINT,
+    GATE_FOLDS,
+    PLOTS,
+    REFERENCE_PROFILE,
+    TAG_CANDIDATE,
+    TAG_CHAMPION_BEFORE,
+    TAG_DATA,
+    TAG_ERROR,
+    TAG_KIND,
+    TAG_REASON,
+    TAG_ROWS,
+    TAG_SOURCE,
+    TAG_TRIGGER,
+    TAG_VERDICT,
+    VERDICT_FILE,
+    ModelRef,
+    cv_metrics,
+)
 from champion.training.clock import SystemClock
 from champion.training.compile import compile_pipeline
 from champion.training.config import Contract
@@ -35,27 +55,7 @@ from champion.training.plots import write_evaluation_plots
 from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
 from champion.training.process import actor
 from champion.training.records import CycleReport, Event, LedgerEntry, Verdict
-from champion.training.registry import (
-    CV_SCORES,
-    FINGERPRINT,
-    GATE_FOLDS,
-    PLOTS,
-    REFERENCE_PROFILE,
-    TAG_CANDIDATE,
-    TAG_CHAMPION_BEFORE,
-    TAG_DATA,
-    TAG_ERROR,
-    TAG_KIND,
-    TAG_REASON,
-    TAG_ROWS,
-    TAG_SOURCE,
-    TAG_TRIGGER,
-    TAG_VERDICT,
-    VERDICT_FILE,
-    LoadedModel,
-    ModelRef,
-    cv_metrics,
-)
+from champion.training.registry import LoadedModel
 from champion.training.tuning import TrialResult, TuneResult, classes_of, splits, tune
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from champion.monitoring.capture import Captured, Fresh, Written
+    from champion.training.artifacts import ModelRef, RunSummary
     from champion.training.compile import Compilation
     from champion.training.data import IntakeReport, TrainingData
     from champion.training.records import LedgerEntry
-    from champion.training.registry import LoadedModel, ModelRef, RunSummary
+    from champion.training.registry import LoadedModel
 
 
 class Clock(Protocol):

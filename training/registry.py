@@ -2,139 +2,46 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
-import skops.io as sio
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
 
 from champion.service.runtime import ONNX_FILE, RUNTIME_SKLEARN
+from champion.training.artifacts import (
+    MODEL_FILE,
+    PARITY_FILE,
+    TAG_KIND,
+    TAG_ONNX_SHA256,
+    TAG_PARITY_SHA256,
+    TAG_RUNTIME,
+    TAG_RUNTIME_NOTE,
+    TAG_SHA256,
+    TRUSTED_TYPES,
+    ModelRef,
+    RunSummary,
+    contained,
+    load_skops,
+    signature_problems,
+)
 from champion.training.compile import Compilation
 from champion.training.config import Contract
 from champion.training.errors import IntegrityError, RegistryError
 from champion.training.files import sha256_file
 
 log = logging.getLogger(__name__)
-
-# The only types a model file may contain beyond skops' own safe defaults. Declared here, in
-# code, and never read from the artifact: a tampered file cannot widen what it may load.
-TRUSTED_TYPES: tuple[str, ...] = (
-    "numpy.dtype",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.tree._tree.Tree",
-)
-MODEL_FILE = "model.skops"
-PARITY_FILE = "parity_rows.parquet"  # held-out rows the compiled form is re-checked on at load
-
-TAG_SHA256 = "champion.sha256"
-TAG_CANDIDATE = "champion.candidate"
-TAG_RUNTIME = "champion.runtime"
-TAG_RUNTIME_NOTE = "champion.runtime_note"
-TAG_ONNX_SHA256 = "champion.onnx_sha256"
-TAG_PARITY_SHA256 = "champion.parity_rows_sha256"
-TAG_VERDICT = "champion.verdict"
-TAG_KIND = "champion.kind"
-TAG_DATA = "champion.data_sha256"
-TAG_ROWS = "champion.rows"
-TAG_TRIGGER = "champion.trigger"
-TAG_CHAMPION_BEFORE = "champion.champion_before"
-TAG_SOURCE = "champion.source"
-TAG_ERROR = "champion.error"
-TAG_REASON = "champion.reason"
-CV_PREFIX = "cv_"
-# Artifact names a run carries, read back by the gate, the service and the monitor.
-FINGERPRINT = "fingerprint.json"
-REFERENCE_PROFILE = "reference_profile.json"
-CV_SCORES = "cv_scores.json"
-GATE_FOLDS = "gate_folds.json"
-VERDICT_FILE = "verdict.json"
-PLOTS = "plots"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A registered model version and the facts recorded on it."""
-
-    version: str
-    run_id: str | None
-    tags: Mapping[str, str]
-    created_ms: int = 0
-
-    @property
-    def sha256(self) -> str | None:
-        return self.tags.get(TAG_SHA256)
-
-    @property
-    def candidate_json(self) -> str | None:
-        return self.tags.get(TAG_CANDIDATE)
-
-    @property
-    def rows(self) -> str | None:
-        return self.tags.get(TAG_ROWS)
-
-    @property
-    def runtime(self) -> str:
-        """What registration chose to serve it: `onnxruntime` or `sklearn`."""
-        return self.tags.get(TAG_RUNTIME, RUNTIME_SKLEARN)
-
-    @property
-    def runtime_note(self) -> str | None:
-        return self.tags.get(TAG_RUNTIME_NOTE)
-
-    @property
-    def verdict(self) -> str | None:
-        return self.tags.get(TAG_VERDICT)
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """The numbers a cycle run recorded, in champion's terms (no MLflow object leaves here)."""
-
-    run_id: str
-    status: str
-    metrics: Mapping[str, float]
-    started_ms: int | None = None
-    params: Mapping[str, str] = field(default_factory=dict)
-    tags: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def cv_metrics(self) -> dict[str, float]:
-        """The cross-validated summaries (means and spreads, fold values left out)."""
-        return {
-            k: v for k, v in self.metrics.items() if k.startswith(CV_PREFIX) and "_fold_" not in k
-        }
-
-    def cv_mean(self, metric: str) -> float | None:
-        return self.metrics.get(f"{CV_PREFIX}{metric}_mean")
-
-
-def cv_metrics(
-    metric: str,
-    *,
-    mean: float,
-    std: float,
-    folds: Sequence[float],
-    guardrails: Mapping[str, float],
-) -> dict[str, float]:
-    """The cycle run's cross-validation metrics under their recorded names."""
-    out = {f"{CV_PREFIX}{metric}_mean": mean, f"{CV_PREFIX}{metric}_std": std}
-    out |= {f"{CV_PREFIX}{metric}_fold_{i}": s for i, s in enumerate(folds)}
-    out |= {f"{CV_PREFIX}{name}_mean": value for name, value in guardrails.items()}
-    return out
 
 
 @dataclass(frozen=True)
@@ -148,55 +55,39 @@ class LoadedModel:
 
 def load_verified(local_dir: Path, *, expected_sha256: str | None) -> tuple[Any, str]:
     """Load a downloaded model directory after checking its format and digest."""
-    mlmodel = Model.load(str(local_dir))
-    flavor = mlmodel.flavors.get("sklearn", {})
+    flavor = Model.load(str(local_dir)).flavors.get("sklearn", {})
     if flavor.get("serialization_format") != "skops":
         raise IntegrityError(
             f"model in {local_dir} is stored as {flavor.get('serialization_format')!r}; "
             "only 'skops' is loaded"
         )
-    if expected_sha256 is None:
-        raise IntegrityError(f"model in {local_dir} has no recorded digest ({TAG_SHA256})")
-    name = str(flavor.get("pickled_model", MODEL_FILE))
-    root = local_dir.resolve()
-    path = (root / name).resolve()
-    # The file name comes from the artifact: never follow it out of the model's folder.
-    if not path.is_relative_to(root) or not path.is_file():
-        raise IntegrityError(f"model file {name!r} is not a file inside the model folder")
-    data = path.read_bytes()  # hashed and loaded from the same bytes: nothing swapped between
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != expected_sha256:
-        raise IntegrityError(
-            f"model file digest {digest[:12]}… does not match the recorded {expected_sha256[:12]}…"
-        )
-    try:
-        return sio.loads(data, trusted=list(TRUSTED_TYPES)), digest
-    except sio.exceptions.UntrustedTypesFoundException as exc:
-        raise IntegrityError(f"model file holds types outside the trusted list: {exc}") from None
+    return load_skops(
+        contained(local_dir, str(flavor.get("pickled_model", MODEL_FILE))),
+        expected_sha256=expected_sha256,
+    )
 
 
-def read_onnx(local_dir: Path, *, expected_sha256: str | None) -> bytes:
-    """The compiled model file of a downloaded version, after checking its recorded digest."""
-    path = local_dir / ONNX_FILE
-    if expected_sha256 is None:
-        raise IntegrityError(f"compiled model in {local_dir} has no recorded digest")
-    if not path.is_file():
-        raise IntegrityError(f"compiled model {ONNX_FILE} is missing from {local_dir}")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise IntegrityError(f"{ONNX_FILE} digest does not match the recorded one")
-    return data
+def model_facts(local_dir: Path) -> dict[str, Any]:
+    """What loading a model folder needs from its MLmodel file, in plain values: the model
+    file's name, the input signature and the input example (records), so a cached copy can
+    be loaded again without MLflow (`champion.service.slot`)."""
+    mlmodel = Model.load(str(local_dir))
+    flavor = mlmodel.flavors.get("sklearn", {})
+    example = mlmodel.load_input_example(str(local_dir))
+    return {
+        "serialization_format": flavor.get("serialization_format"),
+        "model_file": str(flavor.get("pickled_model", MODEL_FILE)),
+        "signature": signature_inputs(mlmodel),
+        "example": example.to_dict(orient="split") if isinstance(example, pd.DataFrame) else None,
+    }
 
 
-def parity_rows(local_dir: Path, *, expected_sha256: str | None) -> pd.DataFrame | None:
-    """The held-out rows stored with a compiled version (None for versions without them)."""
-    path = local_dir / PARITY_FILE
-    if expected_sha256 is None or not path.is_file():
+def signature_inputs(mlmodel: Model) -> dict[str, str] | None:
+    if mlmodel.signature is None:
         return None
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise IntegrityError(f"{PARITY_FILE} digest does not match the recorded one")
-    return pd.read_parquet(io.BytesIO(data))
+    return {
+        str(s.name): str(getattr(s, "type", "")).lower() for s in mlmodel.signature.inputs.inputs
+    }
 
 
 def input_example(local_dir: Path) -> pd.DataFrame | None:
@@ -207,27 +98,7 @@ def input_example(local_dir: Path) -> pd.DataFrame | None:
 
 def schema_problems(local_dir: Path, contract: Contract) -> list[str]:
     """Differences between a stored model's input signature and the contract's features."""
-    signature = Model.load(str(local_dir)).signature
-    if signature is None:
-        return ["the model has no input signature"]
-    declared = list(contract.features)
-    names = list(signature.inputs.input_names())
-    problems = []
-    if missing := [n for n in declared if n not in names]:
-        problems.append(f"missing features {missing}")
-    if extra := [n for n in names if n not in declared]:
-        problems.append(f"unexpected features {extra}")
-    types = {str(s.name): str(getattr(s, "type", "")).lower() for s in signature.inputs.inputs}
-    for name in declared:
-        if name not in types:
-            continue
-        kind = contract.features[name].type
-        numeric = any(t in types[name] for t in ("double", "float", "long", "integer"))
-        if (kind == "numeric") != numeric:
-            problems.append(
-                f"feature '{name}' is {types[name]} in the model, {kind} in the contract"
-            )
-    return problems
+    return signature_problems(signature_inputs(Model.load(str(local_dir))), contract)
 
 
 def _ref(mv: Any) -> ModelRef:
@@ -536,4 +407,4 @@ def _requirements() -> list[str]:
     return [f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"]
 
 
-__all__ = ["TRUSTED_TYPES", "LoadedModel", "ModelRef", "Registry", "RunSummary", "cv_metrics"]
+__all__ = ["LoadedModel", "Registry"]

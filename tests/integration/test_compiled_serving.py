@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 
 from champion.service.runtime import ONNX_FILE, PARITY_TOLERANCE, RUNTIME_ONNX, RUNTIME_SKLEARN
-from champion.training.pipeline import prepare_features
-from champion.training.records import Verdict
-from champion.training.registry import (
+from champion.training.artifacts import (
     TAG_ONNX_SHA256,
     TAG_PARITY_SHA256,
     TAG_RUNTIME,
     TAG_RUNTIME_NOTE,
 )
+from champion.training.pipeline import prepare_features
+from champion.training.records import Verdict
 from tests.integration.conftest import SMALL, make_project
 from tests.integration.test_serve import ROW, serving
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from champion.training import actions
+from champion.training.artifacts import TAG_SHA256
 from champion.training.manifest import Manifest
 from champion.training.records import Verdict
-from champion.training.registry import TAG_SHA256, load_verified
+from champion.training.registry import load_verified
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -284,7 +284,12 @@ def test_registry_down_at_start_serves_from_cache(two_versions):
     with serving(project, workers=1, **down) as base:
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["ready"] and ready["source"] == "cache" and ready["model_version"] == "1"
-        assert "registry unreachable" in ready["degraded"]
+        # The cache serves first; the poller's first check then finds the registry down.
+        deadline = time.monotonic() + 30
+        while "degraded" not in ready and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ready = httpx.get(f"{base}/readyz").json()
+        assert "registry unreachable" in ready["degraded"] and ready["source"] == "cache"
         r = httpx.post(f"{base}/predict", json={"instances": [ROW]})
         assert r.status_code == 200 and r.json()["model_version"] == "1"
         assert httpx.get(f"{base}/model").json()["degraded"].startswith("registry unreachable")

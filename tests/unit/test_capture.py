@@ -20,9 +20,9 @@ from champion.monitoring.drift import DriftReport, FeatureDrift
 from champion.monitoring.metrics import ServiceMetrics
 from champion.monitoring.watch import Watch
 from champion.service.root import watch_settings
+from champion.training.artifacts import ModelRef
 from champion.training.config import Contract, Settings, load_contract
 from champion.training.ledger import Ledger
-from champion.training.registry import ModelRef
 
 PROJECT_FILE = Path(__file__).resolve().parents[2] / "champion.toml"
 

@@ -9,13 +9,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from champion.training.artifacts import TAG_CANDIDATE, TAG_KIND, TAG_VERDICT, ModelRef
 from champion.training.config import Contract
 from champion.training.cycle import Context, CycleResult, reconcile, run_cycle
 from champion.training.demo.simulate import agrawal_frame
 from champion.training.lease import CYCLE, REGISTRY
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from champion.training.records import Event, LedgerEntry, Verdict
-from champion.training.registry import TAG_CANDIDATE, TAG_KIND, TAG_VERDICT, ModelRef
 from tests.fakes import FakeBatches, FakeClock, FakeLeases, FakeLedger, FakeRegistry, FakeRun
 from tests.unit.conftest import make_contract, small_raw_contract
 

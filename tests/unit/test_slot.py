@@ -8,6 +8,10 @@ exactly such a folder, and nothing less would test it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,11 @@ import pandas as pd
 import pytest
 
 from champion.service.slot import CACHE_INDEX, FrameInputs, ModelSlot
+from champion.training.artifacts import MODEL_FILE
 from champion.training.config import Contract
 from champion.training.demo.simulate import agrawal_frame
 from champion.training.errors import RegistryError
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
-from champion.training.registry import MODEL_FILE
 from tests.fakes import FakeRegistry
 from tests.unit.conftest import make_contract, raw_contract
 
@@ -172,8 +176,56 @@ def test_an_unreachable_registry_at_start_serves_the_cached_champion(world, cont
     assert (status.ready, status.version, status.source) == (True, "1", "cache")
     assert status.degraded == "registry unreachable"
     world.registry.fail_on.clear()
-    assert restarted.refresh() is True, "a cached model is replaced by the registry's"
+    downloads = world.downloads()
+    assert restarted.refresh() is False, "the cached copy is the champion: no swap"
     assert restarted.status().source == "registry" and restarted.status().degraded is None
+    assert world.downloads() == downloads, "confirmed by digest, not downloaded again"
+
+
+def _until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_start_serves_the_cache_before_the_registry_client_is_made(world, contract):
+    """It serves the cached champion as soon as `start` returns, building the registry
+    client (MLflow, in the service) only afterwards, in the poller, which confirms it."""
+    world.slot.refresh()  # an earlier start filled the cache
+    made: list[str] = []
+    allowed = threading.Event()
+
+    def registry() -> FakeRegistry:
+        made.append(threading.current_thread().name)
+        assert allowed.wait(10)
+        return world.registry
+
+    restarted = ModelSlot(registry=registry, contract=contract, cache_dir=world.slot.cache_dir)
+    restarted.start(poll_seconds=3600)
+    try:
+        status = restarted.status()
+        assert (status.ready, status.version, status.source) == (True, "1", "cache")
+        allowed.set()
+        _until(lambda: restarted.status().source == "registry")
+        assert made == ["champion-slot"], "built once, in the poller, never in start()"
+    finally:
+        restarted.stop()
+
+
+def test_a_stale_cache_at_start_gives_way_to_the_new_champion_at_once(world, contract):
+    """It swaps to the registry's champion at the poller's first check when the alias moved
+    after the cache was written (a promotion while this host was down)."""
+    world.slot.refresh()
+    world.registry.set_alias("champion", "2")
+    restarted = world.new_slot(contract, world.slot.cache_dir)
+    restarted.start(poll_seconds=3600)
+    try:
+        _until(lambda: restarted.status().version == "2")
+        assert restarted.status().source == "registry"
+        assert world.swapped[-2:] == ["1", "2"]  # the cache served until the swap
+    finally:
+        restarted.stop()
 
 
 def test_a_cache_whose_model_file_was_changed_is_not_served(world, contract):
@@ -205,3 +257,30 @@ def test_no_cache_and_no_champion_leave_the_slot_not_ready(world, contract, tmp_
     assert slot.refresh() is False
     status = slot.status()
     assert (status.ready, status.last_error, status.degraded) == (False, None, None)
+
+
+def test_loading_the_cache_imports_no_mlflow(world, tmp_path):
+    """It loads the cached champion from the index's facts alone: in a fresh interpreter,
+    MLflow is not imported by the time the model serves (it costs about a second)."""
+    world.slot.refresh()
+    script = f"""
+import sys
+from pathlib import Path
+from champion.service.slot import ModelSlot
+from tests.unit.conftest import make_contract
+
+def no_registry():
+    raise AssertionError("the registry client was asked for")
+
+slot = ModelSlot(
+    registry=no_registry, contract=make_contract(Path({str(tmp_path)!r})),
+    cache_dir=Path({str(world.slot.cache_dir)!r}),
+)
+assert slot.load_from_cache(), slot.status().last_error
+print(sorted(m for m in sys.modules if m.split(".")[0] == "mlflow"))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

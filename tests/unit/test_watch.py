@@ -21,11 +21,11 @@ from champion.monitoring.metrics import ServiceMetrics
 from champion.monitoring.profile import build_profile
 from champion.monitoring.watch import Watch, latest
 from champion.service.root import watch_settings
+from champion.training.artifacts import ModelRef
 from champion.training.config import Settings
 from champion.training.demo.simulate import FEATURES_CATEGORICAL, FEATURES_NUMERIC, agrawal_frame
 from champion.training.files import atomic_write_text
 from champion.training.ledger import Ledger
-from champion.training.registry import ModelRef
 from tests.unit.conftest import make_contract
 
 FEATURES = (*FEATURES_NUMERIC, *FEATURES_CATEGORICAL)
