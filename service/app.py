@@ -282,6 +282,10 @@ class Champion:
         from champion.service.slot import ModelSlot
 
         self.components = parts = build()
+        # uvicorn logs every request to "uvicorn.access" at INFO, which the root logger
+        # configured above would format and write: a JSON line per request that nobody asked
+        # for. BentoML's access log is the configurable one (service/stack.py).
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         self.settings = settings = parts.settings
         self.contract = contract = parts.contract
         # One request is one small predict: thread pools only add start-up and contention.

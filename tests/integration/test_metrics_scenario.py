@@ -120,6 +120,8 @@ def test_access_log_is_off_by_default_and_one_override_away(champion, tmp_path):
         logs[name] = sorted(champion.root.glob("serve-*.log"), key=lambda p: p.stat().st_mtime)[-1]
         assert "champion_predictions_total" in text  # /metrics served either way
     assert _access_lines(logs["default"]) == []
+    # Nor uvicorn's own line per request, which the service's root logger would write.
+    assert "POST /predict" not in logs["default"].read_text()
     lines = _access_lines(logs["on"])
     assert len(lines) == 3, lines
     assert all(re.search(r"status=200", line) for line in lines), json.dumps(lines)
