@@ -778,3 +778,32 @@ def test_a_refused_trigger_is_not_recorded(tmp_path, plog):
     refused.accept = True
     watch._sustained(_report(True), REF)
     assert len(_triggers(watch)) == 1
+
+
+def test_a_log_from_an_older_release_loses_the_indexes_every_insert_paid_for(tmp_path):
+    """It drops the index on `at` (no query uses it) and the full index on `labelled_at`
+    (every unlabelled row paid for it), keeping the labelled rows' query on an index."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,"
+        " row INTEGER NOT NULL, at REAL NOT NULL, model_version TEXT NOT NULL,"
+        " features TEXT NOT NULL, prediction TEXT NOT NULL, score REAL, label TEXT,"
+        " labelled_at REAL, exported INTEGER NOT NULL DEFAULT 0, UNIQUE (request_id, row));"
+        "CREATE INDEX predictions_at ON predictions (at);"
+        "CREATE INDEX predictions_labelled ON predictions (labelled_at);"
+    )
+    old.close()
+    plog = PredictionLog(path)
+    try:
+        conn = sqlite3.connect(path)
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(predictions)")}
+        assert not {"predictions_at", "predictions_labelled"} & indexes
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT label FROM predictions"
+            " WHERE label IS NOT NULL ORDER BY labelled_at DESC LIMIT 5"
+        ).fetchall()
+        assert "predictions_labelled_rows" in str(plan)
+        conn.close()
+    finally:
+        plog.close()
