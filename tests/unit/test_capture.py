@@ -807,3 +807,20 @@ def test_a_log_from_an_older_release_loses_the_indexes_every_insert_paid_for(tmp
         conn.close()
     finally:
         plog.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 500])
+def test_rows_go_in_by_chunks_with_every_duplicate_counted(tmp_path, chunk):
+    """It stores a write as multi-row inserts of any size: what each inserts adds up, and a
+    key already stored (or twice in one write) is counted once as a duplicate, never lost."""
+    log_ = PredictionLog(tmp_path / "p.db", max_rows=10_000)
+    log_._chunk = chunk
+    try:
+        assert log_.write(_items("a", 30)) == Written(inserted=30, duplicates=0, unserialisable=0)
+        mixed = _items("a", 40)[25:] + _items("b", 20) + [_item("b", 3)]
+        assert log_.write(mixed) == Written(inserted=30, duplicates=6, unserialisable=0)
+        assert log_.count() == 60
+        stored = {(r["request_id"], r["row"]) for r in log_.recent(limit=100)}
+        assert stored == {("a", i) for i in range(40)} | {("b", i) for i in range(20)}
+    finally:
+        log_.close()
