@@ -450,3 +450,66 @@ def test_numbers_beyond_float32_are_refused_naming_the_field(shipped, value):
     exc = _refused(shipped, {"instances": [_row(loan=value)]})
     assert _where(exc) == [(0, "loan", "out_of_range")]
     assert _validate(shipped, [_row(loan=FLOAT32_MAX)]).columns["loan"] == [FLOAT32_MAX]
+
+
+def _slow(rows: list[Any], contract: Contract) -> tuple[dict[str, list[Any]], dict[str, int]]:
+    """What the row-by-row checks make of rows (every problem raises through them)."""
+    from champion.service.validation import _check_row, _specs
+
+    specs = _specs(contract)
+    columns: dict[str, list[Any]] = {name: [] for name in contract.features}
+    unseen: dict[str, int] = {}
+    problems: list[Any] = []
+    for i, row in enumerate(rows):
+        _check_row(i, row, specs, columns, unseen, problems)
+    assert problems == []
+    return columns, unseen
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_column_fast_path_builds_what_the_row_checks_build(shipped, strict, seed):
+    """It builds the same columns (values and their types) and unseen counts column by column
+    as row by row, for clean rows with ints, nulls and unseen categories; and gives way to the
+    row checks for anything they would refuse, so every problem is still named."""
+    from champion.service.validation import _fast_columns, _specs
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(int(rng.integers(1, 60))):
+        row = _row()
+        for name, spec in shipped.features.items():
+            draw = rng.random()
+            if draw < 0.1:
+                row[name] = None
+            elif spec.type == "numeric" and draw < 0.3:
+                row[name] = int(rng.integers(-5, 10**6))
+            elif spec.type == "numeric" and draw < 0.35:
+                row[name] = float(rng.choice([FLOAT32_MAX, -FLOAT32_MAX, 0.0]))
+            elif spec.type != "numeric" and draw < 0.3:
+                row[name] = f"unseen-{int(rng.integers(3))}"
+        rows.append(row)
+    fast = _fast_columns(rows, _specs(shipped))
+    assert fast is not None
+    slow = _slow(rows, shipped)
+    assert fast == slow
+    for name in shipped.features:
+        assert [type(v) for v in fast[0][name]] == [type(v) for v in slow[0][name]]
+    # Off the fast path: each of these is refused by the row checks, with its own problem.
+    spoilt = rows[int(rng.integers(len(rows)))]
+    for bad in (
+        {"salary": True},
+        {"salary": "1.5"},
+        {"salary": float("nan")},
+        {"salary": 10**400},
+        {"salary": FLOAT32_MAX * 2},
+        {"car": 4},
+        {"extra": 1},
+    ):
+        assert _fast_columns([*rows, spoilt | bad], _specs(shipped)) is None, bad
+    assert _fast_columns([*rows, [1, 2]], _specs(shipped)) is None
+    assert (
+        _fast_columns([*rows, {k: v for k, v in rows[0].items() if k != "age"}], _specs(shipped))
+        is None
+    )
+    nulls = [r | {"salary": None} for r in rows]
+    assert _fast_columns(nulls, _specs(strict)) is None  # salary is not nullable there
