@@ -1,6 +1,7 @@
-"""Closed-loop HTTP load: wrk with a Lua POST script, or an asyncio + httpx fallback.
+"""Closed-loop HTTP load: wrk with a Lua POST script, or an asyncio + httpx fallback; and
+open-loop load (`benchmarks.openloop`, a pinned subprocess) at a fixed request rate.
 
-Every run is bounded in time (the duration) and the fallback also in request count.
+Every run is bounded in time (the duration) and, except wrk's, also in request count.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.openloop import MARKER, OpenLoopResult
 from benchmarks.servers import pin_prefix
 
 LUA = Path(__file__).with_name("post.lua")
@@ -110,6 +113,53 @@ class LoadGen:
         return self._python(
             url, body_file.read_bytes(), connections, seconds, count_versions, record is not None
         )
+
+    def open_loop(
+        self,
+        url: str,
+        body_file: Path,
+        *,
+        rate: float,
+        seconds: float,
+        max_connections: int = 256,
+        max_requests: int = 100_000,
+    ) -> OpenLoopResult:
+        """`rate` requests per second at fixed times for `seconds` (benchmarks.openloop), in a
+        process of its own on the load generator's core, as wrk runs."""
+        argv = [
+            *pin_prefix(self.cpu),
+            sys.executable,
+            "-m",
+            "benchmarks.openloop",
+            "--url",
+            url,
+            "--body",
+            str(body_file),
+            "--rate",
+            f"{rate:.3f}",
+            "--seconds",
+            f"{seconds:g}",
+            "--max-requests",
+            str(max_requests),
+            "--max-connections",
+            str(max_connections),
+            "--timeout",
+            f"{self.timeout_s:g}",
+        ]
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+            timeout=seconds + self.timeout_s + 60,
+            check=False,
+        )
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith(MARKER)), None)
+        if line is None:
+            raise RuntimeError(
+                f"open-loop generator gave no summary (rc {out.returncode}): {out.stderr[-1500:]}"
+            )
+        return OpenLoopResult(**json.loads(line.removeprefix(MARKER)))
 
     # -- wrk ---------------------------------------------------------------------------------
 

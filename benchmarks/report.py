@@ -66,6 +66,9 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         return value if source == "head to head" else _get(sweep, "rps")
 
     c_rps, n_rps, m_rps = rps("champion", champ32), rps("noop", noop32), rps("mlflow", mlflow32)
+    lean_rps = rps("noop_lean", _get(r, "single_row", "noop_lean", "32"))
+    if lean_rps is None:  # not in the head-to-head rounds: the stack ladder's lean step
+        lean_rps = _get(r, "single_row", "noop_lean", "32", "rps")
     ratio = _ratio(c_rps, n_rps)
     out.append(
         _target(
@@ -80,6 +83,38 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             note=source,
         )
     )
+    ratio = _ratio(c_rps, n_rps)
+    out.append(
+        _target(
+            "single-row throughput at 32 connections vs the no-op on BentoML's default "
+            "configuration (default champion)",
+            measured=c_rps,
+            unit="req/s",
+            baseline=n_rps,
+            baseline_name="BentoML no-op, default config",
+            ratio=ratio,
+            goal=">= 1.2x default-config no-op",
+            met=_cmp(ratio, ">=", 1.2),
+            note=source,
+        )
+    )
+    ratio = _ratio(c_rps, lean_rps)
+    out.append(
+        _target(
+            "single-row throughput at 32 connections vs the no-op on champion's lean "
+            "BentoML configuration (default champion)",
+            measured=c_rps,
+            unit="req/s",
+            baseline=lean_rps,
+            baseline_name="BentoML no-op, lean config",
+            ratio=ratio,
+            goal=">= 0.9x lean no-op",
+            met=_cmp(ratio, ">=", 0.9),
+            note=source if _get(h2h, "noop_lean", "rps") else "lean no-op: stack ladder",
+        )
+    )
+    out.append(_family_cpu_target(r))
+    out.append(_open_loop_target(r))
     ratio = _ratio(c_rps, m_rps)
     out.append(
         _target(
@@ -120,6 +155,21 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             ratio=ratio,
             goal=">= 0.7x in-process",
             met=_cmp(ratio, ">=", 0.7),
+        )
+    )
+    comp = _get(r, "batch", "compiled", "rows_per_s")
+    ratio = _ratio(svc, comp)
+    out.append(
+        _target(
+            "batch throughput, 1,000-row requests, vs the compiled form in process",
+            measured=svc,
+            unit="rows/s",
+            baseline=comp,
+            baseline_name="in-process NumPy encoding + ONNX Runtime",
+            ratio=ratio,
+            goal=">= 0.7x compiled in process",
+            met=_cmp(ratio, ">=", 0.7),
+            note="" if comp else "no compiled form for this version",
         )
     )
     gap = _get(r, "retrain", "score_gap")
@@ -220,7 +270,81 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             met=_cmp(cold, "<=", 10.0),
         )
     )
+    out.append(
+        _target(
+            "cold start to ready, 5 s bound (process start -> /readyz 200)",
+            measured=cold,
+            unit="s",
+            baseline=noop_cold,
+            baseline_name="BentoML no-op",
+            ratio=_ratio(cold, noop_cold),
+            goal="<= 5 s",
+            met=_cmp(cold, "<=", 5.0),
+        )
+    )
     return out
+
+
+FAMILY_ROWS = ("champion", "champion_forest", "champion_gbt")
+
+
+def _family_cpu_target(r: dict[str, Any]) -> dict[str, Any]:
+    """Worker CPU per request at 32 connections, default champion vs the forest and gbt rows:
+    the slowest against the fastest."""
+    cpu = {
+        k: _get(r, "single_row", k, "32", "cpu_ms_per_request")
+        for k in FAMILY_ROWS
+        if _get(r, "single_row", k, "32", "cpu_ms_per_request")
+    }
+    name = "worker CPU per request at 32 connections, slowest family vs fastest"
+    if len(cpu) < 2:
+        return _target(name, measured=None, unit="ms/req", goal="<= 1.5x fastest", met=None)
+    fastest, slowest = min(cpu, key=cpu.__getitem__), max(cpu, key=cpu.__getitem__)
+    ratio = _ratio(cpu[slowest], cpu[fastest])
+    labels = {"champion": "default", "champion_forest": "forest", "champion_gbt": "gbt"}
+    missing = [labels[k] for k in FAMILY_ROWS if k not in cpu]
+    return _target(
+        name,
+        measured=cpu[slowest],
+        unit="ms/req",
+        baseline=cpu[fastest],
+        baseline_name=f"fastest: {labels[fastest]}",
+        ratio=ratio,
+        goal="<= 1.5x fastest",
+        met=_cmp(ratio, "<=", 1.5),
+        note=f"slowest: {labels[slowest]}; "
+        + ", ".join(f"{labels[k]} {v:.3f}" for k, v in cpu.items())
+        + (f"; not measured: {', '.join(missing)}" if missing else ""),
+    )
+
+
+def _open_loop_target(r: dict[str, Any]) -> dict[str, Any]:
+    """At 50 % of the default no-op's capacity, open loop: the champion's p99 against the lean
+    no-op's at the same rate, and no failed request."""
+    champ = _get(r, "open_loop", "servers", "champion", "50")
+    lean = _get(r, "open_loop", "servers", "noop_lean", "50")
+    p99, base = _get(champ, "p99_ms"), _get(lean, "p99_ms")
+    ratio = _ratio(p99, base)
+    errors = _get(champ, "errors")
+    met = None if ratio is None or errors is None else ratio <= 2.0 and errors == 0
+    note = ""
+    if champ:
+        note = f"{_get(champ, 'offered_rps'):.0f} req/s offered, {errors} errors"
+        behind = [k for k, x in (("champion", champ), ("lean no-op", lean)) if _get(x, "behind")]
+        if behind:
+            note += f"; generator behind schedule during: {', '.join(behind)}"
+    return _target(
+        "open-loop p99 at 50 % of the default no-op's capacity vs the lean no-op (default "
+        "champion)",
+        measured=p99,
+        unit="ms",
+        baseline=base,
+        baseline_name="lean no-op p99, same rate",
+        ratio=ratio,
+        goal="<= 2x lean no-op, 0 errors",
+        met=met,
+        note=note,
+    )
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -268,11 +392,13 @@ def _labels(r: dict[str, Any]) -> dict[str, str]:
     models = _get(r, "setup", "models") or {}
     return {
         "champion": f"champion, default ({_family(_default(r))})",
+        "champion_v2": f"champion, default ({_family(_default(r))}), v2 infer",
         "champion_forest": "secondary: champion, forced "
         + _family(models.get("forest") or {"family": "random_forest"}),
         "champion_gbt": "secondary: champion, forced "
         + _family(models.get("gbt") or {"family": "hist_gradient_boosting"}),
         "noop": "BentoML no-op",
+        "noop_lean": "BentoML no-op, lean config (champion's)",
         "naive": "naive BentoML + skops",
         "mlflow": "mlflow models serve",
     }
@@ -507,7 +633,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         "CPU ms/req: user + system CPU seconds of the server's worker processes (psutil, summed "
         "over the process tree below the `bentoml serve` or `mlflow models serve` supervisor) "
         "during the load, divided by the requests answered. Secondary rows (the forced versions) "
-        "come last among the champion rows."
+        "come last among the champion rows. The v2 infer row is the same server and version on "
+        f"`POST {_get(r, 'single_row', 'champion_v2', '32', 'path') or '/v2/models/<name>/infer'}`"
+        " (Open Inference Protocol: one tensor per contract feature, the same validation and "
+        "model). `BentoML no-op` runs on BentoML's default configuration; the lean row is the "
+        "same no-op under the configuration champion ships (`champion.service.stack."
+        "SERVICE_CONFIG`, given to `bentoml serve` in a `BENTOML_CONFIG` file), measured at 32 "
+        "connections as the lean step of the BentoML stack ladder (1c)."
     )
     add("")
     add(
@@ -541,7 +673,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     if _get(h2h, "champion", "rps"):
         add(
             f"**Head to head** (what the throughput targets use): all "
-            f"{sum(1 for k in ('champion', 'noop', 'naive', 'mlflow') if k in h2h)} servers "
+            f"{sum(1 for k in ('champion', 'noop', 'noop_lean', 'naive', 'mlflow') if k in h2h)} "
+            "servers "
             f"up at once on the server core, {h2h['rounds']} rounds in which each takes a "
             "32-connection run in turn (order rotated), so a drift in the machine's load hits "
             "them alike."
@@ -552,7 +685,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             "| vs mlflow |"
         )
         add("|---|---|---|---|---|---|---|---|")
-        for key in ("champion", "noop", "naive", "mlflow"):
+        for key in ("champion", "noop", "noop_lean", "naive", "mlflow"):
             x = h2h.get(key)
             if not isinstance(x, dict):
                 continue
@@ -567,6 +700,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     elif h2h.get("error"):
         add(f"Head to head: {h2h['error']}")
         add("")
+    lines.extend(_open_loop_md(r))
+    lines.extend(_stack_md(r))
 
     # 2. batch
     b = r.get("batch", {})
@@ -757,7 +892,15 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"One `champion retrain` (a subprocess, pinned to one core) on the demo data "
             f"({rt.get('demo_rows')} rows), each in a fresh project: the shipped `champion.toml` "
             "(Optuna TPE, its trial and time budget) against strategy `grid` over the same "
-            "spaces, families and folds with an unbounded trial budget."
+            "spaces, families and folds with an unbounded trial budget"
+            + (
+                ", the two at once (bayes on the server core, the grid on the load core: two "
+                "single-core processes on two cores, sharing only the L3 cache and memory); "
+                f"the grid's timeout, {_f(_get(rt, 'grid', 'timeout_seconds'), 0)} s, is what "
+                "the run's time budget left."
+                if rt.get("concurrent")
+                else "."
+            )
         )
         add("")
         add("| search | wall s | tuning s | trials | best cv_roc_auc_mean | best candidate |")
@@ -785,11 +928,106 @@ def render_markdown(r: dict[str, Any]) -> str:
     if notes.is_file():
         add(notes.read_text(encoding="utf-8").rstrip())
         add("")
+    sections = _get(r, "meta", "sections") or {}
+    if sections:
+        add("## Where the run's time went")
+        add("")
+        add("| section | seconds |")
+        add("|---|---|")
+        for name, secs in sections.items():
+            add(f"| {name} | {_f(float(secs))} |")
+        wall = _get(r, "meta", "wall_seconds")
+        if wall is not None:
+            rest = wall - sum(float(x) for x in sections.values())
+            add(f"| between sections (server stops, bookkeeping) | {_f(max(rest, 0.0))} |")
+        add(f"| whole run | {_f(wall)} |")
+        add("")
     add("## Reproduce")
     add("")
     add("```sh")
-    add("make bench   # full run, 10-15 min: benchmarks/results.json and docs/performance.md")
-    add("python -m benchmarks.run --quick --out /tmp/bench.json   # under a minute, a smoke run")
+    add("make bench   # full run, under 15 min: benchmarks/results.json and docs/performance.md")
+    add("python -m benchmarks.run --quick --out /tmp/bench.json   # about a minute, a smoke run")
+    add("python -m benchmarks.run --only stack --out /tmp/stack.json      # the ladder, ~1 min")
+    add("python -m benchmarks.run --quick --only openloop --out /tmp/ol.json  # open loop, smoke")
+    add("python -m benchmarks.openloop --url URL --body FILE --rate 1000 --seconds 10")
     add("```")
     add("")
     return "\n".join(lines)
+
+
+def _open_loop_md(r: dict[str, Any]) -> list[str]:
+    ol = r.get("open_loop") or {}
+    out = ["## 1b. Open-loop latency", ""]
+    if "servers" not in ol:
+        out += [f"Not measured: {ol.get('error') or ol.get('skipped') or 'not run'}.", ""]
+        return out
+    labels = _labels(r)
+    out.append(
+        f"Requests at fixed times, whatever the server answers (`benchmarks.openloop`: "
+        f"{ol.get('generator')}, a process of its own on the load core): request *i* is due at "
+        "t0 + i / rate and its latency runs from that scheduled time to the answer's last byte, "
+        "so a stall is charged to every request it delays, sent or not (no coordinated "
+        f"omission). Rates are fractions of the default no-op's capacity, "
+        f"{_f(ol.get('capacity_rps'), 0)} req/s ({ol.get('capacity_source')}); "
+        f"{_f(ol.get('seconds'), 0)} s per server and rate, servers rotated at each rate, the "
+        "same servers as the head-to-head rounds. *Lag* is how late the generator itself issued "
+        "requests against their schedule (p99; above 2 ms the row is marked *behind*: part of "
+        "that latency is the generator's)."
+    )
+    out.append("")
+    out.append(
+        "| service | rate | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms "
+        "| errors | CPU ms/req | generator lag p99 ms |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    servers = ol["servers"]
+    for fraction in ol.get("fractions") or []:
+        key = f"{round(fraction * 100)}"
+        for kind in ("noop", "noop_lean", "champion"):
+            x = _get(servers, kind, key)
+            if not isinstance(x, dict):
+                continue
+            lag = _f(x.get("lag_p99_ms"), 3) + (" (behind)" if x.get("behind") else "")
+            out.append(
+                f"| {labels.get(kind, kind)} | {key} % | {_f(x.get('offered_rps'), 0)} | "
+                f"{_f(x.get('achieved_rps'), 0)} | {_f(x.get('p50_ms'), 2)} | "
+                f"{_f(x.get('p99_ms'), 2)} | {_f(x.get('p999_ms'), 2)} | {_f(x.get('max_ms'), 1)} "
+                f"| {x.get('errors')} | {_cpu(x)} | {lag} |"
+            )
+    out.append("")
+    return out
+
+
+def _stack_md(r: dict[str, Any]) -> list[str]:
+    st = r.get("stack") or {}
+    out = ["## 1c. BentoML stack: what each setting buys", ""]
+    if "steps" not in st:
+        out += [f"Not measured: {st.get('error') or st.get('skipped') or 'not run'}.", ""]
+        return out
+    out.append(
+        f"The no-op at 32 connections under a cumulative ladder of BentoML configurations, back "
+        f"to back, {_f(st.get('seconds'), 0)} s each: BentoML's defaults, then one setting of "
+        "champion's lean configuration (`champion.service.stack.SERVICE_CONFIG`) at a time, then "
+        "the lean configuration plus `traffic.max_concurrency` (above the 32 connections, so the "
+        "row is the concurrency middleware's cost, not rejections). Each configuration is the "
+        "`bench_noop` section of a `BENTOML_CONFIG` file. One worker per measurement: the "
+        "machine has 2 cores, one for the server, one for the load generator. BentoML 1.4's "
+        "schema requires `traffic.timeout`, so its timeout middleware runs in every "
+        "configuration and cannot be removed."
+    )
+    out.append("")
+    out.append(
+        "| configuration | req/s | Δ req/s vs previous | CPU ms/req | Δ CPU ms/req vs previous "
+        "| p50 ms | p99 ms | errors |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|")
+    for x in st["steps"]:
+        d_rps, d_cpu = x.get("delta_rps"), x.get("delta_cpu_ms_per_request")
+        out.append(
+            f"| {x.get('label')} | {_f(x.get('rps'), 0)} | "
+            f"{'–' if d_rps is None else f'{d_rps:+,.0f}'} | {_cpu(x)} | "
+            f"{'–' if d_cpu is None else f'{d_cpu:+.3f}'} | {_f(x.get('p50_ms'), 2)} | "
+            f"{_f(x.get('p99_ms'), 1)} | {x.get('errors')} |"
+        )
+    out.append("")
+    return out

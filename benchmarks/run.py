@@ -1,6 +1,6 @@
 """Benchmark the champion service against its baselines; write JSON and a Markdown report.
 
-    python -m benchmarks.run [--quick] [--out benchmarks/results.json]
+    python -m benchmarks.run [--quick] [--only stack|openloop] [--out benchmarks/results.json]
                              [--markdown docs/performance.md]
 
 One run builds its own temporary project (demo data from `champion simulate`) and registers,
@@ -14,15 +14,23 @@ and a histogram gradient boosting (the swap's target). It measures:
    core and server to the other, for: the champion service (1 worker, scheduler off, capture
    on), a BentoML no-op service (the framework's ceiling), a naive BentoML service
    (skops + predict_proba per request) and `mlflow models serve` on the same version; the
-   secondary versions at 32 connections only; with every row the worker processes' CPU time
-   per answered request;
+   secondary versions at 32 connections only; the champion's Open Inference Protocol route
+   (POST /v2/models/<name>/infer) at 32; with every row the worker processes' CPU time per
+   answered request. Then, with the baselines still up: the no-op under the lean BentoML
+   configuration champion ships (`champion.service.stack.SERVICE_CONFIG`, applied through a
+   BENTOML_CONFIG file), head-to-head rounds, open-loop latency (`benchmarks.openloop`: 25, 50
+   and 75 % of the default no-op's 32-connection req/s offered at fixed times to the default
+   no-op, the lean no-op and the champion) and the "BentoML stack" ladder (the no-op at 32
+   connections from BentoML's defaults to the lean configuration, one setting at a time);
 2. 1,000-row requests against the in-process `pipeline.predict_proba` on the same rows;
 3. capture on vs off (interleaved, two servers) and the drift evaluation time of 30 numeric
    features over a 10,000-row window;
 4. a champion swap (training.actions.promote, default -> gbt) under 32 connections;
 5. cold start (process start to /readyz 200) and resident memory per worker;
 6. one `champion retrain` with the shipped contract (bayes) against an exhaustive grid over
-   the same space and folds.
+   the same space and folds, the two at once, each pinned to a core of its own.
+
+Every section's start and end is logged and its wall time kept (meta.sections).
 
 Every server is started in its own process group and stopped in a `finally`. Nothing here
 asserts a timing: targets are reported as met / not met.
@@ -32,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import functools
 import json
 import os
@@ -66,6 +76,7 @@ from benchmarks.project import (
 from benchmarks.report import evaluate_targets, render_markdown
 from benchmarks.servers import (
     Server,
+    bentoml_config_file,
     cpu_used,
     free_port,
     pin_prefix,
@@ -102,6 +113,11 @@ class Plan:
     in_process_seconds: float
     warmup_seconds: float
     grid_timeout: float
+    v2: bool  # the champion's /v2/models/<name>/infer at 32 connections
+    openloop_fractions: tuple[float, ...]  # of the default no-op's 32-connection req/s
+    openloop_seconds: float  # per server and rate
+    stack_seconds: float  # per configuration of the BentoML stack ladder
+    budget_seconds: float | None  # the whole run; bounds the grid search's timeout
 
 
 QUICK = Plan(
@@ -129,11 +145,20 @@ QUICK = Plan(
     in_process_seconds=1,
     warmup_seconds=0,
     grid_timeout=0,
+    v2=True,
+    openloop_fractions=(0.5,),
+    openloop_seconds=2,
+    stack_seconds=1,
+    budget_seconds=None,
 )
 
+# Under 15 minutes in all (meta.sections has each section's seconds). For the open-loop and
+# stack sections: sweeps 8 -> 6 s, settle 1.5 -> 0.75 s (32 requests in flight drain in
+# well under 0.1 s), head-to-head runs 5 -> 4 s, in-process cases 3 -> 2 s, the two retrain
+# searches at once on the two cores, and the grid's timeout cut to what the budget leaves.
 FULL = Plan(
     quick=False,
-    seconds=8,
+    seconds=6,
     levels=(1, 8, 32),
     batch_seconds=10,
     batch_connections=4,
@@ -141,9 +166,9 @@ FULL = Plan(
     swap=True,
     swap_seconds=15,
     swap_lead_seconds=5,
-    settle_seconds=1.5,
+    settle_seconds=0.75,
     h2h_rounds=3,
-    h2h_seconds=5,
+    h2h_seconds=4,
     services=("champion", "noop", "naive", "mlflow"),
     secondary=True,
     secondary_levels=(32,),
@@ -153,14 +178,63 @@ FULL = Plan(
     demo_rows=1000,
     setup_folds=3,
     drift_repeats=7,
-    in_process_seconds=6,
+    in_process_seconds=4,
     warmup_seconds=1,
     grid_timeout=480,
+    v2=True,
+    openloop_fractions=(0.25, 0.5, 0.75),
+    openloop_seconds=12,
+    stack_seconds=6,
+    budget_seconds=14.5 * 60,
 )
+
+# Above the 32 connections of the ladder's runs: the step measures the middleware, not 503s.
+MAX_CONCURRENCY = 64
+
+
+def stack_ladder() -> list[tuple[str, str, dict[str, Any] | None]]:
+    """The no-op's BentoML configurations, cumulative from BentoML's defaults (None) to the
+    lean one champion ships, then that plus `traffic.max_concurrency`: (key, label, config)."""
+    from champion.service.stack import SERVICE_CONFIG
+
+    lean = copy.deepcopy(SERVICE_CONFIG)
+    access = {"logging": lean["logging"]}
+    metrics = access | {"metrics": lean["metrics"]}
+    capped = copy.deepcopy(lean)
+    capped["traffic"] = dict(lean.get("traffic") or {}, max_concurrency=MAX_CONCURRENCY)
+    return [
+        ("default", "BentoML defaults (as the no-op ships)", None),
+        ("access_log_off", "access log off", access),
+        ("metrics_off", "+ BentoML metrics off", metrics),
+        ("lean", "+ tracing excluded for hot paths (= champion's lean config)", lean),
+        (
+            "lean_max_concurrency",
+            f"lean + traffic.max_concurrency={MAX_CONCURRENCY}",
+            capped,
+        ),
+    ]
 
 
 def say(message: str) -> None:
     print(f"[bench {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+class Sections:
+    """Wall time per section of the run, each start and end logged."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        say(f"== {name}: start")
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - t0
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + took, 1)
+            say(f"== {name}: end ({took:.1f} s)")
 
 
 # -- machine facts --------------------------------------------------------------------------------
@@ -213,8 +287,19 @@ def package_versions() -> dict[str, str]:
 
 
 class Bench:
-    def __init__(self, plan: Plan, *, work: Path, loadgen: LoadGen, cpus: dict[str, Any]):
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        work: Path,
+        loadgen: LoadGen,
+        cpus: dict[str, Any],
+        clock: Sections | None = None,
+        started: float | None = None,
+    ):
         self.plan = plan
+        self.clock = clock or Sections()
+        self.started = time.monotonic() if started is None else started
         self.work = work
         self.loadgen = loadgen
         self.cpus = cpus
@@ -262,18 +347,7 @@ class Bench:
             project.write_contract(raw)
         project.promote(self.versions["default"], reason="benchmark: the default champion")
         contract = project.contract()
-        frame = project.demo_frame()
-        self.rows = demo_rows(frame, contract, 1000)
-        bodies = self.work / "bodies"
-        bodies.mkdir(parents=True, exist_ok=True)
-        for name, payload in {
-            "one": {"instances": self.rows[:1]},
-            "batch": {"instances": self.rows[:1000]},
-            "mlflow_one": {"dataframe_records": self.rows[:1]},
-        }.items():
-            path = bodies / f"{name}.json"
-            path.write_text(json.dumps(payload), encoding="utf-8")
-            self.bodies[name] = path
+        self.write_bodies()
         return {
             "seconds": round(time.monotonic() - t0, 1),
             "demo_batches": plan.demo_batches,
@@ -286,6 +360,33 @@ class Bench:
             "champion": project.champion_version(),
             "request_row": self.rows[0],
         }
+
+    def write_bodies(self) -> None:
+        """The request bodies, from the first demo rows: /predict (one row, 1,000 rows), mlflow's
+        dataframe_records, and the v2 infer form (one tensor per contract feature)."""
+        contract = self.project.contract()
+        self.rows = demo_rows(self.project.demo_frame(), contract, 1000)
+        row = self.rows[0]
+        v2_inputs = [
+            {
+                "name": name,
+                "shape": [1],
+                "datatype": "BYTES" if feature.type == "categorical" else "FP64",
+                "data": [row[name]],
+            }
+            for name, feature in contract.features.items()
+        ]
+        bodies = self.work / "bodies"
+        bodies.mkdir(parents=True, exist_ok=True)
+        for name, payload in {
+            "one": {"instances": self.rows[:1]},
+            "batch": {"instances": self.rows[:1000]},
+            "mlflow_one": {"dataframe_records": self.rows[:1]},
+            "v2_one": {"inputs": v2_inputs},
+        }.items():
+            path = bodies / f"{name}.json"
+            path.write_text(json.dumps(payload), encoding="utf-8")
+            self.bodies[name] = path
 
     def register_forced(self, registry: Any) -> None:
         """The secondary versions, forest and gbt, each on one more demo batch.
@@ -472,39 +573,62 @@ class Bench:
         """Fills `out` as it goes, so a failure late in the suite keeps what was measured."""
         plan = self.plan
         default = self.models["default"]
+        clock = self.clock
         say(f"champion service (default champion: {default['label']}, capture on)")
-        with self.champion_server("champion") as a:
-            pid = a.ready_body.get("pid") if isinstance(a.ready_body, dict) else None
-            out["cold_start"] = {
-                "seconds": round(a.ready_seconds or 0, 3),
-                "ready_body": a.ready_body,
-                "memory_at_ready": worker_memory(a, pid),
-            }
-            say(f"  ready in {a.ready_seconds:.2f}s")
-            step(out, "runtime", lambda: self.runtime(a))
-            url = f"{a.base}/predict"
-            self.warm(url, self.bodies["one"])
-            step(out, "single_row", lambda: self.sweep(a, url, self.bodies["one"]))
-            step(out, "batch", lambda: self.batch_load(a, url))
-            out["memory_after_load"] = worker_memory(a, pid)  # the default champion's
+        # One server for all of it; each part timed as a section of its own.
+        with contextlib.ExitStack() as serving_a:
+            with clock("champion: start, single row, v2, batch"):
+                a = serving_a.enter_context(self.champion_server("champion"))
+                pid = a.ready_body.get("pid") if isinstance(a.ready_body, dict) else None
+                out["cold_start"] = {
+                    "seconds": round(a.ready_seconds or 0, 3),
+                    "ready_body": a.ready_body,
+                    "memory_at_ready": worker_memory(a, pid),
+                }
+                say(f"  ready in {a.ready_seconds:.2f}s")
+                step(out, "runtime", lambda: self.runtime(a))
+                url = f"{a.base}/predict"
+                self.warm(url, self.bodies["one"])
+                step(out, "single_row", lambda: self.sweep(a, url, self.bodies["one"]))
+                if plan.v2:
+                    step(out, "v2_single_row", lambda: self.v2_row(a))
+                step(out, "batch", lambda: self.batch_load(a, url))
+                out["memory_after_load"] = worker_memory(a, pid)  # the default champion's
             # The in-process baseline right away, on the same (now idle) core as the server.
             time.sleep(plan.settle_seconds)
-            step(out, "in_process", self.in_process)
+            with clock("champion: in process"):
+                step(out, "in_process", self.in_process)
             if plan.capture_rounds:
-                step(out, "capture", lambda: self.capture_compare(a))
+                with clock("champion: capture on/off"):
+                    step(out, "capture", lambda: self.capture_compare(a))
             if plan.swap and "gbt" in self.versions:
                 say("champion service for the swap (alias poll every 1 s)")
-                with self.champion_server("champion-swap", CHAMPION_POLL_SECONDS="1") as s:
+                with (
+                    clock("champion: swap"),
+                    self.champion_server("champion-swap", CHAMPION_POLL_SECONDS="1") as s,
+                ):
                     self.warm(f"{s.base}/predict", self.bodies["one"])
                     step(out, "swap", lambda: self.swap(s))
             else:
                 out["swap"] = {"skipped": "no second version registered"}
             if plan.secondary:
                 # gbt first: the swap left it the champion. The server follows the alias.
-                for scenario in ("gbt", "forest"):
-                    if scenario in self.versions and a.proc.poll() is None:
-                        run = functools.partial(self.secondary, a, scenario)
-                        step(out, f"{scenario}_single_row", run)
+                with clock("champion: secondary rows"):
+                    for scenario in ("gbt", "forest"):
+                        if scenario in self.versions and a.proc.poll() is None:
+                            run = functools.partial(self.secondary, a, scenario)
+                            step(out, f"{scenario}_single_row", run)
+
+    def v2_row(self, server: Server) -> dict[str, Any]:
+        """POST /v2/models/<name>/infer (Open Inference Protocol), one row, 32 connections."""
+        name = self.project.contract().project.name
+        url = f"{server.base}/v2/models/{name}/infer"
+        say(f"  v2 infer: {url.removeprefix(server.base)}")
+        self.warm(url, self.bodies["v2_one"])
+        levels = self.sweep(server, url, self.bodies["v2_one"], levels=(32,))
+        for row in levels.values():
+            row["path"] = f"/v2/models/{name}/infer"
+        return {"levels": levels}
 
     def secondary(self, server: Server, scenario: str) -> dict[str, Any]:
         """A secondary version on the same champion server: promoted, awaited, then loaded."""
@@ -691,15 +815,26 @@ class Bench:
             "timeline": timeline(records, t0, p0),
         }
 
-    # -- baselines ------------------------------------------------------------------------------
+    # -- baselines, head to head, open loop, BentoML stack ----------------------------------------
+
+    def noop_server(self, name: str, config: dict[str, Any] | None) -> Any:
+        """The no-op under BentoML's defaults (None) or `config` (its `bench_noop` section of a
+        BENTOML_CONFIG file written into the run's work folder)."""
+        env: dict[str, str] = {}
+        if config is not None:
+            path = self.work / "bentoml-config" / f"{name}.yaml"
+            env["BENTOML_CONFIG"] = str(bentoml_config_file(path, "bench_noop", config))
+        return self.bento_baseline(name, "benchmarks.noop_service:Noop", "bench_noop", **env)
 
     def server_for(self, kind: str) -> tuple[Any, str, Path]:
         """(context manager, request path, body file) for one kind of server."""
         if kind == "champion":
             return self.champion_server("champion"), "/predict", self.bodies["one"]
         if kind == "noop":
-            ctx = self.bento_baseline("noop", "benchmarks.noop_service:Noop", "bench_noop")
-            return ctx, "/predict", self.bodies["one"]
+            return self.noop_server("noop", None), "/predict", self.bodies["one"]
+        if kind == "noop_lean":
+            lean = next(c for k, _, c in stack_ladder() if k == "lean")
+            return self.noop_server("noop-lean", lean), "/predict", self.bodies["one"]
         if kind == "naive":
             model = self.project.load(self.versions["default"])
             ctx = self.bento_baseline(
@@ -714,23 +849,111 @@ class Bench:
             return ctx, "/invocations", self.bodies["mlflow_one"]
         raise ValueError(kind)
 
-    def baseline(self, kind: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        ctx, path, body = self.server_for(kind)
-        say(f"{kind} service")
-        with ctx as s:
-            out["cold_start"] = {
-                "seconds": round(s.ready_seconds or 0, 3),
-                "memory_at_ready": worker_memory(s),
+    def start(
+        self, stack: contextlib.ExitStack, kind: str, into: dict[str, Any]
+    ) -> tuple[Server, str, Path] | None:
+        """Start one server into `stack`, warm it, record its cold start in `into`; a server
+        that fails to start is recorded there and the run goes on without it."""
+        try:
+            ctx, path, body = self.server_for(kind)
+            say(f"{kind} service")
+            server = stack.enter_context(ctx)
+            into["cold_start"] = {
+                "seconds": round(server.ready_seconds or 0, 3),
+                "memory_at_ready": worker_memory(server),
             }
-            say(f"  ready in {s.ready_seconds:.2f}s")
-            url = f"{s.base}{path}"
-            self.warm(url, body)
-            out["single_row"] = self.sweep(s, url, body)
-            out["memory_after_load"] = worker_memory(s)
-        return out
+            say(f"  ready in {server.ready_seconds:.2f}s")
+            self.warm(f"{server.base}{path}", body)
+        except Exception as exc:
+            say(f"{kind} failed to start: {exc!r}")
+            into["error"] = f"{type(exc).__name__}: {exc}"[:3000]
+            return None
+        return server, f"{server.base}{path}", body
 
-    def head_to_head(self) -> dict[str, Any]:
+    def stage(self, results: dict[str, Any], baselines: dict[str, Any]) -> None:
+        """The baselines' sweeps, then with them still up on the server core: head to head,
+        open loop and the BentoML stack ladder. Each server starts once (sequentially, so each
+        cold start has the core to itself); what no later part needs is stopped first."""
+        plan, clock = self.plan, self.clock
+        kinds = [k for k in plan.services if k != "champion"]
+        up: dict[str, tuple[Server, str, Path]] = {}
+        with contextlib.ExitStack() as noops:
+            with contextlib.ExitStack() as champ:
+                with contextlib.ExitStack() as rest:
+                    for kind in kinds:
+                        with clock(f"baseline: {kind}"):
+                            into = baselines.setdefault(kind, {})
+                            target = self.start(noops if kind == "noop" else rest, kind, into)
+                            if target is None:
+                                continue
+                            up[kind] = target
+                            step(into, "single_row", functools.partial(self.sweep, *up[kind]))
+                            into["memory_after_load"] = worker_memory(up[kind][0])
+                    with clock("head to head: start the lean no-op and the champion"):
+                        lean = self.start(noops, "noop_lean", baselines.setdefault("noop_lean", {}))
+                        if lean is not None:
+                            up["noop_lean"] = lean
+                        if "champion" in plan.services:
+                            try:  # the swap and the secondary rows left another version serving
+                                self.project.promote(
+                                    self.versions["default"], reason="benchmark: head to head"
+                                )
+                                champion = self.start(champ, "champion", {})
+                            except Exception as exc:
+                                say(f"champion for head to head: {exc!r}")
+                                champion = None
+                            if champion is not None:
+                                up["champion"] = champion
+                    if plan.h2h_rounds:
+                        with clock("head to head"):
+                            step(results, "head_to_head", lambda: self.head_to_head(up))
+                    else:
+                        results["head_to_head"] = {
+                            "skipped": "quick mode: the sweeps' figures are used"
+                        }
+                for kind in kinds:
+                    if kind != "noop":
+                        up.pop(kind, None)  # stopped with `rest`
+                with clock("open loop"):
+                    step(results, "open_loop", lambda: self.open_loop(up, results, baselines))
+            up.pop("champion", None)
+            with clock("BentoML stack"):
+                step(results, "stack", lambda: self.stack(up))
+
+    def only(self, section: str, results: dict[str, Any], baselines: dict[str, Any]) -> None:
+        """One section alone, for a short check: `stack` (the no-op ladder; demo rows only, no
+        model) or `openloop` (the default champion only, no secondary versions; the default
+        no-op's capacity from one 32-connection run)."""
+        with pinned(self.cpus["load"]), contextlib.ExitStack() as stack:
+            up: dict[str, tuple[Server, str, Path]] = {}
+            if section == "stack":
+                with self.clock("setup (demo rows only)"):
+                    self.project.write_contract(default_raw(folds=self.plan.setup_folds))
+                    self.project.simulate(batches=1, rows=self.plan.demo_rows)
+                    self.write_bodies()
+                for kind in ("noop", "noop_lean"):
+                    if (
+                        target := self.start(stack, kind, baselines.setdefault(kind, {}))
+                    ) is not None:
+                        up[kind] = target
+                with self.clock("BentoML stack"):
+                    step(results, "stack", lambda: self.stack(up))
+                return
+            if section != "openloop":
+                raise ValueError(section)
+            with self.clock("setup"):
+                results["setup"] = self.setup()
+            for kind in ("noop", "noop_lean", "champion"):
+                if (target := self.start(stack, kind, baselines.setdefault(kind, {}))) is not None:
+                    up[kind] = target
+            if "noop" in up:
+                r, cpu = self.load(*up["noop"], connections=32, seconds=self.plan.seconds)
+                baselines["noop"]["single_row"] = {"32": r.to_dict() | cpu}
+                say(f"  default no-op at 32 connections: {r.rps:.0f} req/s")
+            with self.clock("open loop"):
+                step(results, "open_loop", lambda: self.open_loop(up, results, baselines))
+
+    def head_to_head(self, up: dict[str, tuple[Server, str, Path]]) -> dict[str, Any]:
         """Every server up at once on the server core; 32-connection runs interleaved by round.
 
         A machine whose load drifts over minutes biases sweeps taken minutes apart; here each
@@ -738,33 +961,26 @@ class Bench:
         compare like with like.
         """
         plan = self.plan
-        kinds = list(plan.services)
-        # The swap and the secondary rows left another version serving: the default champion
-        # is the champion again for this comparison.
-        self.project.promote(self.versions["default"], reason="benchmark: head to head")
+        # The champion, started last, comes last in the first round: its worker's start-up
+        # work is behind it by then.
+        order = [k for k in plan.services if k != "champion"] + ["noop_lean", "champion"]
+        kinds = [k for k in order if k in up]
+        if "champion" in up:
+            import httpx
+
+            ready = httpx.get(f"{up['champion'][0].base}/readyz").json()
+            if ready.get("model_version") != self.versions["default"]:
+                raise RuntimeError(f"champion serves {ready}, not the default champion")
         say(f"head to head at 32 connections: {', '.join(kinds)} ({plan.h2h_rounds} rounds)")
         runs: dict[str, list[tuple[LoadResult, dict[str, Any]]]] = {k: [] for k in kinds}
-        with contextlib.ExitStack() as stack:
-            targets: dict[str, tuple[Server, str, Path]] = {}
-            for kind in kinds:
-                ctx, path, body = self.server_for(kind)
-                server = stack.enter_context(ctx)
-                targets[kind] = (server, f"{server.base}{path}", body)
-                self.warm(*targets[kind][1:])
-            if "champion" in targets:
-                import httpx
-
-                ready = httpx.get(f"{targets['champion'][0].base}/readyz").json()
-                if ready.get("model_version") != self.versions["default"]:
-                    raise RuntimeError(f"champion serves {ready}, not the default champion")
-            for r in range(plan.h2h_rounds):
-                order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
-                for kind in order:
-                    time.sleep(plan.settle_seconds)
-                    server, url, body = targets[kind]
-                    runs[kind].append(
-                        self.load(server, url, body, connections=32, seconds=plan.h2h_seconds)
-                    )
+        for r in range(plan.h2h_rounds):
+            order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
+            for kind in order:
+                time.sleep(plan.settle_seconds)
+                server, url, body = up[kind]
+                runs[kind].append(
+                    self.load(server, url, body, connections=32, seconds=plan.h2h_seconds)
+                )
         out: dict[str, Any] = {"connections": 32, "rounds": plan.h2h_rounds}
         for kind, measured in runs.items():
             rs = [x for x, _ in measured]
@@ -784,6 +1000,99 @@ class Bench:
             )
         return out
 
+    def capacity(
+        self, results: dict[str, Any], baselines: dict[str, Any]
+    ) -> tuple[float | None, str]:
+        """The default no-op's closed-loop req/s at 32 connections in this run."""
+        h2h = _dig(results, "head_to_head", "noop", "rps")
+        if h2h:
+            return float(h2h), "head to head, default no-op, 32 connections"
+        sweep = _dig(baselines, "noop", "single_row", "32", "rps")
+        if sweep:
+            return float(sweep), "sweep, default no-op, 32 connections"
+        return None, "not measured"
+
+    def open_loop(
+        self,
+        up: dict[str, tuple[Server, str, Path]],
+        results: dict[str, Any],
+        baselines: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Fixed request rates (fractions of the default no-op's capacity) offered open-loop to
+        the default no-op, the lean no-op and the champion, servers rotated at each rate."""
+        plan = self.plan
+        capacity, source = self.capacity(results, baselines)
+        if not capacity:
+            raise RuntimeError("no capacity figure for the default no-op")
+        kinds = [k for k in ("noop", "noop_lean", "champion") if k in up]
+        out: dict[str, Any] = {
+            "capacity_rps": round(capacity, 2),
+            "capacity_source": source,
+            "seconds": plan.openloop_seconds,
+            "fractions": list(plan.openloop_fractions),
+            "generator": "benchmarks.openloop (asyncio"
+            + (" + uvloop" if _has("uvloop") else "")
+            + ", HTTP/1.1 keep-alive pool up to 256 connections)",
+            "servers": {k: {} for k in kinds},
+        }
+        say(f"open loop: capacity {capacity:.0f} req/s ({source}); {', '.join(kinds)}")
+        for i, fraction in enumerate(plan.openloop_fractions):
+            rate = capacity * fraction
+            for kind in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:
+                server, url, body = up[kind]
+                time.sleep(plan.settle_seconds)
+                before = worker_cpu(server)
+                r = self.loadgen.open_loop(url, body, rate=rate, seconds=plan.openloop_seconds)
+                cpu = cpu_figures(cpu_used(before, worker_cpu(server)), r.ok)
+                say(
+                    f"  {kind} at {fraction:.0%} ({rate:.0f} req/s): achieved {r.achieved_rps:.0f}"
+                    f"  p50 {r.p50_ms} p99 {r.p99_ms} p99.9 {r.p999_ms} ms  errors {r.errors}"
+                    f"  generator lag p99 {r.lag_p99_ms} ms{' (BEHIND)' if r.behind else ''}"
+                )
+                out["servers"][kind][f"{round(fraction * 100)}"] = (
+                    r.to_dict() | cpu | {"fraction": fraction}
+                )
+        return out
+
+    def stack(self, up: dict[str, tuple[Server, str, Path]]) -> dict[str, Any]:
+        """The no-op at 32 connections under each configuration of `stack_ladder`, back to back
+        (the default and lean no-ops of the earlier sections are reused; the steps between
+        are started here)."""
+        plan = self.plan
+        ladder = stack_ladder()
+        reuse = {"default": "noop", "lean": "noop_lean"}
+        steps: list[dict[str, Any]] = []
+        with contextlib.ExitStack() as stack:
+            servers: dict[str, tuple[Server, str, Path]] = {}
+            for key, _, config in ladder:
+                if reuse.get(key) in up:
+                    servers[key] = up[reuse[key]]
+                    continue
+                ctx = self.noop_server(f"noop-{key.replace('_', '-')}", config)
+                server = stack.enter_context(ctx)
+                servers[key] = (server, f"{server.base}/predict", self.bodies["one"])
+                self.warm(servers[key][1], self.bodies["one"])
+            say(f"BentoML stack: the no-op at 32 connections, {plan.stack_seconds:g} s per step")
+            previous: dict[str, Any] | None = None
+            for key, label, config in ladder:
+                server, url, body = servers[key]
+                time.sleep(plan.settle_seconds)
+                r, cpu = self.load(server, url, body, connections=32, seconds=plan.stack_seconds)
+                entry = {"key": key, "label": label, "config": config} | r.to_dict() | cpu
+                if previous is not None:
+                    entry["delta_rps"] = round(r.rps - previous["rps"], 2)
+                    if cpu["cpu_ms_per_request"] and previous["cpu_ms_per_request"]:
+                        entry["delta_cpu_ms_per_request"] = round(
+                            cpu["cpu_ms_per_request"] - previous["cpu_ms_per_request"], 3
+                        )
+                say(
+                    f"  {label}: {r.rps:.0f} req/s, CPU {cpu['cpu_ms_per_request']} ms/req, "
+                    f"p99 {r.p99_ms} ms, errors {r.errors}"
+                )
+                steps.append(entry)
+                previous = entry
+        return {"connections": 32, "seconds": plan.stack_seconds, "steps": steps}
+
     # -- in process -----------------------------------------------------------------------------
 
     def in_process(self) -> dict[str, Any]:
@@ -794,8 +1103,8 @@ class Bench:
 
         from champion.service.runtime import CompiledModel, Encoder
         from champion.service.validation import parse_body, validate_instances
-        from champion.training.pipeline import prepare_features
         from champion.training.artifacts import TAG_ONNX_SHA256, read_onnx
+        from champion.training.pipeline import prepare_features
 
         model = self.project.load(self.versions["default"])
         contract = self.project.contract()
@@ -909,15 +1218,21 @@ class Bench:
 
     # -- 6. retraining ----------------------------------------------------------------------------
 
-    def retrain_one(self, name: str, raw: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """One `champion retrain` (a subprocess, as a user runs it) in its own fresh project."""
+    def retrain_project(self, name: str, raw: dict[str, Any]) -> BenchProject:
+        """A fresh project with the contract and the demo data, for one `champion retrain`."""
         project = BenchProject(self.work / f"retrain-{name}")
         project.write_contract(raw)
         project.simulate(batches=self.plan.demo_batches, rows=self.plan.demo_rows)
+        return project
+
+    def retrain_start(
+        self, name: str, raw: dict[str, Any], project: BenchProject, cpu: int | None
+    ) -> dict[str, Any]:
+        """One `champion retrain` (a subprocess, as a user runs it, pinned to `cpu`), started."""
+        self.logs.mkdir(parents=True, exist_ok=True)
         log = (self.logs / f"retrain-{name}.log").open("w")
-        t0 = time.monotonic()
         proc = subprocess.Popen(
-            [*pin_prefix(self.cpus["server"]), champion_exe(), "retrain", "--no-progress"],
+            [*pin_prefix(cpu), champion_exe(), "retrain", "--no-progress"],
             cwd=project.root,
             env=project.env(CHAMPION_LOG_LEVEL="INFO"),
             stdout=log,
@@ -925,15 +1240,10 @@ class Bench:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            stop(proc)
-            log.close()
-        wall = time.monotonic() - t0
+        return {"name": name, "raw": raw, "project": project, "proc": proc, "log": log}
+
+    def retrain_finish(self, job: dict[str, Any], wall: float, timed_out: bool) -> dict[str, Any]:
+        project, raw = job["project"], job["raw"]
         runs = project.cycle_runs()
         run = runs[-1] if runs else {"metrics": {}, "params": {}}
         metrics = run["metrics"]
@@ -942,7 +1252,7 @@ class Bench:
             "strategy": raw["search"]["strategy"],
             "wall_seconds": round(wall, 2),
             "timed_out": timed_out,
-            "exit_code": proc.returncode,
+            "exit_code": job["proc"].returncode,
             "cv_best": metrics.get(f"cv_{primary}_mean"),
             "metric": f"cv_{primary}_mean",
             "trials": metrics.get("trials"),
@@ -951,17 +1261,68 @@ class Bench:
             "stopped_by": run["params"].get("stopped_by"),
         }
 
+    def grid_timeout(self) -> float:
+        """The plan's grid timeout, cut to what the run's budget leaves (at least 2 minutes)."""
+        plan = self.plan
+        if plan.budget_seconds is None:
+            return plan.grid_timeout
+        left = plan.budget_seconds - (time.monotonic() - self.started) - 20  # 20 s: the report
+        return max(120.0, min(plan.grid_timeout, left))
+
     def retrain(self) -> dict[str, Any]:
+        """Bayes (the shipped contract) on the server core and the exhaustive grid on the load
+        core, at once: two single-core processes on two cores; each one's wall time is its own
+        start to exit."""
         plan = self.plan
         if not plan.retrain:
             return {"skipped": "quick mode: no retraining comparison"}
-        say("retrain: shipped contract (bayes)")
-        bayes = self.retrain_one("bayes", shipped_raw(), timeout=600)
-        say(f"  bayes: {bayes['wall_seconds']}s, best {bayes['cv_best']}")
-        out: dict[str, Any] = {"bayes": bayes, "demo_rows": plan.demo_batches * plan.demo_rows}
+        specs: dict[str, tuple[dict[str, Any], int | None, float]] = {
+            "bayes": (shipped_raw(), self.cpus["server"], 600.0)
+        }
         if plan.grid:
-            say(f"retrain: exhaustive grid (timeout {plan.grid_timeout:.0f}s)")
-            grid = self.retrain_one("grid", grid_raw(), timeout=plan.grid_timeout)
+            specs["grid"] = (grid_raw(), self.cpus["load"], self.grid_timeout())
+        say(
+            "retrain: shipped contract (bayes)"
+            + (
+                f" and exhaustive grid (timeout {specs['grid'][2]:.0f}s), at once"
+                if plan.grid
+                else ""
+            )
+        )
+        projects = {name: self.retrain_project(name, raw) for name, (raw, _, _) in specs.items()}
+        jobs: dict[str, dict[str, Any]] = {}
+        t0: dict[str, float] = {}
+        ended: dict[str, tuple[float, bool]] = {}
+        try:
+            for name, (raw, cpu, _) in specs.items():
+                jobs[name] = self.retrain_start(name, raw, projects[name], cpu)
+                t0[name] = time.monotonic()
+            while len(ended) < len(jobs):
+                for name, job in jobs.items():
+                    if name in ended:
+                        continue
+                    elapsed = time.monotonic() - t0[name]
+                    if job["proc"].poll() is not None:
+                        ended[name] = (elapsed, False)
+                    elif elapsed > specs[name][2]:
+                        stop(job["proc"])
+                        ended[name] = (elapsed, True)
+                time.sleep(0.2)
+        finally:
+            for job in jobs.values():
+                stop(job["proc"])
+                job["log"].close()
+        figures = {name: self.retrain_finish(jobs[name], *ended[name]) for name in ended}
+        bayes = figures["bayes"]
+        say(f"  bayes: {bayes['wall_seconds']}s, best {bayes['cv_best']}")
+        out: dict[str, Any] = {
+            "bayes": bayes,
+            "demo_rows": plan.demo_batches * plan.demo_rows,
+            "concurrent": len(jobs) > 1,
+        }
+        if "grid" in figures:
+            grid = figures["grid"]
+            grid["timeout_seconds"] = round(specs["grid"][2], 1)
             say(f"  grid: {grid['wall_seconds']}s, best {grid['cv_best']}, {grid['trials']} trials")
             out["grid"] = grid
             if bayes["cv_best"] is not None and grid["cv_best"] is not None:
@@ -1056,6 +1417,20 @@ def choose_cpus() -> dict[str, Any]:
     return {"load": None, "server": None, "tool": None, "available": cpus}
 
 
+def _dig(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def step(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
     """Run one section; a failure is recorded in the results and the run goes on."""
     try:
@@ -1065,11 +1440,11 @@ def step(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
         results[key] = {"error": f"{type(exc).__name__}: {exc}"[:3000]}
 
 
-def run(plan: Plan, *, loadgen_kind: str, keep: bool) -> dict[str, Any]:
+def run(plan: Plan, *, loadgen_kind: str, keep: bool, only: str | None = None) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {
         "meta": {
-            "mode": "quick" if plan.quick else "full",
+            "mode": ("quick" if plan.quick else "full") + (f", only {only}" if only else ""),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine(),
             "versions": package_versions(),
@@ -1080,6 +1455,12 @@ def run(plan: Plan, *, loadgen_kind: str, keep: bool) -> dict[str, Any]:
                 "batch_connections": plan.batch_connections,
                 "services": list(plan.services),
                 "secondary_concurrency": list(plan.secondary_levels) if plan.secondary else [],
+                "h2h_rounds": plan.h2h_rounds,
+                "h2h_seconds": plan.h2h_seconds,
+                "openloop_seconds": plan.openloop_seconds,
+                "stack_seconds": plan.stack_seconds,
+                "settle_seconds": plan.settle_seconds,
+                "budget_seconds": plan.budget_seconds,
             },
         }
     }
@@ -1093,31 +1474,36 @@ def run(plan: Plan, *, loadgen_kind: str, keep: bool) -> dict[str, Any]:
     say(f"load generator: {results['meta']['loadgen']}; pinning: {cpus}")
     work = Path(tempfile.mkdtemp(prefix="champion-bench-"))
     results["meta"]["workdir"] = str(work)
-    bench = Bench(plan, work=work, loadgen=loadgen, cpus=cpus)
+    clock = Sections()
+    bench = Bench(plan, work=work, loadgen=loadgen, cpus=cpus, clock=clock, started=started)
     champ: dict[str, Any] = {}
     baselines: dict[str, Any] = {}
     inproc: dict[str, Any] = {}
     try:
-        results["setup"] = bench.setup()
-        say(f"setup done in {results['setup']['seconds']}s: {results['setup']['models']}")
-        # The runner (it only waits, and promotes during the swap) shares the load core.
-        with pinned(cpus["load"]):
-            try:
-                bench.champion_suite(champ)
-            except Exception as exc:
-                say(f"champion suite failed: {exc!r}")
-                champ["error"] = f"{type(exc).__name__}: {exc}"[:3000]
-            for kind in plan.services:
-                if kind != "champion":
-                    step(baselines, kind, functools.partial(bench.baseline, kind))
-            if plan.h2h_rounds:
-                step(results, "head_to_head", bench.head_to_head)
-            else:
-                results["head_to_head"] = {"skipped": "quick mode: the sweeps' figures are used"}
-        step(inproc, "drift", bench.drift)
-        with pinned(cpus["load"]):
-            step(results, "retrain", bench.retrain)
+        if only is not None:
+            bench.only(only, results, baselines)
+        else:
+            with clock("setup"):
+                results["setup"] = bench.setup()
+            say(f"setup done in {results['setup']['seconds']}s: {results['setup']['models']}")
+            # The runner (it only waits, and promotes during the swap) shares the load core.
+            with pinned(cpus["load"]):
+                try:
+                    bench.champion_suite(champ)
+                except Exception as exc:
+                    say(f"champion suite failed: {exc!r}")
+                    champ["error"] = f"{type(exc).__name__}: {exc}"[:3000]
+                try:
+                    bench.stage(results, baselines)
+                except Exception as exc:  # a failure outside the stage's own steps
+                    say(f"baselines stage failed: {exc!r}")
+                    results.setdefault("head_to_head", {"error": repr(exc)[:3000]})
+            with clock("drift"):
+                step(inproc, "drift", bench.drift)
+            with pinned(cpus["load"]), clock("retrain"):
+                step(results, "retrain", bench.retrain)
     finally:
+        results["meta"]["sections"] = clock.seconds
         results["meta"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         results["meta"]["wall_seconds"] = round(time.monotonic() - started, 1)
         results["meta"]["machine"]["loadavg_end"] = loadavg()
@@ -1127,6 +1513,7 @@ def run(plan: Plan, *, loadgen_kind: str, keep: bool) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     assemble(results, plan, champ, baselines, inproc)
     results["targets"] = evaluate_targets(results)
+    say("section seconds: " + ", ".join(f"{k} {v:g}" for k, v in clock.seconds.items()))
     return results
 
 
@@ -1158,11 +1545,25 @@ def assemble(
             single[key] = measured["levels"]
         else:
             single[key] = {"error": measured.get("error") or champ.get("error") or "not measured"}
+    v2 = get(champ, "v2_single_row")
+    if not plan.v2:
+        single["champion_v2"] = {"skipped": "not in this plan"}
+    elif isinstance(v2, dict) and "levels" in v2:
+        single["champion_v2"] = v2["levels"]
+    else:
+        single["champion_v2"] = {"error": get(v2, "error") or champ.get("error") or "not measured"}
     for kind in ("noop", "naive", "mlflow"):
         if kind in plan.services:
             single[kind] = get(baselines, kind, "single_row") or get(baselines, kind, "error")
         else:
             single[kind] = {"skipped": "quick mode"}
+    # The lean no-op's 32-connection row is the BentoML stack ladder's lean step.
+    lean = next((x for x in get(results, "stack", "steps") or [] if x.get("key") == "lean"), None)
+    single["noop_lean"] = (
+        {"32": lean}
+        if lean
+        else {"error": get(results, "stack", "error") or get(baselines, "noop_lean", "error")}
+    )
     results["single_row"] = single
 
     service_batch = get(champ, "batch")
@@ -1180,6 +1581,11 @@ def assemble(
         "compiled": get(champ, "in_process", "compiled_batch"),
         "compiled_one_row": get(champ, "in_process", "compiled_one_row"),
         "ratio": ratio,
+        "compiled_ratio": None
+        if not (service_batch and get(champ, "in_process", "compiled_batch", "rows_per_s"))
+        else round(
+            service_batch["rows_per_s"] / champ["in_process"]["compiled_batch"]["rows_per_s"], 4
+        ),
     }
     results["runtime"] = get(champ, "runtime")
 
@@ -1250,13 +1656,22 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: wrk (installed with apt-get when missing), else Python",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    parser.add_argument(
+        "--only",
+        choices=("stack", "openloop"),
+        default=None,
+        help="one section alone (with --quick: its quick durations): the BentoML stack "
+        "ladder, or open-loop latency (default champion, default and lean no-ops)",
+    )
     args = parser.parse_args(argv)
     # A plain SIGTERM/SIGHUP would end Python without its `finally` blocks: turn them into an
     # interrupt so every server and child started so far is stopped on the way out.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupted)
     plan = QUICK if args.quick else FULL
-    results = run(plan, loadgen_kind=args.loadgen, keep=args.keep)
+    if args.only == "openloop":
+        plan = dataclasses.replace(plan, secondary=False, swap=False)
+    results = run(plan, loadgen_kind=args.loadgen, keep=args.keep, only=args.only)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     say(f"wrote {args.out}")

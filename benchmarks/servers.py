@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,6 +29,18 @@ def pin_prefix(cpu: int | None) -> list[str]:
     if cpu is None or shutil.which("taskset") is None:
         return []
     return ["taskset", "-c", str(cpu)]
+
+
+def bentoml_config_file(path: Path, service: str, config: dict[str, Any]) -> Path:
+    """A `BENTOML_CONFIG` file overriding one service's decorator configuration.
+
+    No `version` key: BentoML 1.4 first loads the file at import time with its v1 schema,
+    which refuses `version: 2` (and accepts a `services` section); the service factory then
+    reads the same file as v2. JSON is YAML, so no YAML writer is needed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"services": {service: config}}, indent=1), encoding="utf-8")
+    return path
 
 
 @dataclass

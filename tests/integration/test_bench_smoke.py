@@ -127,8 +127,15 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     # 6. retraining is not part of the quick mode.
     assert "skipped" in results["retrain"]
 
+    # The v2 route, the open-loop rates and the BentoML stack ladder are measured too.
+    assert results["single_row"]["champion_v2"]["32"]["ok"] > 0
+    assert results["single_row"]["noop_lean"]["32"]["cpu_ms_per_request"] > 0
+    steps = [s["key"] for s in results["stack"]["steps"]]
+    assert steps[0] == "default" and "lean" in steps
+    assert results["open_loop"]["servers"]
+
     names = [t["name"] for t in results["targets"]]
-    assert len(names) == 10 and len(set(names)) == 10
+    assert len(names) == 16 and len(set(names)) == 16
     assert all(t["met"] in (True, False, None) for t in results["targets"])
 
     text = md.read_text()
