@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
+import itertools
 import logging
 import math
 import os
@@ -48,7 +50,7 @@ from champion.training.records import Event, LedgerEntry, Verdict
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
     from champion.monitoring.watch import Watch
-    from champion.service.slot import Served
+    from champion.service.slot import Recorded, Served
     from champion.training.ports import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -264,6 +266,17 @@ class FastPath:
         await response(scope, receive, send)
 
 
+def _settle() -> None:
+    """Move every object alive now (modules, the model, the framework) out of the garbage
+    collector's reach: a full collection would otherwise walk a few hundred thousand of them,
+    a pause of 100 ms and more on some request whenever young long-lived objects (captured
+    rows, BentoML's request timers) pile up enough to trigger one. At 2,500 req/s open-loop,
+    p99 310-330 ms without, 6-7 ms with. Cyclic garbage among the frozen objects is kept until
+    the process ends, a bounded cost: freezing happens at start, after the first registry
+    check and at model swaps only."""
+    gc.freeze()
+
+
 def _server_stack() -> dict[str, str]:
     """Which event loop and HTTP parser serve: uvicorn silently falls back to slower ones."""
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
@@ -300,6 +313,7 @@ class Champion:
             on_swap=self._on_swap,
             on_swap_failure=lambda _: metrics.swap_failures.inc(),
             on_error=lambda: metrics.background_error("slot"),
+            on_first_check=_settle,  # the registry client's objects, made in the poller
             threads=settings.serve_threads,
         )
         self._feedback_bucket = TokenBucket(
@@ -313,13 +327,32 @@ class Champion:
         schema = self._openapi()
         # FastAPI regenerates a cached schema when its routes change; replace the builder.
         api.openapi = lambda: schema  # type: ignore[method-assign]
-        self.slot.start(poll_seconds=settings.poll_seconds)
+        self.slot.start(poll_seconds=settings.poll_seconds, recorded=self._recorded_champion())
         if settings.scheduler:
             self.scheduler.start()
         from champion.training.process import exit_with_parent
 
         exit_with_parent(what="worker")  # a killed supervisor must not leave workers behind
+        _settle()
         log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
+
+    def _recorded_champion(self) -> Recorded | None:
+        """The champion the ledger last recorded, with the run of the cycle that registered
+        it (from the newest entries, read backwards); None when the ledger cannot say. Only
+        that exact model is served from the cache ahead of the registry."""
+        from champion.service.slot import Recorded
+
+        try:
+            version = self.ledger.last_champion()
+            if version is None:
+                return None
+            for entry in itertools.islice(self.ledger.tail(), 10_000):
+                if entry.get("event") == "cycle" and entry.get("challenger_version") == version:
+                    return Recorded(version, entry.get("run_id"))
+            return Recorded(version, None)
+        except Exception as exc:  # an unreadable ledger must not stop the worker
+            log.warning("ledger unreadable at start", extra={"error": str(exc)})
+            return None
 
     @property
     def registry(self) -> ModelRegistry:
@@ -389,6 +422,7 @@ class Champion:
         if served.registered_ms:
             self.metrics.model_age.set(time.time() - served.registered_ms / 1000)
         self._served_version = served.version
+        _settle()  # the new model's objects
 
     def _openapi(self) -> dict[str, Any]:
         schema = get_openapi(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,13 @@ def _example(split: Mapping[str, Any] | None) -> pd.DataFrame | None:
     if not split:
         return None
     return pd.DataFrame(split["data"], columns=split["columns"], index=split.get("index"))
+
+
+class Recorded(NamedTuple):
+    """The champion as the ledger recorded it: its version and the run that trained it."""
+
+    version: str
+    run_id: str | None
 
 
 class Inputs(Protocol):
@@ -157,6 +164,7 @@ class ModelSlot:
         on_swap: Callable[[Served], None] | None = None,
         on_swap_failure: Callable[[str], None] | None = None,
         on_error: Callable[[], None] | None = None,
+        on_first_check: Callable[[], None] | None = None,
         threads: int = 1,
     ) -> None:
         # A factory defers the registry client (MLflow) until the cached champion serves.
@@ -177,6 +185,7 @@ class ModelSlot:
         self._on_swap = on_swap or (lambda served: None)
         self._on_swap_failure = on_swap_failure or (lambda reason: None)
         self._on_error = on_error or (lambda: None)
+        self._on_first_check = on_first_check or (lambda: None)
 
     @cached_property
     def registry(self) -> ModelRegistry:
@@ -334,14 +343,25 @@ class ModelSlot:
         }
         atomic_write_text(self.cache_dir / CACHE_INDEX, json.dumps(body, indent=1))
 
-    def load_from_cache(self) -> bool:
+    def load_from_cache(self, *, expected: Recorded | None = None) -> bool:
         """Serve the last champion this host loaded, digest-checked: at start, before the
-        registry client is imported, and whenever the registry is down with nothing loaded."""
+        registry client is imported, when it is the champion the ledger recorded (`expected`:
+        the same version, trained by the same run); and, whatever it is, when the registry
+        is down with nothing loaded."""
         index = self.cache_dir / CACHE_INDEX
         if not index.exists():
             return False
         try:
             meta = json.loads(index.read_text(encoding="utf-8"))
+            cached = Recorded(str(meta.get("version")), meta.get("run_id"))
+            if expected is not None and (expected.run_id is None or cached != expected):
+                # Another version (a promotion while this host was down), or the same number
+                # from another registry (its run differs): never served ahead of the registry.
+                log.info(
+                    "cached model is not the recorded champion; loading from the registry",
+                    extra={"cached": cached.version, "champion": expected.version},
+                )
+                return False
             folder = meta.get("folder") or f"v{meta['version']}"
             if Path(folder).name != folder:  # the index names a folder inside the cache only
                 raise ChampionError(f"cache index names {folder!r}, not a cache folder")
@@ -445,18 +465,21 @@ class ModelSlot:
 
     # -- following the alias --------------------------------------------------------------
 
-    def start(self, *, poll_seconds: float) -> None:
-        """Serve the cached champion at once when this host has one, and confirm it against
-        the registry (or swap to a newer champion) at the poller's first, immediate check;
-        with no cache, load from the registry before returning. Then poll in a daemon thread,
-        backing off while the registry is unreachable."""
+    def start(self, *, poll_seconds: float, recorded: Recorded | None = None) -> None:
+        """Serve the cached champion at once when it is the one the ledger `recorded`, and
+        confirm it against the registry (or swap to a newer champion) at the poller's first,
+        immediate check; else load from the registry before returning (the cache serves
+        then only if the registry is down). Then poll in a daemon thread, backing off while
+        the registry is unreachable."""
         first = 0.0
-        if not self.load_from_cache():
+        if recorded is None or not self.load_from_cache(expected=recorded):
             first = poll_seconds
             try:
                 self.refresh()
             except RegistryError:
-                log.warning("registry unreachable at start", extra={"serving": None})
+                log.warning(
+                    "registry unreachable at start", extra={"serving": self.status().version}
+                )
         self._thread = threading.Thread(
             target=self._follow, args=(poll_seconds, first), name="champion-slot", daemon=True
         )
@@ -468,6 +491,7 @@ class ModelSlot:
 
     def _follow(self, poll_seconds: float, first: float) -> None:
         delay = first
+        checked = False
         while not self._stop.is_set():
             self._wake.wait(delay)
             self._wake.clear()
@@ -482,4 +506,11 @@ class ModelSlot:
                 log.exception("model refresh failed")
                 self._on_error()
                 delay = poll_seconds
+            if not checked:  # the registry client now exists, whatever the check found
+                checked = True
+                try:
+                    self._on_first_check()
+                except Exception:
+                    log.exception("first-check callback failed")
+                    self._on_error()
             time.sleep(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -362,8 +363,17 @@ def test_integer_beyond_float_range_is_refused_not_a_500(client):
 # -- model facts and probes ---------------------------------------------------------------------
 
 
+def _confirmed(client: TestClient) -> None:
+    """Wait until the poller's first check confirmed the cached champion with the registry."""
+    deadline = time.monotonic() + 20
+    while client.get("/readyz").json().get("source") != "registry":
+        assert time.monotonic() < deadline, "the cached champion was never confirmed"
+        time.sleep(0.05)
+
+
 def test_model_describes_the_champion_and_the_last_verdict(client, served_project):
     """It reports version, digest, source, CV metrics, training rows and the last verdict."""
+    _confirmed(client)
     response = client.get("/model")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -383,6 +393,7 @@ def test_model_describes_the_champion_and_the_last_verdict(client, served_projec
 
 def test_probes_say_ready_with_version_1(client):
     """It answers /readyz 200 with model_version 1, and /livez 200."""
+    _confirmed(client)
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["ready"] is True
@@ -624,3 +635,18 @@ def test_a_failure_past_the_model_is_a_counted_clean_500(served_project, monkeyp
         assert errors() == before + 1
         # The service answers on: the next request fails the same way, cleanly.
         assert _predict(client, {"instances": [ROW]}).status_code == 500
+
+
+def test_the_started_service_keeps_its_long_lived_objects_out_of_the_collectors_walk(
+    served_project, monkeypatch
+):
+    """It freezes what is alive once it serves (modules, model, framework), so a full garbage
+    collection under load walks only young objects instead of a few hundred thousand."""
+    import gc
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with serving(served_project, monkeypatch) as client:
+        assert _predict(client, {"instances": [ROW]}).status_code == 200
+        assert gc.get_freeze_count() > 50_000
+    gc.unfreeze()

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from champion.service.slot import CACHE_INDEX, FrameInputs, ModelSlot
+from champion.service.slot import CACHE_INDEX, FrameInputs, ModelSlot, Recorded
 from champion.training.artifacts import MODEL_FILE
 from champion.training.config import Contract
 from champion.training.demo.simulate import agrawal_frame
@@ -53,7 +53,7 @@ class Slot:
         self.registry = FakeRegistry()
         for C in (1.0, 0.1):
             pipeline, example = _fitted(contract, frame, C=C)
-            self.registry.add_version(pipeline, example=example)
+            self.registry.add_version(pipeline, example=example, run_id=f"run-C{C}")
         self.registry.set_alias("champion", "1")
         self.swapped: list[str] = []
         self.failures: list[str] = []
@@ -202,7 +202,7 @@ def test_start_serves_the_cache_before_the_registry_client_is_made(world, contra
         return world.registry
 
     restarted = ModelSlot(registry=registry, contract=contract, cache_dir=world.slot.cache_dir)
-    restarted.start(poll_seconds=3600)
+    restarted.start(poll_seconds=3600, recorded=_recorded(world, "1"))
     try:
         status = restarted.status()
         assert (status.ready, status.version, status.source) == (True, "1", "cache")
@@ -213,19 +213,18 @@ def test_start_serves_the_cache_before_the_registry_client_is_made(world, contra
         restarted.stop()
 
 
-def test_a_stale_cache_at_start_gives_way_to_the_new_champion_at_once(world, contract):
-    """It swaps to the registry's champion at the poller's first check when the alias moved
-    after the cache was written (a promotion while this host was down)."""
+def test_a_cache_the_ledger_cannot_vouch_for_is_not_served_first(world, contract):
+    """It loads from the registry at start, never serving the cached copy ahead of it, when
+    the ledger names no champion, or names v1 trained by another run (the same number from
+    a re-created registry), or cannot say which run trained it."""
     world.slot.refresh()
-    world.registry.set_alias("champion", "2")
-    restarted = world.new_slot(contract, world.slot.cache_dir)
-    restarted.start(poll_seconds=3600)
-    try:
-        _until(lambda: restarted.status().version == "2")
-        assert restarted.status().source == "registry"
-        assert world.swapped[-2:] == ["1", "2"]  # the cache served until the swap
-    finally:
-        restarted.stop()
+    for recorded in (None, Recorded("1", "another-run"), Recorded("1", None)):
+        restarted = world.new_slot(contract, world.slot.cache_dir)
+        restarted.start(poll_seconds=3600, recorded=recorded)
+        try:
+            assert restarted.status().source == "registry", recorded
+        finally:
+            restarted.stop()
 
 
 def test_a_cache_whose_model_file_was_changed_is_not_served(world, contract):
@@ -284,3 +283,45 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "mlflow"))
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_a_cache_the_ledger_says_is_stale_is_not_served_first(world, contract):
+    """It loads from the registry at start, never serving the cached v1 even briefly, when
+    the ledger records that v2 became champion while this host was down; with the registry
+    down too, the cached champion still serves (the fallback)."""
+    world.slot.refresh()
+    world.registry.set_alias("champion", "2")
+    restarted = world.new_slot(contract, world.slot.cache_dir)
+    restarted.start(poll_seconds=3600, recorded=_recorded(world, "2"))
+    try:
+        status = restarted.status()
+        assert (status.version, status.source) == ("2", "registry")
+        assert "1" not in world.swapped[1:], "v1 never served by the restarted slot"
+    finally:
+        restarted.stop()
+    world.registry.fail_on.add("alias")
+    down = world.new_slot(contract, world.slot.cache_dir)
+    down.start(poll_seconds=3600, recorded=Recorded("3", "run-3"))
+    try:
+        assert down.status().ready and down.status().source == "cache"
+    finally:
+        down.stop()
+
+
+def _recorded(world: Slot, version: str) -> Recorded:
+    return Recorded(version, world.registry.version(version).run_id)
+
+
+def test_a_cache_first_start_swaps_at_once_when_the_alias_moved_unrecorded(world, contract):
+    """It swaps to the registry's champion at the poller's first, immediate check when the
+    alias moved without the ledger knowing (by hand in the registry's UI, say)."""
+    world.slot.refresh()
+    world.registry.set_alias("champion", "2")
+    restarted = world.new_slot(contract, world.slot.cache_dir)
+    restarted.start(poll_seconds=3600, recorded=_recorded(world, "1"))
+    try:
+        _until(lambda: restarted.status().version == "2")
+        assert restarted.status().source == "registry"
+        assert world.swapped[-2:] == ["1", "2"]  # the vouched-for cache served until then
+    finally:
+        restarted.stop()
