@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -180,6 +180,19 @@ def _encode(c: Captured) -> tuple[Any, ...]:
     )
 
 
+def _encode_all(items: Sequence[Captured]) -> tuple[list[tuple[Any, ...]], int]:
+    """The storable rows of `items` as SQLite parameters, and how many could not be stored
+    (one bad row must not cost the others)."""
+    try:
+        return [_encode(c) for c in items], 0
+    except UNSTORABLE:
+        rows = []
+        for c in items:
+            with suppress(*UNSTORABLE):
+                rows.append(_encode(c))
+        return rows, len(items) - len(rows)
+
+
 def _storable_key(request_id: Any, row: Any) -> bool:
     """Whether (request_id, row) could be in the log at all (no bind error possible)."""
     if not isinstance(request_id, str) or not isinstance(row, int):
@@ -221,31 +234,26 @@ class PredictionLog:
         self._conn = connect(path)
         self._lock = threading.Lock()
         limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._chunk = max(1, min(500, limit // len(_ENCODED)))
+        self._chunk = max(1, min(100, limit // len(_ENCODED)))
 
     def write(self, items: Sequence[Captured]) -> Written:
         """Insert rows; a row that cannot be stored or whose key is taken is skipped, counted."""
-        bad = 0
-        try:
-            rows = [_encode(c) for c in items]
-        except UNSTORABLE:
-            # One bad row must not cost the batch: find the bad ones one by one.
-            rows = []
-            for c in items:
-                try:
-                    rows.append(_encode(c))
-                except UNSTORABLE:
-                    bad += 1
-        inserted = 0
+        bad = stored = inserted = 0
         with self._lock, self._conn:
             # Multi-row INSERTs of up to `_chunk` rows: about 30 % less time per row than
-            # executemany's one statement per row. rowcount counts the rows each statement
-            # inserted: a conflict adds 0.
-            for start in range(0, len(rows), self._chunk):
-                chunk = rows[start : start + self._chunk]
+            # executemany's one statement per row. Each chunk is encoded just before its
+            # statement, which runs without the GIL: the event loop never waits for more than
+            # one chunk's encoding. rowcount counts the rows a statement inserted (a conflict
+            # adds 0).
+            for start in range(0, len(items), self._chunk):
+                rows, unstorable = _encode_all(items[start : start + self._chunk])
+                bad += unstorable
+                stored += len(rows)
+                if not rows:
+                    continue
                 cursor = self._conn.execute(
-                    _INSERT + ",".join([_VALUES] * len(chunk)) + _ON_CONFLICT,
-                    [value for row in chunk for value in row],
+                    _INSERT + ",".join([_VALUES] * len(rows)) + _ON_CONFLICT,
+                    [value for row in rows for value in row],
                 )
                 inserted += max(cursor.rowcount, 0)
             # Disk bound: drop the oldest rows past the limit (labelled-but-unexported kept,
@@ -255,7 +263,7 @@ class PredictionLog:
                 " AND NOT (label IS NOT NULL AND exported = 0)",
                 (self.max_rows,),
             )
-        return Written(inserted=inserted, duplicates=len(rows) - inserted, unserialisable=bad)
+        return Written(inserted=inserted, duplicates=stored - inserted, unserialisable=bad)
 
     def recent(self, *, limit: int, version: str | None = None) -> list[dict[str, Any]]:
         """The most recent captured rows (optionally of one model version), oldest first."""
