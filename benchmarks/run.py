@@ -275,7 +275,9 @@ def machine() -> dict[str, Any]:
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("bentoml", "mlflow", "scikit-learn", "numpy", "pandas", "skops", "fastapi"):
+    # Everything a figure here depends on: serving, compiling, and the search's proposals.
+    names = ("bentoml", "mlflow", "scikit-learn", "numpy", "pandas", "skops", "fastapi")
+    for name in (*names, "onnxruntime", "skl2onnx", "optuna", "uvicorn"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
