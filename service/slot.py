@@ -33,8 +33,7 @@ from champion.training.artifacts import (
     TAG_PARITY_SHA256,
     TAG_RUNTIME,
     ModelRef,
-    contained,
-    load_skops,
+    load_model,
     parity_rows,
     read_onnx,
     signature_problems,
@@ -220,13 +219,7 @@ class ModelSlot:
         run_id: str | None,
         registered_ms: int = 0,
     ) -> Served:
-        if facts.get("serialization_format") != "skops":
-            raise IntegrityError(
-                f"model in {local_dir} is stored as {facts.get('serialization_format')!r}; "
-                "only 'skops' is loaded"
-            )
-        model_file = contained(local_dir, str(facts.get("model_file")))
-        pipeline, digest = load_skops(model_file, expected_sha256=sha256)
+        pipeline, digest = load_model(local_dir, facts, expected_sha256=sha256)
         problems = signature_problems(facts.get("signature"), self.contract)
         if problems:
             raise ChampionError(f"v{version} does not fit the contract: {'; '.join(problems)}")

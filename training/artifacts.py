@@ -128,14 +128,27 @@ def cv_metrics(
     return out
 
 
-def load_skops(path: Path, *, expected_sha256: str | None) -> tuple[Any, str]:
-    """A skops model file, loaded from the same bytes its digest is checked on."""
+def load_model(
+    local_dir: Path, facts: Mapping[str, Any], *, expected_sha256: str | None
+) -> tuple[Any, str]:
+    """A model folder's model file, after checking its format, that its name (read from the
+    artifact) stays inside the folder, and its digest; loaded from the very bytes hashed.
+    `facts` holds `serialization_format` and `model_file` as `registry.model_facts` reads them
+    from the MLmodel file."""
     import skops.io as sio  # loads scikit-learn: only when a model is loaded
 
+    stored_as = facts.get("serialization_format")
+    if stored_as != "skops":
+        raise IntegrityError(
+            f"model in {local_dir} is stored as {stored_as!r}; only 'skops' is loaded"
+        )
     if expected_sha256 is None:
-        raise IntegrityError(f"model in {path.parent} has no recorded digest ({TAG_SHA256})")
-    if not path.is_file():
-        raise IntegrityError(f"model file {path.name!r} is not a file inside the model folder")
+        raise IntegrityError(f"model in {local_dir} has no recorded digest ({TAG_SHA256})")
+    name = str(facts.get("model_file", MODEL_FILE))
+    root = local_dir.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise IntegrityError(f"model file {name!r} is not a file inside the model folder")
     data = path.read_bytes()  # hashed and loaded from the same bytes: nothing swapped between
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected_sha256:
@@ -146,15 +159,6 @@ def load_skops(path: Path, *, expected_sha256: str | None) -> tuple[Any, str]:
         return sio.loads(data, trusted=list(TRUSTED_TYPES)), digest
     except sio.exceptions.UntrustedTypesFoundException as exc:
         raise IntegrityError(f"model file holds types outside the trusted list: {exc}") from None
-
-
-def contained(local_dir: Path, name: str) -> Path:
-    """`name` inside `local_dir`; the name comes from an artifact, so never outside it."""
-    root = local_dir.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise IntegrityError(f"model file {name!r} is not a file inside the model folder")
-    return path
 
 
 def read_onnx(local_dir: Path, *, expected_sha256: str | None) -> bytes:

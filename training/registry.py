@@ -32,13 +32,10 @@ from champion.training.artifacts import (
     TRUSTED_TYPES,
     ModelRef,
     RunSummary,
-    contained,
-    load_skops,
-    signature_problems,
+    load_model,
 )
 from champion.training.compile import Compilation
-from champion.training.config import Contract
-from champion.training.errors import IntegrityError, RegistryError
+from champion.training.errors import RegistryError
 from champion.training.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -55,30 +52,28 @@ class LoadedModel:
 
 def load_verified(local_dir: Path, *, expected_sha256: str | None) -> tuple[Any, str]:
     """Load a downloaded model directory after checking its format and digest."""
-    flavor = Model.load(str(local_dir)).flavors.get("sklearn", {})
-    if flavor.get("serialization_format") != "skops":
-        raise IntegrityError(
-            f"model in {local_dir} is stored as {flavor.get('serialization_format')!r}; "
-            "only 'skops' is loaded"
-        )
-    return load_skops(
-        contained(local_dir, str(flavor.get("pickled_model", MODEL_FILE))),
-        expected_sha256=expected_sha256,
+    return load_model(
+        local_dir, _file_facts(Model.load(str(local_dir))), expected_sha256=expected_sha256
     )
 
 
 def model_facts(local_dir: Path) -> dict[str, Any]:
-    """What loading a model folder needs from its MLmodel file, in plain values: the model
-    file's name, the input signature and the input example (records), so a cached copy can
-    be loaded again without MLflow (`champion.service.slot`)."""
+    """What loading a model folder needs from its MLmodel file, in plain values: how the model
+    file is stored and its name, the input signature and the input example (split form), so a
+    cached copy can be loaded again without MLflow (`champion.service.slot`)."""
     mlmodel = Model.load(str(local_dir))
-    flavor = mlmodel.flavors.get("sklearn", {})
     example = mlmodel.load_input_example(str(local_dir))
+    return _file_facts(mlmodel) | {
+        "signature": signature_inputs(mlmodel),
+        "example": example.to_dict(orient="split") if isinstance(example, pd.DataFrame) else None,
+    }
+
+
+def _file_facts(mlmodel: Model) -> dict[str, Any]:
+    flavor = mlmodel.flavors.get("sklearn", {})
     return {
         "serialization_format": flavor.get("serialization_format"),
         "model_file": str(flavor.get("pickled_model", MODEL_FILE)),
-        "signature": signature_inputs(mlmodel),
-        "example": example.to_dict(orient="split") if isinstance(example, pd.DataFrame) else None,
     }
 
 
@@ -88,17 +83,6 @@ def signature_inputs(mlmodel: Model) -> dict[str, str] | None:
     return {
         str(s.name): str(getattr(s, "type", "")).lower() for s in mlmodel.signature.inputs.inputs
     }
-
-
-def input_example(local_dir: Path) -> pd.DataFrame | None:
-    """The input example stored with the model (used to warm it up)."""
-    example = Model.load(str(local_dir)).load_input_example(str(local_dir))
-    return example if isinstance(example, pd.DataFrame) else None
-
-
-def schema_problems(local_dir: Path, contract: Contract) -> list[str]:
-    """Differences between a stored model's input signature and the contract's features."""
-    return signature_problems(signature_inputs(Model.load(str(local_dir))), contract)
 
 
 def _ref(mv: Any) -> ModelRef:
