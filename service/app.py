@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
-import itertools
 import logging
 import math
 import os
@@ -50,7 +49,7 @@ from champion.training.records import Event, LedgerEntry, Verdict
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
     from champion.monitoring.watch import Watch
-    from champion.service.slot import Recorded, Served
+    from champion.service.slot import Served
     from champion.training.ports import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -292,7 +291,7 @@ class Champion:
     def __init__(self) -> None:
         from champion.monitoring.metrics import service_metrics
         from champion.service.root import build
-        from champion.service.slot import ModelSlot
+        from champion.service.slot import ModelSlot, recorded_champion
 
         self.components = parts = build()
         # uvicorn logs every request to "uvicorn.access" at INFO, which the root logger
@@ -327,7 +326,7 @@ class Champion:
         schema = self._openapi()
         # FastAPI regenerates a cached schema when its routes change; replace the builder.
         api.openapi = lambda: schema  # type: ignore[method-assign]
-        self.slot.start(poll_seconds=settings.poll_seconds, recorded=self._recorded_champion())
+        self.slot.start(poll_seconds=settings.poll_seconds, recorded=recorded_champion(self.ledger))
         if settings.scheduler:
             self.scheduler.start()
         from champion.training.process import exit_with_parent
@@ -335,24 +334,6 @@ class Champion:
         exit_with_parent(what="worker")  # a killed supervisor must not leave workers behind
         _settle()
         log.info("service started", extra={"pid": os.getpid(), **self.readiness()})
-
-    def _recorded_champion(self) -> Recorded | None:
-        """The champion the ledger last recorded, with the run of the cycle that registered
-        it (from the newest entries, read backwards); None when the ledger cannot say. Only
-        that exact model is served from the cache ahead of the registry."""
-        from champion.service.slot import Recorded
-
-        try:
-            version = self.ledger.last_champion()
-            if version is None:
-                return None
-            for entry in itertools.islice(self.ledger.tail(), 10_000):
-                if entry.get("event") == "cycle" and entry.get("challenger_version") == version:
-                    return Recorded(version, entry.get("run_id"))
-            return Recorded(version, None)
-        except Exception as exc:  # an unreadable ledger must not stop the worker
-            log.warning("ledger unreadable at start", extra={"error": str(exc)})
-            return None
 
     @property
     def registry(self) -> ModelRegistry:

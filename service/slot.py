@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -41,7 +42,7 @@ from champion.training.artifacts import (
 from champion.training.config import Contract
 from champion.training.errors import ChampionError, IntegrityError, RegistryError
 from champion.training.files import atomic_write_text
-from champion.training.ports import ModelRegistry
+from champion.training.ports import LedgerStore, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,23 @@ class Recorded(NamedTuple):
 
     version: str
     run_id: str | None
+
+
+def recorded_champion(ledger: LedgerStore) -> Recorded | None:
+    """The champion the ledger last recorded, with the run of the cycle that registered it
+    (from the newest entries back); None when the ledger cannot say. Only that exact model
+    is served from the cache ahead of the registry (`ModelSlot.start`)."""
+    try:
+        version = ledger.last_champion()
+        if version is None:
+            return None
+        for entry in itertools.islice(ledger.tail(), 10_000):
+            if entry.get("event") == "cycle" and entry.get("challenger_version") == version:
+                return Recorded(version, entry.get("run_id"))
+        return Recorded(version, None)
+    except Exception as exc:  # an unreadable ledger must not stop the worker
+        log.warning("ledger unreadable at start", extra={"error": str(exc)})
+        return None
 
 
 class Inputs(Protocol):

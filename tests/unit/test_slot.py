@@ -325,3 +325,24 @@ def test_a_cache_first_start_swaps_at_once_when_the_alias_moved_unrecorded(world
         assert world.swapped[-2:] == ["1", "2"]  # the vouched-for cache served until then
     finally:
         restarted.stop()
+
+
+def test_the_recorded_champion_names_the_run_that_registered_it():
+    """It pairs the ledger's last champion with the run of the cycle that registered that
+    version (a manual promotion back to it included), and says nothing it cannot know."""
+    from champion.service.slot import recorded_champion
+    from tests.fakes import FakeLedger
+
+    ledger = FakeLedger()
+    assert recorded_champion(ledger) is None
+    ledger.append(
+        {"event": "cycle", "challenger_version": "1", "run_id": "r1", "champion_after": "1"}
+    )
+    ledger.append(
+        {"event": "cycle", "challenger_version": "2", "run_id": "r2", "champion_after": "2"}
+    )
+    assert recorded_champion(ledger) == Recorded("2", "r2")
+    ledger.append({"event": "manual_promote", "champion_before": "2", "champion_after": "1"})
+    assert recorded_champion(ledger) == Recorded("1", "r1")
+    ledger.append({"event": "manual_promote", "champion_before": "1", "champion_after": "7"})
+    assert recorded_champion(ledger) == Recorded("7", None)  # registered outside a cycle
