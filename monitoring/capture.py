@@ -162,7 +162,7 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _encode(c: Captured) -> tuple[Any, ...]:
+def encode_row(c: Captured) -> tuple[Any, ...]:
     """One row as SQLite parameters; raises one of UNSTORABLE when it cannot be stored."""
     # SQLite text must be valid UTF-8: a lone surrogate would fail inside executemany.
     str.encode(c.request_id)
@@ -184,16 +184,16 @@ def _encode_all(items: Sequence[Captured]) -> tuple[list[tuple[Any, ...]], int]:
     """The storable rows of `items` as SQLite parameters, and how many could not be stored
     (one bad row must not cost the others)."""
     try:
-        return [_encode(c) for c in items], 0
+        return [encode_row(c) for c in items], 0
     except UNSTORABLE:
         rows = []
         for c in items:
             with suppress(*UNSTORABLE):
-                rows.append(_encode(c))
+                rows.append(encode_row(c))
         return rows, len(items) - len(rows)
 
 
-def _storable_key(request_id: Any, row: Any) -> bool:
+def storable_key(request_id: Any, row: Any) -> bool:
     """Whether (request_id, row) could be in the log at all (no bind error possible)."""
     if not isinstance(request_id, str) or not isinstance(row, int):
         return False
@@ -205,10 +205,10 @@ def _storable_key(request_id: Any, row: Any) -> bool:
 
 
 _COLUMNS = "id, request_id, row, at, model_version, features, prediction, score"
-# What `_encode` returns, in order, and how the rows go in.
-_ENCODED = ("request_id", "row", "at", "model_version", "features", "prediction", "score")
-_INSERT = f"INSERT INTO predictions ({', '.join(_ENCODED)}) VALUES "
-_VALUES = "(" + ", ".join("?" * len(_ENCODED)) + ")"
+# What `encode_row` returns, in order, and how the rows go in.
+ENCODED = ("request_id", "row", "at", "model_version", "features", "prediction", "score")
+_INSERT = f"INSERT INTO predictions ({', '.join(ENCODED)}) VALUES "
+_VALUES = "(" + ", ".join("?" * len(ENCODED)) + ")"
 _ON_CONFLICT = " ON CONFLICT (request_id, row) DO NOTHING"
 
 
@@ -234,7 +234,7 @@ class PredictionLog:
         self._conn = connect(path)
         self._lock = threading.Lock()
         limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._chunk = max(1, min(100, limit // len(_ENCODED)))
+        self._chunk = max(1, min(100, limit // len(ENCODED)))
 
     def write(self, items: Sequence[Captured]) -> Written:
         """Insert rows; a row that cannot be stored or whose key is taken is skipped, counted."""
@@ -308,7 +308,7 @@ class PredictionLog:
         with self._lock, _immediate(self._conn) as conn:
             for request_id, row, label in items:
                 key = f"{request_id}#{row}"
-                if not _storable_key(request_id, row):
+                if not storable_key(request_id, row):
                     unknown.append(key)  # it could never have been captured
                     continue
                 updated = conn.execute(

@@ -20,11 +20,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pandas as pd
 import skops.io as sio
 
-from champion.monitoring.capture import Captured, Fresh, Written
+from champion.monitoring.capture import (
+    ENCODED,
+    Captured,
+    Fresh,
+    Written,
+    encode_row,
+    storable_key,
+)
 from champion.training.artifacts import (
     MODEL_FILE,
     TAG_KIND,
@@ -415,39 +421,16 @@ class FakeBatches:
 
 # -- predictions ----------------------------------------------------------------------------
 
-_INT64 = (-(2**63), 2**63 - 1)  # what an SQLite integer (the log's row number) can hold
-
 
 def _stored(c: Captured) -> dict[str, Any]:
-    """One captured row as the log stores it; raises TypeError, ValueError or OverflowError
-    when it cannot be stored (a lone surrogate, a row beyond 64 bits, a non-string key)."""
-    str.encode(c.request_id)
-    str.encode(c.model_version)
-    if not _INT64[0] <= c.row <= _INT64[1]:
-        raise OverflowError(f"row {c.row} is outside a 64-bit integer")
-    return {
-        "request_id": c.request_id,
-        "row": c.row,
-        "at": float(c.at),
-        "model_version": c.model_version,
-        "features": orjson.dumps(c.features, default=str).decode(),
-        "prediction": orjson.dumps(c.prediction, default=str).decode(),
-        "score": None if c.score is None else float(c.score),
+    """One captured row as the log stores it, encoded by the log's own rule (it raises one of
+    UNSTORABLE when the row cannot be stored)."""
+    return dict(zip(ENCODED, encode_row(c), strict=True)) | {
         "label": None,  # the label as JSON text ("null" is a label); None: not labelled
         "labelled_at": 0,  # the order labels came in (one number per `label` call)
         "exported": False,
         "export_name": None,
     }
-
-
-def _known_key(request_id: Any, row: Any) -> bool:
-    if not isinstance(request_id, str) or not isinstance(row, int):
-        return False
-    try:
-        request_id.encode()
-    except UnicodeEncodeError:
-        return False
-    return _INT64[0] <= row <= _INT64[1]
 
 
 def _window_row(row_id: int, r: Mapping[str, Any]) -> dict[str, Any]:
@@ -536,7 +519,7 @@ class FakePredictions:
             staged: dict[int, str] = {}  # id -> label JSON, written only if nothing is refused
             for request_id, row, label in items:
                 key = f"{request_id}#{row}"
-                if not _known_key(request_id, row):
+                if not storable_key(request_id, row):
                     unknown.append(key)  # it could never have been captured
                     continue
                 text = json.dumps(label)  # a label JSON cannot encode raises, writing nothing
