@@ -28,6 +28,7 @@ from tests.integration.test_alert_rules import (
 from tests.integration.test_monitoring import (
     MONITOR_ENV,
     _drifted,
+    _predict_in_batches,
     _records,
     _scrape,
     _until,
@@ -62,14 +63,7 @@ def test_a_scripted_scenario_exports_every_metric_the_rules_and_dashboard_read(c
     with serving(champion, **MONITOR_ENV) as base:
         _workers_report(base, want={"1"})
         # traffic, captured for the drift window and for feedback
-        for k in range(3):
-            r = httpx.post(
-                f"{base}/predict",
-                json={"instances": records[k * 100 : (k + 1) * 100]},
-                headers={"X-Request-ID": f"scenario-{k}"},
-                timeout=30,
-            )
-            assert r.status_code == 200, r.text
+        _predict_in_batches(base, records, prefix="scenario")
         # bad input, and an unseen category
         assert httpx.post(f"{base}/predict", content=b"{").status_code == 400
         assert httpx.post(f"{base}/predict", json={"instances": [{"age": 1}]}).status_code == 422

@@ -262,21 +262,27 @@ def _drifted(rows: int, *, seed: int):
     return frame
 
 
+def _predict_in_batches(base: str, records: list[dict[str, Any]], *, prefix: str) -> None:
+    """POST `records` 100 at a time, request ids `<prefix>-0`, `<prefix>-1`, ..."""
+    for k in range(0, len(records), 100):
+        rid = f"{prefix}-{k // 100}"
+        r = httpx.post(
+            f"{base}/predict",
+            json={"instances": records[k : k + 100]},
+            headers={"X-Request-ID": rid},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["request_id"] == rid
+
+
 def test_capture_feedback_and_drift_over_http(champion):
     """It captures predictions, joins labels, reports drift and quality, and exports feedback."""
     frame = _drifted(300, seed=5)
     records = _records(frame)
     with serving(champion, **MONITOR_ENV) as base:
         _workers_report(base, want={"1"})
-        for k in range(3):
-            r = httpx.post(
-                f"{base}/predict",
-                json={"instances": records[k * 100 : (k + 1) * 100]},
-                headers={"X-Request-ID": f"drift-{k}"},
-                timeout=30,
-            )
-            assert r.status_code == 200, r.text
-            assert r.json()["request_id"] == f"drift-{k}"
+        _predict_in_batches(base, records, prefix="drift")
         # Each worker flushes its own buffer; wait until both have written.
         plog = PredictionLog(champion.settings.prediction_log_path)
         try:

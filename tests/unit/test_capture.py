@@ -23,6 +23,7 @@ from champion.service.root import watch_settings
 from champion.training.artifacts import ModelRef
 from champion.training.config import Contract, Settings, load_contract
 from champion.training.ledger import Ledger
+from tests.polling import eventually
 
 PROJECT_FILE = Path(__file__).resolve().parents[2] / "champion.toml"
 
@@ -242,15 +243,6 @@ class _Recorder:
         self.errors += 1
 
 
-def _wait(condition: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
-
-
 def _capture_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r
@@ -269,9 +261,9 @@ def test_unserialisable_rows_are_dropped_alone_and_capture_goes_on(plog):
         bad_id = _item("\ud800", 0)
         bad_row = _item("a", 2**70)
         capture.offer([_item("a", 0), bad_features, _item("a", 2), bad_id, bad_row])
-        assert _wait(lambda: plog.count() == 2), "the good rows of the batch were not written"
+        assert eventually(lambda: plog.count() == 2), "the good rows of the batch were not written"
         capture.offer(_items("later", 3))
-        assert _wait(lambda: plog.count() == 5), "capture stopped after an unserialisable row"
+        assert eventually(lambda: plog.count() == 5), "capture stopped after an unserialisable row"
         assert capture.is_alive()
     finally:
         capture.stop()
@@ -294,9 +286,9 @@ def test_the_flusher_survives_any_error_and_writes_later_rows():
     capture.start()
     try:
         capture.offer(_items("lost", 3))
-        assert _wait(lambda: log.calls >= 1)
+        assert eventually(lambda: log.calls >= 1)
         capture.offer(_items("kept", 2))
-        assert _wait(lambda: len(log.written) == 2), "the flusher died after an error"
+        assert eventually(lambda: len(log.written) == 2), "the flusher died after an error"
         assert capture.is_alive()
     finally:
         capture.stop()

@@ -19,18 +19,10 @@ from champion.training.config import ScheduleSection
 from champion.training.lease import SCHEDULER
 from champion.training.records import Verdict
 from tests.fakes import FakeLeases
+from tests.polling import eventually
 
 SCHEDULE = ScheduleSection(cron="0 0 1 1 *")  # never due during a test
 STANDBY = 0.02
-
-
-def _wait(predicate: Callable[[], bool], within: float = 2.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 @pytest.fixture
@@ -85,7 +77,7 @@ def test_a_standby_takes_over_when_the_leader_stops(started):
 
     first.stop()
     assert not first.is_leader
-    assert _wait(lambda: second.is_leader), "the standby never took over"
+    assert eventually(lambda: second.is_leader), "the standby never took over"
     assert leases.holder(SCHEDULER) == "host-b"
     assert second.scheduler is not None and second.scheduler.get_job(JOB_ID) is not None
     second.stop()
@@ -115,7 +107,7 @@ def test_a_standby_whose_attempt_fails_reports_it_and_keeps_trying(started):
     standby = started(_scheduler(flaky, on_error=errors.append))
     leader.stop()
 
-    assert _wait(lambda: standby.is_leader)
+    assert eventually(lambda: standby.is_leader)
     assert errors == ["scheduler", "scheduler"]
     assert leases.holder(SCHEDULER) == "host-b"
 
@@ -132,7 +124,7 @@ def _counted(started: Any, job: Callable[[str], Any], **kw: Any) -> tuple[list[s
     )
     assert sched.is_leader
     _tick(sched)
-    assert _wait(lambda: bool(counts)), "the tick was never counted"
+    assert eventually(lambda: bool(counts)), "the tick was never counted"
     return counts, cycles
 
 
@@ -185,7 +177,7 @@ def test_a_tick_whose_outcome_handler_raises_is_counted_as_an_error(started):
         _scheduler(FakeLeases(), count=counts.append, on_cycle=broken, on_error=errors.append)
     )
     _tick(sched)
-    assert _wait(lambda: bool(counts))
+    assert eventually(lambda: bool(counts))
     assert counts == ["error"] and errors == ["scheduler"]
 
 
@@ -202,11 +194,11 @@ def test_a_tick_while_the_last_one_still_runs_is_counted_as_an_overlap(started):
 
     sched = started(_scheduler(FakeLeases(), job=slow, count=counts.append))
     _tick(sched)
-    assert _wait(lambda: runs == ["schedule"])
+    assert eventually(lambda: runs == ["schedule"])
     _tick(sched)
-    assert _wait(lambda: counts == ["overlap"]), counts
+    assert eventually(lambda: counts == ["overlap"]), counts
     release.set()
-    assert _wait(lambda: counts == ["overlap", "PROMOTE"])
+    assert eventually(lambda: counts == ["overlap", "PROMOTE"])
     assert runs == ["schedule"]
 
 
@@ -226,12 +218,12 @@ def test_a_manual_run_refuses_to_overlap_a_running_one(started):
 
     sched = started(_scheduler(FakeLeases(), job=job, on_cycle=done.append))
     assert sched.run_now("drift") is True
-    assert _wait(lambda: triggers == ["drift"])
+    assert eventually(lambda: triggers == ["drift"])
     assert sched.run_now("admin") is False, "a second run overlapped the first"
     release.set()
-    assert _wait(lambda: len(done) == 1)
-    assert _wait(lambda: sched.run_now("admin"))
-    assert _wait(lambda: triggers == ["drift", "admin"])
+    assert eventually(lambda: len(done) == 1)
+    assert eventually(lambda: sched.run_now("admin"))
+    assert eventually(lambda: triggers == ["drift", "admin"])
 
 
 def test_a_scheduled_tick_waits_for_a_manual_run_to_finish(started):
@@ -256,10 +248,10 @@ def test_a_scheduled_tick_waits_for_a_manual_run_to_finish(started):
 
     sched = started(_scheduler(FakeLeases(), job=job))
     assert sched.run_now("admin")
-    assert _wait(lambda: overlap == [1])
+    assert eventually(lambda: overlap == [1])
     _tick(sched)
     time.sleep(0.1)
     assert finished == [], "the scheduled tick ran beside the manual run"
     release.set()
-    assert _wait(lambda: finished == ["admin", "schedule"])
+    assert eventually(lambda: finished == ["admin", "schedule"])
     assert max(overlap) == 1

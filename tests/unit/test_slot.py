@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from champion.training.demo.simulate import agrawal_frame
 from champion.training.errors import RegistryError
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from tests.fakes import FakeRegistry
+from tests.polling import eventually
 from tests.unit.conftest import make_contract, raw_contract
 
 
@@ -182,13 +182,6 @@ def test_an_unreachable_registry_at_start_serves_the_cached_champion(world, cont
     assert world.downloads() == downloads, "confirmed by digest, not downloaded again"
 
 
-def _until(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_start_serves_the_cache_before_the_registry_client_is_made(world, contract):
     """It serves the cached champion as soon as `start` returns, building the registry
     client (MLflow, in the service) only afterwards, in the poller, which confirms it."""
@@ -207,7 +200,7 @@ def test_start_serves_the_cache_before_the_registry_client_is_made(world, contra
         status = restarted.status()
         assert (status.ready, status.version, status.source) == (True, "1", "cache")
         allowed.set()
-        _until(lambda: restarted.status().source == "registry")
+        assert eventually(lambda: restarted.status().source == "registry")
         assert made == ["champion-slot"], "built once, in the poller, never in start()"
     finally:
         restarted.stop()
@@ -320,7 +313,7 @@ def test_a_cache_first_start_swaps_at_once_when_the_alias_moved_unrecorded(world
     restarted = world.new_slot(contract, world.slot.cache_dir)
     restarted.start(poll_seconds=3600, recorded=_recorded(world, "1"))
     try:
-        _until(lambda: restarted.status().version == "2")
+        assert eventually(lambda: restarted.status().version == "2")
         assert restarted.status().source == "registry"
         assert world.swapped[-2:] == ["1", "2"]  # the vouched-for cache served until then
     finally:
