@@ -45,6 +45,26 @@ def _target(
     }
 
 
+def _relative(
+    name: str, *, measured: float | None, baseline: float | None, op: str, bound: float, **kw: Any
+) -> dict[str, Any]:
+    """A target on the ratio measured / baseline (`op` `bound`)."""
+    ratio = _ratio(measured, baseline)
+    return _target(
+        name, measured=measured, baseline=baseline, ratio=ratio, met=_cmp(ratio, op, bound), **kw
+    )
+
+
+def _absolute(
+    name: str, *, measured: float | None, baseline: float | None, op: str, bound: float, **kw: Any
+) -> dict[str, Any]:
+    """A target on the measured value itself (`op` `bound`), its ratio to the baseline shown."""
+    ratio = _ratio(measured, baseline)
+    return _target(
+        name, measured=measured, baseline=baseline, ratio=ratio, met=_cmp(measured, op, bound), **kw
+    )
+
+
 def _cmp(value: float | None, op: str, bound: float) -> bool | None:
     if value is None:
         return None
@@ -69,106 +89,92 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     lean_rps = rps("noop_lean", _get(r, "single_row", "noop_lean", "32"))
     if lean_rps is None:  # not in the head-to-head rounds: the stack ladder's lean step
         lean_rps = _get(r, "single_row", "noop_lean", "32", "rps")
-    ratio = _ratio(c_rps, n_rps)
+    throughput: dict[str, Any] = {"measured": c_rps, "unit": "req/s", "note": source}
     out.append(
-        _target(
+        _relative(
             "single-row throughput at 32 connections vs no-op (default champion)",
-            measured=c_rps,
-            unit="req/s",
             baseline=n_rps,
             baseline_name="BentoML no-op",
-            ratio=ratio,
             goal=">= 0.8x no-op",
-            met=_cmp(ratio, ">=", 0.8),
-            note=source,
+            op=">=",
+            bound=0.8,
+            **throughput,
         )
     )
-    ratio = _ratio(c_rps, n_rps)
     out.append(
-        _target(
+        _relative(
             "single-row throughput at 32 connections vs the no-op on BentoML's default "
             "configuration (default champion)",
-            measured=c_rps,
-            unit="req/s",
             baseline=n_rps,
             baseline_name="BentoML no-op, default config",
-            ratio=ratio,
             goal=">= 1.2x default-config no-op",
-            met=_cmp(ratio, ">=", 1.2),
-            note=source,
+            op=">=",
+            bound=1.2,
+            **throughput,
         )
     )
-    ratio = _ratio(c_rps, lean_rps)
     out.append(
-        _target(
+        _relative(
             "single-row throughput at 32 connections vs the no-op on champion's lean "
             "BentoML configuration (default champion)",
-            measured=c_rps,
-            unit="req/s",
             baseline=lean_rps,
             baseline_name="BentoML no-op, lean config",
-            ratio=ratio,
             goal=">= 0.9x lean no-op",
-            met=_cmp(ratio, ">=", 0.9),
-            note=source if _get(h2h, "noop_lean", "rps") else "lean no-op: stack ladder",
+            op=">=",
+            bound=0.9,
+            **throughput
+            | {"note": source if _get(h2h, "noop_lean", "rps") else "lean no-op: stack ladder"},
         )
     )
     out.append(_family_cpu_target(r))
     out.append(_open_loop_target(r))
-    ratio = _ratio(c_rps, m_rps)
     out.append(
-        _target(
+        _relative(
             "single-row throughput at 32 connections vs mlflow models serve (default champion)",
-            measured=c_rps,
-            unit="req/s",
             baseline=m_rps,
             baseline_name="mlflow models serve",
-            ratio=ratio,
             goal=">= 3x mlflow serve",
-            met=_cmp(ratio, ">=", 3.0),
-            note=source,
+            op=">=",
+            bound=3.0,
+            **throughput,
         )
     )
-    p99 = _get(champ32, "p99_ms")
     out.append(
-        _target(
+        _absolute(
             "p99 latency at 32 connections (default champion)",
-            measured=p99,
+            measured=_get(champ32, "p99_ms"),
             unit="ms",
             baseline=_get(noop32, "p99_ms"),
             baseline_name="BentoML no-op p99",
-            ratio=_ratio(p99, _get(noop32, "p99_ms")),
             goal="<= 50 ms",
-            met=_cmp(p99, "<=", 50.0),
+            op="<=",
+            bound=50.0,
         )
     )
     svc = _get(r, "batch", "service", "rows_per_s")
-    inp = _get(r, "batch", "in_process", "rows_per_s")
-    ratio = _ratio(svc, inp)
+    comp = _get(r, "batch", "compiled", "rows_per_s")
     out.append(
-        _target(
+        _relative(
             "batch throughput, 1,000-row requests",
             measured=svc,
             unit="rows/s",
-            baseline=inp,
+            baseline=_get(r, "batch", "in_process", "rows_per_s"),
             baseline_name="in-process predict_proba",
-            ratio=ratio,
             goal=">= 0.7x in-process",
-            met=_cmp(ratio, ">=", 0.7),
+            op=">=",
+            bound=0.7,
         )
     )
-    comp = _get(r, "batch", "compiled", "rows_per_s")
-    ratio = _ratio(svc, comp)
     out.append(
-        _target(
+        _relative(
             "batch throughput, 1,000-row requests, vs the compiled form in process",
             measured=svc,
             unit="rows/s",
             baseline=comp,
             baseline_name="in-process NumPy encoding + ONNX Runtime",
-            ratio=ratio,
             goal=">= 0.7x compiled in process",
-            met=_cmp(ratio, ">=", 0.7),
+            op=">=",
+            bound=0.7,
             note="" if comp else "no compiled form for this version",
         )
     )
@@ -242,46 +248,28 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             note=f"of {_get(r, 'swap', 'requests')} requests",
         )
     )
-    sp, st = _get(r, "swap", "swap_p99_ms"), _get(r, "swap", "steady_p99_ms")
-    ratio = _ratio(sp, st)
     out.append(
-        _target(
+        _relative(
             "p99 during a swap vs steady state (32 connections)",
-            measured=sp,
+            measured=_get(r, "swap", "swap_p99_ms"),
             unit="ms",
-            baseline=st,
+            baseline=_get(r, "swap", "steady_p99_ms"),
             baseline_name="steady p99",
-            ratio=ratio,
             goal="<= 2x steady",
-            met=_cmp(ratio, "<=", 2.0),
+            op="<=",
+            bound=2.0,
         )
     )
-    cold = _get(r, "cold_start", "champion", "seconds")
-    noop_cold = _get(r, "cold_start", "noop", "seconds")
-    out.append(
-        _target(
-            "cold start to ready (process start -> /readyz 200)",
-            measured=cold,
-            unit="s",
-            baseline=noop_cold,
-            baseline_name="BentoML no-op",
-            ratio=_ratio(cold, noop_cold),
-            goal="<= 10 s",
-            met=_cmp(cold, "<=", 10.0),
-        )
-    )
-    out.append(
-        _target(
-            "cold start to ready, 5 s bound (process start -> /readyz 200)",
-            measured=cold,
-            unit="s",
-            baseline=noop_cold,
-            baseline_name="BentoML no-op",
-            ratio=_ratio(cold, noop_cold),
-            goal="<= 5 s",
-            met=_cmp(cold, "<=", 5.0),
-        )
-    )
+    cold: dict[str, Any] = {
+        "measured": _get(r, "cold_start", "champion", "seconds"),
+        "unit": "s",
+        "baseline": _get(r, "cold_start", "noop", "seconds"),
+        "baseline_name": "BentoML no-op",
+        "op": "<=",
+    }
+    name = "cold start to ready{} (process start -> /readyz 200)"
+    out.append(_absolute(name.format(""), goal="<= 10 s", bound=10.0, **cold))
+    out.append(_absolute(name.format(", 5 s bound"), goal="<= 5 s", bound=5.0, **cold))
     return out
 
 
