@@ -251,14 +251,13 @@ def _fast_columns(
     for name, numeric, nullable, allowed in specs:
         column = columns[name]
         kinds = set(map(type, column))
-        if nullable:
-            kinds.discard(type(None))
+        nulls = type(None) in kinds
+        if nulls and nullable:
+            kinds.discard(type(None))  # else a null is a problem for the row checks to name
         if numeric:
             if not kinds <= {float, int}:  # bool is its own type, refused on the slow path
                 return None
-            values = column if len(kinds) == 1 and None not in column else None
-            if values is None:
-                values = [v for v in column if v is not None]
+            values = [v for v in column if v is not None] if nulls else column
             if values and not -FLOAT32_MAX <= min(values) <= max(values) <= FLOAT32_MAX:
                 return None  # also a huge int, which compares exactly
             if values and not math.isfinite(sum(values)):
