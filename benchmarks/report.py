@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _get(d: Any, *keys: str) -> Any:
+def dig(d: Any, *keys: str) -> Any:
+    """`d[k1][k2]...`, or None where a key (or a dict) is missing."""
     for k in keys:
         if not isinstance(d, dict) or k not in d:
             return None
@@ -74,21 +75,21 @@ def _cmp(value: float | None, op: str, bound: float) -> bool | None:
 def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target with its figure, baseline, ratio and verdict (None: not measured)."""
     out = []
-    champ32 = _get(r, "single_row", "champion", "32")
-    noop32 = _get(r, "single_row", "noop", "32")
-    mlflow32 = _get(r, "single_row", "mlflow", "32")
+    champ32 = dig(r, "single_row", "champion", "32")
+    noop32 = dig(r, "single_row", "noop", "32")
+    mlflow32 = dig(r, "single_row", "mlflow", "32")
     # Throughput ratios from the interleaved head-to-head rounds when run, else the sweeps.
     h2h = r.get("head_to_head") or {}
-    source = "head to head" if _get(h2h, "champion", "rps") else "sweep"
+    source = "head to head" if dig(h2h, "champion", "rps") else "sweep"
 
     def rps(kind: str, sweep: Any) -> float | None:
-        value = _get(h2h, kind, "rps")
-        return value if source == "head to head" else _get(sweep, "rps")
+        value = dig(h2h, kind, "rps")
+        return value if source == "head to head" else dig(sweep, "rps")
 
     c_rps, n_rps, m_rps = rps("champion", champ32), rps("noop", noop32), rps("mlflow", mlflow32)
-    lean_rps = rps("noop_lean", _get(r, "single_row", "noop_lean", "32"))
+    lean_rps = rps("noop_lean", dig(r, "single_row", "noop_lean", "32"))
     if lean_rps is None:  # not in the head-to-head rounds: the stack ladder's lean step
-        lean_rps = _get(r, "single_row", "noop_lean", "32", "rps")
+        lean_rps = dig(r, "single_row", "noop_lean", "32", "rps")
     throughput: dict[str, Any] = {"measured": c_rps, "unit": "req/s", "note": source}
     out.append(
         _relative(
@@ -123,7 +124,7 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             op=">=",
             bound=0.9,
             **throughput
-            | {"note": source if _get(h2h, "noop_lean", "rps") else "lean no-op: stack ladder"},
+            | {"note": source if dig(h2h, "noop_lean", "rps") else "lean no-op: stack ladder"},
         )
     )
     out.append(_family_cpu_target(r))
@@ -142,23 +143,23 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(
         _absolute(
             "p99 latency at 32 connections (default champion)",
-            measured=_get(champ32, "p99_ms"),
+            measured=dig(champ32, "p99_ms"),
             unit="ms",
-            baseline=_get(noop32, "p99_ms"),
+            baseline=dig(noop32, "p99_ms"),
             baseline_name="BentoML no-op p99",
             goal="<= 50 ms",
             op="<=",
             bound=50.0,
         )
     )
-    svc = _get(r, "batch", "service", "rows_per_s")
-    comp = _get(r, "batch", "compiled", "rows_per_s")
+    svc = dig(r, "batch", "service", "rows_per_s")
+    comp = dig(r, "batch", "compiled", "rows_per_s")
     out.append(
         _relative(
             "batch throughput, 1,000-row requests",
             measured=svc,
             unit="rows/s",
-            baseline=_get(r, "batch", "in_process", "rows_per_s"),
+            baseline=dig(r, "batch", "in_process", "rows_per_s"),
             baseline_name="in-process predict_proba",
             goal=">= 0.7x in-process",
             op=">=",
@@ -178,13 +179,13 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             note="" if comp else "no compiled form for this version",
         )
     )
-    gap = _get(r, "retrain", "score_gap")
+    gap = dig(r, "retrain", "score_gap")
     out.append(
         _target(
             "retrain best CV score vs exhaustive grid",
-            measured=_get(r, "retrain", "bayes", "cv_best"),
+            measured=dig(r, "retrain", "bayes", "cv_best"),
             unit="roc_auc",
-            baseline=_get(r, "retrain", "grid", "cv_best"),
+            baseline=dig(r, "retrain", "grid", "cv_best"),
             baseline_name="grid best",
             ratio=None,
             goal="within 0.001 of grid's best",
@@ -192,25 +193,25 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             note="" if gap is None else f"gap {gap:+.5f} (grid - bayes)",
         )
     )
-    tr = _get(r, "retrain", "time_ratio")
+    tr = dig(r, "retrain", "time_ratio")
     out.append(
         _target(
             "retrain wall time vs exhaustive grid",
-            measured=_get(r, "retrain", "bayes", "wall_seconds"),
+            measured=dig(r, "retrain", "bayes", "wall_seconds"),
             unit="s",
-            baseline=_get(r, "retrain", "grid", "wall_seconds"),
+            baseline=dig(r, "retrain", "grid", "wall_seconds"),
             baseline_name="grid wall time",
             ratio=tr,
             goal="<= 0.3x grid's time",
             met=_cmp(tr, "<=", 0.3),
             note="grid timed out: ratio not computed"
-            if _get(r, "retrain", "grid", "timed_out")
+            if dig(r, "retrain", "grid", "timed_out")
             else "",
         )
     )
-    total = _get(r, "monitoring", "total_cost")
-    cost = _get(r, "monitoring", "capture", "throughput_cost")
-    spread = _get(r, "monitoring", "capture", "same_config_spread")
+    total = dig(r, "monitoring", "total_cost")
+    cost = dig(r, "monitoring", "capture", "throughput_cost")
+    spread = dig(r, "monitoring", "capture", "same_config_spread")
     note = ""
     if cost is not None:
         note = f"capture {cost * 100:+.1f} % throughput"
@@ -223,18 +224,18 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "monitoring cost: capture throughput loss + drift CPU share",
             measured=None if total is None else total * 100,
             unit="%",
-            baseline=_get(r, "monitoring", "capture", "capture_off", "rps"),
+            baseline=dig(r, "monitoring", "capture", "capture_off", "rps"),
             baseline_name="capture off req/s at 32",
             ratio=_ratio(
-                _get(r, "monitoring", "capture", "capture_on", "rps"),
-                _get(r, "monitoring", "capture", "capture_off", "rps"),
+                dig(r, "monitoring", "capture", "capture_on", "rps"),
+                dig(r, "monitoring", "capture", "capture_off", "rps"),
             ),
             goal="<= 5 %",
             met=_cmp(total, "<=", 0.05),
             note=note,
         )
     )
-    errors = _get(r, "swap", "errors")
+    errors = dig(r, "swap", "errors")
     out.append(
         _target(
             "failed requests during a swap at 32 connections",
@@ -244,16 +245,16 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             goal="0",
             met=None
             if errors is None
-            else errors == 0 and _get(r, "swap", "serving_after") == _get(r, "swap", "to_version"),
-            note=f"of {_get(r, 'swap', 'requests')} requests",
+            else errors == 0 and dig(r, "swap", "serving_after") == dig(r, "swap", "to_version"),
+            note=f"of {dig(r, 'swap', 'requests')} requests",
         )
     )
     out.append(
         _relative(
             "p99 during a swap vs steady state (32 connections)",
-            measured=_get(r, "swap", "swap_p99_ms"),
+            measured=dig(r, "swap", "swap_p99_ms"),
             unit="ms",
-            baseline=_get(r, "swap", "steady_p99_ms"),
+            baseline=dig(r, "swap", "steady_p99_ms"),
             baseline_name="steady p99",
             goal="<= 2x steady",
             op="<=",
@@ -261,9 +262,9 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     cold: dict[str, Any] = {
-        "measured": _get(r, "cold_start", "champion", "seconds"),
+        "measured": dig(r, "cold_start", "champion", "seconds"),
         "unit": "s",
-        "baseline": _get(r, "cold_start", "noop", "seconds"),
+        "baseline": dig(r, "cold_start", "noop", "seconds"),
         "baseline_name": "BentoML no-op",
         "op": "<=",
     }
@@ -280,9 +281,9 @@ def _family_cpu_target(r: dict[str, Any]) -> dict[str, Any]:
     """Worker CPU per request at 32 connections, default champion vs the forest and gbt rows:
     the slowest against the fastest."""
     cpu = {
-        k: _get(r, "single_row", k, "32", "cpu_ms_per_request")
+        k: dig(r, "single_row", k, "32", "cpu_ms_per_request")
         for k in FAMILY_ROWS
-        if _get(r, "single_row", k, "32", "cpu_ms_per_request")
+        if dig(r, "single_row", k, "32", "cpu_ms_per_request")
     }
     name = "worker CPU per request at 32 connections, slowest family vs fastest"
     if len(cpu) < 2:
@@ -309,16 +310,16 @@ def _family_cpu_target(r: dict[str, Any]) -> dict[str, Any]:
 def _open_loop_target(r: dict[str, Any]) -> dict[str, Any]:
     """At 50 % of the default no-op's capacity, open loop: the champion's p99 against the lean
     no-op's at the same rate, and no failed request."""
-    champ = _get(r, "open_loop", "servers", "champion", "50")
-    lean = _get(r, "open_loop", "servers", "noop_lean", "50")
-    p99, base = _get(champ, "p99_ms"), _get(lean, "p99_ms")
+    champ = dig(r, "open_loop", "servers", "champion", "50")
+    lean = dig(r, "open_loop", "servers", "noop_lean", "50")
+    p99, base = dig(champ, "p99_ms"), dig(lean, "p99_ms")
     ratio = _ratio(p99, base)
-    errors = _get(champ, "errors")
+    errors = dig(champ, "errors")
     met = None if ratio is None or errors is None else ratio <= 2.0 and errors == 0
     note = ""
     if champ:
-        note = f"{_get(champ, 'offered_rps'):.0f} req/s offered, {errors} errors"
-        behind = [k for k, x in (("champion", champ), ("lean no-op", lean)) if _get(x, "behind")]
+        note = f"{dig(champ, 'offered_rps'):.0f} req/s offered, {errors} errors"
+        behind = [k for k, x in (("champion", champ), ("lean no-op", lean)) if dig(x, "behind")]
         if behind:
             note += f"; generator behind schedule during: {', '.join(behind)}"
     return _target(
@@ -356,7 +357,7 @@ def _status(met: bool | None) -> str:
 
 def _default(r: dict[str, Any]) -> dict[str, Any]:
     """The default champion's facts recorded at setup (family, candidate, serving runtime)."""
-    return _get(r, "setup", "default_champion") or {}
+    return dig(r, "setup", "default_champion") or {}
 
 
 def _family(model: dict[str, Any]) -> str:
@@ -377,7 +378,7 @@ def _serves(model: dict[str, Any]) -> str:
 def _labels(r: dict[str, Any]) -> dict[str, str]:
     """Row labels: the primary champion rows name the default champion's family; the forced
     versions are marked secondary."""
-    models = _get(r, "setup", "models") or {}
+    models = dig(r, "setup", "models") or {}
     return {
         "champion": f"champion, default ({_family(_default(r))})",
         "champion_v2": f"champion, default ({_family(_default(r))}), v2 infer",
@@ -393,7 +394,7 @@ def _labels(r: dict[str, Any]) -> dict[str, str]:
 
 
 def _cpu(x: Any) -> str:
-    return _f(_get(x, "cpu_ms_per_request"), 2)
+    return _f(dig(x, "cpu_ms_per_request"), 2)
 
 
 def _champion_text(r: dict[str, Any]) -> list[str]:
@@ -401,9 +402,9 @@ def _champion_text(r: dict[str, Any]) -> list[str]:
     d = _default(r)
     if not d:
         return []
-    models = _get(r, "setup", "models") or {}
+    models = dig(r, "setup", "models") or {}
     search = d.get("search") or {}
-    served = _get(r, "runtime", "runtime")
+    served = dig(r, "runtime", "runtime")
     text = (
         f"**The champion measured.** Every primary champion row (single-row sweep, head to head, "
         f"1,000-row requests, capture, the swap's starting point, cold start and memory) serves "
@@ -428,7 +429,7 @@ def _champion_text(r: dict[str, Any]) -> list[str]:
         if k != "default"
     ]
     if secondary:
-        levels = _get(r, "meta", "plan", "secondary_concurrency") or []
+        levels = dig(r, "meta", "plan", "secondary_concurrency") or []
         at = ", ".join(str(c) for c in levels) or "–"
         text += (
             " Secondary rows, each trained on one more demo batch with a search space admitting "
@@ -442,12 +443,12 @@ def _champion_text(r: dict[str, Any]) -> list[str]:
 def _reading(r: dict[str, Any]) -> list[str]:
     """Facts computed from the results that explain the targets (no opinions, no constants)."""
     out = []
-    one = _get(r, "batch", "in_process_one_row", "ms_per_call")
-    compiled_one = _get(r, "batch", "compiled_one_row", "ms_per_call")
-    runtime = _get(r, "runtime", "runtime")
-    c1 = _get(r, "single_row", "champion", "1")
-    c32 = _get(r, "single_row", "champion", "32")
-    noop32 = _get(r, "single_row", "noop", "32")
+    one = dig(r, "batch", "in_process_one_row", "ms_per_call")
+    compiled_one = dig(r, "batch", "compiled_one_row", "ms_per_call")
+    runtime = dig(r, "runtime", "runtime")
+    c1 = dig(r, "single_row", "champion", "1")
+    c32 = dig(r, "single_row", "champion", "32")
+    noop32 = dig(r, "single_row", "noop", "32")
     if one:
         text = (
             "**What one row costs.** One in-process single-row `predict_proba` of the default "
@@ -466,12 +467,12 @@ def _reading(r: dict[str, Any]) -> list[str]:
                 f" At one connection the whole champion request took p50 {c1['p50_ms']:.1f} ms "
                 f"({c1['rps']:.0f} req/s)."
             )
-        if _get(c32, "cpu_ms_per_request") and _get(noop32, "cpu_ms_per_request"):
+        if dig(c32, "cpu_ms_per_request") and dig(noop32, "cpu_ms_per_request"):
             text += (
                 f" At 32 connections its worker spent {c32['cpu_ms_per_request']:.2f} ms of CPU "
                 f"per answered request, the no-op's {noop32['cpu_ms_per_request']:.2f} ms."
             )
-        noop_rps = _get(r, "head_to_head", "noop", "rps") or _get(noop32, "rps")
+        noop_rps = dig(r, "head_to_head", "noop", "rps") or dig(noop32, "rps")
         if noop_rps:
             text += (
                 f" The no-op answered {noop_rps:.0f} req/s, so “≥ 0.8× no-op” asks for "
@@ -479,12 +480,12 @@ def _reading(r: dict[str, Any]) -> list[str]:
                 "included."
             )
         out.append(text)
-    ratio = _get(r, "batch", "ratio")
-    svc_rps = _get(r, "batch", "service", "rps")
-    sk_ms = _get(r, "batch", "in_process", "ms_per_call")
-    compiled_ms = _get(r, "batch", "compiled", "ms_per_call")
+    ratio = dig(r, "batch", "ratio")
+    svc_rps = dig(r, "batch", "service", "rps")
+    sk_ms = dig(r, "batch", "in_process", "ms_per_call")
+    compiled_ms = dig(r, "batch", "compiled", "ms_per_call")
     model_ms = compiled_ms if runtime == "onnxruntime" and compiled_ms else sk_ms
-    check_ms = _get(r, "batch", "validate_batch", "ms_per_call")
+    check_ms = dig(r, "batch", "validate_batch", "ms_per_call")
     if ratio is not None and svc_rps and model_ms:
         per_request = 1000 / svc_rps
         text = (
@@ -622,7 +623,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "over the process tree below the `bentoml serve` or `mlflow models serve` supervisor) "
         "during the load, divided by the requests answered. Secondary rows (the forced versions) "
         "come last among the champion rows. The v2 infer row is the same server and version on "
-        f"`POST {_get(r, 'single_row', 'champion_v2', '32', 'path') or '/v2/models/<name>/infer'}`"
+        f"`POST {dig(r, 'single_row', 'champion_v2', '32', 'path') or '/v2/models/<name>/infer'}`"
         " (Open Inference Protocol: one tensor per contract feature, the same validation and "
         "model). `BentoML no-op` runs on BentoML's default configuration; the lean row is the "
         "same no-op under the configuration champion ships (`champion.service.stack."
@@ -648,8 +649,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         for c, res in levels.items():
             if not isinstance(res, dict):
                 continue
-            noop = _get(single, "noop", c, "rps")
-            mlf = _get(single, "mlflow", c, "rps")
+            noop = dig(single, "noop", c, "rps")
+            mlf = dig(single, "mlflow", c, "rps")
             add(
                 f"| {label} | {c} | {_f(res.get('rps'))} | {_cpu(res)} | {_f(res.get('p50_ms'))} | "
                 f"{_f(res.get('p99_ms'))} | {res.get('errors')} | "
@@ -658,7 +659,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     add("")
 
     h2h = r.get("head_to_head") or {}
-    if _get(h2h, "champion", "rps"):
+    if dig(h2h, "champion", "rps"):
         add(
             f"**Head to head** (what the throughput targets use): all "
             f"{sum(1 for k in ('champion', 'noop', 'noop_lean', 'naive', 'mlflow') if k in h2h)} "
@@ -681,8 +682,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                 f"| {labels[key]} | {_f(x['rps'])} | {_cpu(x)} | "
                 f"{', '.join(_f(v) for v in x['runs_rps'])} | "
                 f"{_f(x['p99_ms_median'])} | {x['errors']} | "
-                f"{_f(_ratio(x['rps'], _get(h2h, 'noop', 'rps')), 2)} | "
-                f"{_f(_ratio(x['rps'], _get(h2h, 'mlflow', 'rps')), 2)} |"
+                f"{_f(_ratio(x['rps'], dig(h2h, 'noop', 'rps')), 2)} | "
+                f"{_f(_ratio(x['rps'], dig(h2h, 'mlflow', 'rps')), 2)} |"
             )
         add("")
     elif h2h.get("error"):
@@ -887,7 +888,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             + (
                 ", the two at once (bayes on the server core, the grid on the load core: two "
                 "single-core processes on two cores, sharing only the L3 cache and memory); "
-                f"the grid's timeout, {_f(_get(rt, 'grid', 'timeout_seconds'), 0)} s, is what "
+                f"the grid's timeout, {_f(dig(rt, 'grid', 'timeout_seconds'), 0)} s, is what "
                 "the run's time budget left."
                 if rt.get("concurrent")
                 else "."
@@ -919,7 +920,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     if notes.is_file():
         add(notes.read_text(encoding="utf-8").rstrip())
         add("")
-    sections = _get(r, "meta", "sections") or {}
+    sections = dig(r, "meta", "sections") or {}
     if sections:
         add("## Where the run's time went")
         add("")
@@ -927,7 +928,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         add("|---|---|")
         for name, secs in sections.items():
             add(f"| {name} | {_f(float(secs))} |")
-        wall = _get(r, "meta", "wall_seconds")
+        wall = dig(r, "meta", "wall_seconds")
         if wall is not None:
             rest = wall - sum(float(x) for x in sections.values())
             add(f"| between sections (server stops, bookkeeping) | {_f(max(rest, 0.0))} |")
@@ -975,7 +976,7 @@ def _open_loop_md(r: dict[str, Any]) -> list[str]:
     for fraction in ol.get("fractions") or []:
         key = f"{round(fraction * 100)}"
         for kind in ("noop", "noop_lean", "champion"):
-            x = _get(servers, kind, key)
+            x = dig(servers, kind, key)
             if not isinstance(x, dict):
                 continue
             lag = _f(x.get("lag_p99_ms"), 3) + (" (behind)" if x.get("behind") else "")

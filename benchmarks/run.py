@@ -73,7 +73,7 @@ from benchmarks.project import (
     grid_raw,
     shipped_raw,
 )
-from benchmarks.report import evaluate_targets, render_markdown
+from benchmarks.report import dig, evaluate_targets, render_markdown
 from benchmarks.servers import (
     Server,
     bentoml_config_file,
@@ -1006,10 +1006,10 @@ class Bench:
         self, results: dict[str, Any], baselines: dict[str, Any]
     ) -> tuple[float | None, str]:
         """The default no-op's closed-loop req/s at 32 connections in this run."""
-        h2h = _dig(results, "head_to_head", "noop", "rps")
+        h2h = dig(results, "head_to_head", "noop", "rps")
         if h2h:
             return float(h2h), "head to head, default no-op, 32 connections"
-        sweep = _dig(baselines, "noop", "single_row", "32", "rps")
+        sweep = dig(baselines, "noop", "single_row", "32", "rps")
         if sweep:
             return float(sweep), "sweep, default no-op, 32 connections"
         return None, "not measured"
@@ -1419,14 +1419,6 @@ def choose_cpus() -> dict[str, Any]:
     return {"load": None, "server": None, "tool": None, "available": cpus}
 
 
-def _dig(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
 def _has(module: str) -> bool:
     import importlib.util
 
@@ -1528,48 +1520,41 @@ def assemble(
 ) -> None:
     """Lay the measurements out by question: 1 single_row ... 6 retrain."""
 
-    def get(d: dict[str, Any], *keys: str) -> Any:
-        for k in keys:
-            if not isinstance(d, dict) or k not in d:
-                return None
-            d = d[k]
-        return d
-
     # The primary rows: the default champion. Secondary: the forced forest and gbt versions.
-    single: dict[str, Any] = {"champion": get(champ, "single_row") or champ.get("error")}
+    single: dict[str, Any] = {"champion": dig(champ, "single_row") or champ.get("error")}
     for scenario in ("forest", "gbt"):
         key = f"champion_{scenario}"
         if not plan.secondary:
             single[key] = {"skipped": "not in this plan"}
             continue
-        measured = get(champ, f"{scenario}_single_row") or {}
+        measured = dig(champ, f"{scenario}_single_row") or {}
         if "levels" in measured:
             single[key] = measured["levels"]
         else:
             single[key] = {"error": measured.get("error") or champ.get("error") or "not measured"}
-    v2 = get(champ, "v2_single_row")
+    v2 = dig(champ, "v2_single_row")
     if not plan.v2:
         single["champion_v2"] = {"skipped": "not in this plan"}
     elif isinstance(v2, dict) and "levels" in v2:
         single["champion_v2"] = v2["levels"]
     else:
-        single["champion_v2"] = {"error": get(v2, "error") or champ.get("error") or "not measured"}
+        single["champion_v2"] = {"error": dig(v2, "error") or champ.get("error") or "not measured"}
     for kind in ("noop", "naive", "mlflow"):
         if kind in plan.services:
-            single[kind] = get(baselines, kind, "single_row") or get(baselines, kind, "error")
+            single[kind] = dig(baselines, kind, "single_row") or dig(baselines, kind, "error")
         else:
             single[kind] = {"skipped": "quick mode"}
     # The lean no-op's 32-connection row is the BentoML stack ladder's lean step.
-    lean = next((x for x in get(results, "stack", "steps") or [] if x.get("key") == "lean"), None)
+    lean = next((x for x in dig(results, "stack", "steps") or [] if x.get("key") == "lean"), None)
     single["noop_lean"] = (
         {"32": lean}
         if lean
-        else {"error": get(results, "stack", "error") or get(baselines, "noop_lean", "error")}
+        else {"error": dig(results, "stack", "error") or dig(baselines, "noop_lean", "error")}
     )
     results["single_row"] = single
 
-    service_batch = get(champ, "batch")
-    in_batch = get(champ, "in_process", "batch")
+    service_batch = dig(champ, "batch")
+    in_batch = dig(champ, "in_process", "batch")
     ratio = None
     if service_batch and in_batch and in_batch.get("rows_per_s"):
         ratio = round(service_batch["rows_per_s"] / in_batch["rows_per_s"], 4)
@@ -1577,21 +1562,21 @@ def assemble(
         "rows_per_request": 1000,
         "service": service_batch,
         "in_process": in_batch,
-        "in_process_one_row": get(champ, "in_process", "one_row"),
-        "validate_batch": get(champ, "in_process", "validate_batch"),
-        "validate_one_row": get(champ, "in_process", "validate_one_row"),
-        "compiled": get(champ, "in_process", "compiled_batch"),
-        "compiled_one_row": get(champ, "in_process", "compiled_one_row"),
+        "in_process_one_row": dig(champ, "in_process", "one_row"),
+        "validate_batch": dig(champ, "in_process", "validate_batch"),
+        "validate_one_row": dig(champ, "in_process", "validate_one_row"),
+        "compiled": dig(champ, "in_process", "compiled_batch"),
+        "compiled_one_row": dig(champ, "in_process", "compiled_one_row"),
         "ratio": ratio,
         "compiled_ratio": None
-        if not (service_batch and get(champ, "in_process", "compiled_batch", "rows_per_s"))
+        if not (service_batch and dig(champ, "in_process", "compiled_batch", "rows_per_s"))
         else round(
             service_batch["rows_per_s"] / champ["in_process"]["compiled_batch"]["rows_per_s"], 4
         ),
     }
-    results["runtime"] = get(champ, "runtime")
+    results["runtime"] = dig(champ, "runtime")
 
-    capture = get(champ, "capture") or {"skipped": "quick mode: one champion server only"}
+    capture = dig(champ, "capture") or {"skipped": "quick mode: one champion server only"}
     drift = inproc.get("drift")
     monitor_seconds = 60.0
     drift_share = None
@@ -1607,22 +1592,22 @@ def assemble(
         "drift_cpu_share": drift_share,
         "total_cost": total,
     }
-    results["swap"] = get(champ, "swap") or {"error": champ.get("error")}
+    results["swap"] = dig(champ, "swap") or {"error": champ.get("error")}
 
     cold: dict[str, Any] = {}
     for kind, source in [("champion", champ)] + [
         (k, baselines.get(k, {})) for k in plan.services if k != "champion"
     ]:
-        cs = get(source, "cold_start")
+        cs = dig(source, "cold_start")
         if cs is None:
-            cold[kind] = {"error": get(source, "error")}
+            cold[kind] = {"error": dig(source, "error")}
             continue
         cold[kind] = {
             "seconds": cs.get("seconds"),
-            "worker_rss_mb_at_ready": get(cs, "memory_at_ready", "worker_rss_mb"),
-            "worker_rss_mb_after_load": get(source, "memory_after_load", "worker_rss_mb"),
-            "tree_rss_mb_after_load": get(source, "memory_after_load", "tree_rss_mb"),
-            "processes_after_load": get(source, "memory_after_load", "processes"),
+            "worker_rss_mb_at_ready": dig(cs, "memory_at_ready", "worker_rss_mb"),
+            "worker_rss_mb_after_load": dig(source, "memory_after_load", "worker_rss_mb"),
+            "tree_rss_mb_after_load": dig(source, "memory_after_load", "tree_rss_mb"),
+            "processes_after_load": dig(source, "memory_after_load", "processes"),
         }
     if isinstance(capture, dict) and capture.get("capture_off_cold_start_seconds"):
         # The capture-off server starts on the same home after the first one: from the cache.
