@@ -1,0 +1,1 @@
+"""Alembic migrations of the shared-mode schema (`champion.training.postgres.schema`)."""
