@@ -16,6 +16,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from champion.training.errors import ChampionError
+from champion.training.ports import PredictionStore
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -424,7 +427,7 @@ class Capture:
 
     def __init__(
         self,
-        log_: PredictionLog,
+        log_: PredictionStore,
         *,
         capacity: int = 10_000,
         sample_rate: float = 1.0,
@@ -507,7 +510,7 @@ class Capture:
         if error is not None:
             extra["error"] = f"{type(error).__name__}: {error}"
         # A traceback for a failure nobody expected; the known reasons speak for themselves.
-        unexpected = error is not None and not isinstance(error, sqlite3.Error)
+        unexpected = error is not None and not isinstance(error, sqlite3.Error | ChampionError)
         self._warn.warning(key, "prediction capture dropped rows", extra=extra, exc_info=unexpected)
 
     def _call(self, callback: Callable[..., None], *args: Any) -> None:

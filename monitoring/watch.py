@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -18,20 +17,17 @@ import pandas as pd
 from champion.monitoring.capture import LogLimiter
 from champion.monitoring.drift import DriftReport, evaluate
 from champion.monitoring.metrics import ServiceMetrics
+from champion.monitoring.state import DriftFiles
 from champion.training.artifacts import REFERENCE_PROFILE, ModelRef
 from champion.training.config import Contract
 from champion.training.errors import RegistryError
 from champion.training.files import atomic_write_text
 from champion.training.metrics import compute
-from champion.training.ports import LedgerStore, ModelRegistry, PredictionStore
+from champion.training.ports import DriftStore, LedgerStore, ModelRegistry, PredictionStore
 from champion.training.process import actor
 from champion.training.records import Event, LedgerEntry
 
 log = logging.getLogger(__name__)
-
-LATEST = "latest.json"
-HISTORY = "history.jsonl"
-STATE = "state.json"
 
 T = TypeVar("T")
 Window = tuple[dict[str, list[Any]], np.ndarray, np.ndarray | None]
@@ -41,7 +37,7 @@ Window = tuple[dict[str, list[Any]], np.ndarray, np.ndarray | None]
 class WatchSettings:
     """The monitoring job's knobs (from `Settings`, mapped by the composition root)."""
 
-    folder: Path  # latest.json, history.jsonl and state.json
+    folder: Path  # the file store's latest.json, history.jsonl and state.json
     window_rows: int = 500
     alpha: float = 0.01
     sustained_windows: int = 3
@@ -54,9 +50,9 @@ class WatchSettings:
 class Watch:
     """State kept between monitoring ticks by the scheduler leader.
 
-    The drift streak, the cooldown and the last row tested are persisted in
-    `drift/state.json`, so a restart (or a new leader) neither re-tests old rows nor forgets
-    a streak or a recent trigger.
+    The drift streak, the cooldown and the last row tested are persisted in the drift
+    store (`drift/state.json` here, a table in shared mode), so a restart or a new leader,
+    on this host or another, neither re-tests old rows nor forgets a streak or a trigger.
     """
 
     contract: Contract
@@ -73,13 +69,19 @@ class Watch:
     last_trigger: float = float("-inf")
     last_tested_id: int = 0  # the newest prediction id already part of a tested window
     version: str | None = None  # the champion the streak and last_tested_id belong to
+    store: DriftStore | None = None  # None: files in `config.folder`
     _profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # (size, lines) of history.jsonl after this process last wrote it; recounted on a change.
-    _history_mark: tuple[int, int] | None = field(default=None, repr=False)
     _warn: LogLimiter = field(default_factory=lambda: LogLimiter(log), repr=False)
 
     def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = DriftFiles(self.config.folder)
         self._load_state(at_start=True)
+
+    @property
+    def drift_store(self) -> DriftStore:
+        assert self.store is not None  # set in __post_init__
+        return self.store
 
     @property
     def folder(self) -> Path:
@@ -88,10 +90,14 @@ class Watch:
     # -- persisted state -----------------------------------------------------------------
 
     def _load_state(self, *, at_start: bool) -> None:
-        """Read drift/state.json; at each tick too, since a new leader may have written it."""
-        path = self.folder / STATE
+        """Read the drift state; at each tick too, since a new leader may have written it."""
+        path = self.drift_store.where
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = self.drift_store.read_state()
+            if raw is None:
+                if at_start:
+                    log.info("no drift state yet: starting fresh", extra={"path": path})
+                return
             last_tested_id = int(raw["last_tested_id"])
             streak = int(raw["streak"])
             trigger = raw["last_trigger"]
@@ -100,15 +106,11 @@ class Watch:
                 raise TypeError(f"last_trigger is {trigger!r}")
             if version is not None and not isinstance(version, str):
                 raise TypeError(f"version is {version!r}")
-        except FileNotFoundError:
-            if at_start:
-                log.info("no drift state yet: starting fresh", extra={"path": str(path)})
-            return
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._warn.warning(
                 "state",
                 "drift state unreadable: starting fresh" if at_start else "drift state unreadable",
-                extra={"path": str(path), "error": f"{type(exc).__name__}: {exc}"},
+                extra={"path": path, "error": f"{type(exc).__name__}: {exc}"},
             )
             return
         self.last_tested_id = last_tested_id
@@ -118,7 +120,7 @@ class Watch:
         if at_start:
             log.info(
                 "drift state loaded",
-                extra={"path": str(path), "streak": streak, "last_tested_id": last_tested_id},
+                extra={"path": path, "streak": streak, "last_tested_id": last_tested_id},
             )
 
     def _save_state(self) -> None:
@@ -128,7 +130,7 @@ class Watch:
             "last_trigger": self.last_trigger if math.isfinite(self.last_trigger) else None,
             "version": self.version,
         }
-        atomic_write_text(self.folder / STATE, json.dumps(state))
+        self.drift_store.write_state(state)
 
     def _follow(self, version: str) -> None:
         """A new champion starts a new streak over its own rows."""
@@ -302,9 +304,17 @@ class Watch:
             if self.contract.timestamp:
                 row[self.contract.timestamp] = datetime.fromtimestamp(at, UTC).isoformat()
             rows.append(row)
-        path = self.contract.data.landing_zone / name
         # The content depends on the rows only: a rewrite after a crash is byte-identical.
-        atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+        text = pd.DataFrame(rows).to_csv(index=False)
+        zone = self.contract.data.landing_zone
+        if isinstance(zone, Path):
+            path = zone / name
+            atomic_write_text(path, text)
+        else:  # an object store (s3://): one PUT, as atomic; the batch is known by its name
+            from champion.training.storage import location
+
+            location(zone).write_text(name, text)
+            path = Path(name)
         marked = self.prediction_log.finish_export(name)
         log.info(
             "feedback exported",
@@ -367,7 +377,7 @@ class Watch:
             summary["drift_model_version"] = ref.version
         else:
             # GET /drift keeps showing the last evaluation until a fresh window is tested.
-            previous = self._part("previous", lambda: latest(self.folder), summary) or {}
+            previous = self._part("previous", self.drift_store.latest, summary) or {}
             for key in ("drift", "drift_at", "drift_model_version"):
                 if key in previous:
                     summary[key] = previous[key]
@@ -378,35 +388,13 @@ class Watch:
         return summary
 
     def _write(self, summary: dict[str, Any], report: DriftReport | None) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.folder / LATEST, json.dumps(summary, indent=1))
+        self.drift_store.write_latest(summary)
         entry = {k: summary.get(k) for k in ("at", "model_version", "streak")} | {
             "tested": report is not None,
             "drift_share": report.drift_share if report is not None else None,
             "dataset_drift": report.dataset_drift if report is not None else None,
         }
-        self._append_history(entry)
-
-    def _append_history(self, entry: dict[str, Any]) -> None:
-        """Append one line; past `drift_history_rows` + 10 % keep only the newest lines."""
-        path = self.folder / HISTORY
-        size = path.stat().st_size if path.exists() else 0
-        if self._history_mark is not None and self._history_mark[0] == size:
-            lines = self._history_mark[1]
-        else:  # first append here, or another process wrote since: count again
-            with path.open("a+b") as fh:
-                fh.seek(0)
-                lines = sum(1 for _ in fh)
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        lines += 1
-        keep = self.config.history_rows
-        # Rewritten only once the excess is 10 %: one rewrite per keep/10 ticks, not each.
-        if lines > keep + keep // 10:
-            kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[-keep:]
-            atomic_write_text(path, "".join(kept))
-            lines = len(kept)
-        self._history_mark = (path.stat().st_size, lines)
+        self.drift_store.append_history(entry, keep=self.config.history_rows)
 
     def _export(self, report: DriftReport | None, quality: dict[str, float]) -> None:
         m = self.metrics
@@ -444,8 +432,5 @@ class Watch:
 
 
 def latest(folder: Path) -> dict[str, Any] | None:
-    """The last monitoring summary written by the leader (for GET /drift on any worker)."""
-    path = folder / LATEST
-    if not path.exists():
-        return None
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+    """The last monitoring summary the leader wrote into the file store in `folder`."""
+    return DriftFiles(folder).latest()

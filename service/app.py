@@ -327,6 +327,10 @@ class Champion:
         # FastAPI regenerates a cached schema when its routes change; replace the builder.
         api.openapi = lambda: schema  # type: ignore[method-assign]
         self.slot.start(poll_seconds=settings.poll_seconds, recorded=recorded_champion(self.ledger))
+        # Shared mode: an alias move anywhere wakes this worker's slot at once.
+        self.swap_listener = parts.swap_listener(
+            on_notice=lambda _: self.slot.wake(), on_error=lambda: metrics.background_error("slot")
+        )
         if settings.scheduler:
             self.scheduler.start()
         from champion.training.process import exit_with_parent
@@ -386,6 +390,8 @@ class Champion:
     def _shutdown(self) -> None:
         # Flush captured predictions and give up the scheduler lease for the next leader.
         self.slot.stop()
+        if self.swap_listener is not None:
+            self.swap_listener.stop()
         self.scheduler.stop()
         self.capture.stop()
 
@@ -748,9 +754,7 @@ class Champion:
         responses=_errors(404, s404="No drift evaluation yet."),
     )
     def drift(self) -> JSONResponse:
-        from champion.monitoring.watch import latest
-
-        found = latest(self.watch.folder)
+        found = self.watch.drift_store.latest()
         if found is None:
             return _error(
                 404,

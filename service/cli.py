@@ -153,12 +153,12 @@ def status() -> None:
     from collections import Counter
 
     from champion.training.data import landing_status
-    from champion.training.manifest import BatchStatus, Manifest
+    from champion.training.manifest import BatchStatus
 
     w = _root()
     registry = w.registry
     aliases = registry.aliases()
-    manifest = Manifest(w.contract.data.manifest)
+    manifest = w.manifest()
     champion = aliases.get("champion")
     typer.echo(
         f"model:       {w.contract.project.name} ({w.contract.task}, "
@@ -232,10 +232,9 @@ def batches(
     if ctx.invoked_subcommand is not None:
         return
     from champion.training.data import landing_status
-    from champion.training.manifest import Manifest
 
     w = _root()
-    manifest = Manifest(w.contract.data.manifest)
+    manifest = w.manifest()
     landing = landing_status(w.contract, manifest)
     if as_json:
         body = {
@@ -273,7 +272,6 @@ def retire_batch(
 ) -> None:
     """Take an accepted batch out of every future training window (its stored copy stays)."""
     from champion.training.lease import CYCLE, REGISTRY
-    from champion.training.manifest import Manifest
     from champion.training.process import actor
     from champion.training.records import Event, LedgerEntry
 
@@ -285,7 +283,7 @@ def retire_batch(
     # The cycle lease keeps a running cycle from saving its older copy of the manifest
     # over this change; the registry lease serialises ledger writes.
     with w.leases.hold(CYCLE, timeout=timeout), w.leases.hold(REGISTRY, timeout=timeout):
-        manifest = Manifest(w.contract.data.manifest)
+        manifest = w.manifest()
         who = actor()
         manifest.retire(batch_id, reason=reason, who=who)
         w.ledger.append(LedgerEntry(Event.BATCH_RETIRED, reason, who, batch=batch_id))
@@ -348,13 +346,15 @@ def simulate(
 ) -> None:
     """Write demo batches (a drifting loan-approval stream) into the landing zone."""
     from champion.training.demo.simulate import SimulationPlan, simulate_batches
+    from champion.training.storage import local_path
 
     w = _root()
     try:
         plan = SimulationPlan(
             batches=batches, rows=rows, drift_at=drift_at, seed=seed, label_noise=noise, fmt=fmt
         )
-        paths = simulate_batches(plan, landing_zone=w.contract.data.landing_zone)
+        landing = local_path(w.contract.data.landing_zone, "champion simulate")
+        paths = simulate_batches(plan, landing_zone=landing)
     except ValueError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
@@ -369,13 +369,14 @@ def bootstrap() -> None:
     from champion.training.cycle import run_cycle
     from champion.training.data import pending_files
     from champion.training.demo.simulate import SimulationPlan, simulate_batches
-    from champion.training.manifest import Manifest
+    from champion.training.storage import local_path
 
     w = _root()
     landing = w.contract.data.landing_zone
-    if not pending_files(landing) and not Manifest(w.contract.data.manifest).batches:
+    if not pending_files(landing) and not w.manifest().batches:
         simulate_batches(
-            SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7), landing_zone=landing
+            SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7),
+            landing_zone=local_path(landing, "champion bootstrap (demo data)"),
         )
         typer.echo(f"wrote 4 demo batches into {landing}")
     if (current := w.registry.alias("champion")) is not None:
@@ -470,13 +471,14 @@ def demo(
 ) -> None:
     """Send traffic, feed a concept change, and watch a new champion swap in."""
     from champion.training.demo.traffic import run_demo
+    from champion.training.storage import local_path
 
     w = _root()
     token = w.settings.admin_token.get_secret_value() if w.settings.admin_token else None
     try:
         promoted = run_demo(
             base=url.rstrip("/"),
-            landing_zone=w.contract.data.landing_zone,
+            landing_zone=local_path(w.contract.data.landing_zone, "champion demo"),
             token=token,
             say=typer.echo,
             drifted_batches=batches,

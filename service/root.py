@@ -2,8 +2,11 @@
 
 The CLI, the BentoML service, the tests and the benchmarks all call `build`. Settings stop
 here: the core receives the ports and the few values it needs, never `Settings` itself.
-Heavy adapters (MLflow, SQLite) are built on first use, so a command that needs no registry
-never imports MLflow.
+Heavy adapters (MLflow, SQLite, PostgreSQL) are built on first use, so a command that needs
+no registry never imports MLflow.
+
+With `CHAMPION_DATABASE_URL` set (shared mode) the ledger, the leases, the manifest, the
+prediction log and the drift state are the PostgreSQL adapters; otherwise local files.
 """
 
 from __future__ import annotations
@@ -16,13 +19,23 @@ from typing import TYPE_CHECKING, Any
 from champion.training import logs
 from champion.training.clock import SystemClock
 from champion.training.config import Contract, Settings, get_settings, load_contract
-from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
+from champion.training.ports import (
+    BatchStore,
+    Clock,
+    DriftStore,
+    Leases,
+    LedgerStore,
+    ModelRegistry,
+    PredictionStore,
+)
 
 if TYPE_CHECKING:
-    from champion.monitoring.capture import PredictionLog
     from champion.monitoring.metrics import ServiceMetrics
     from champion.monitoring.watch import Watch, WatchSettings
     from champion.training.cycle import Context
+    from champion.training.manifest import Manifest
+    from champion.training.postgres.database import Database
+    from champion.training.postgres.notify import SwapListener
 
 
 class Components:
@@ -38,7 +51,7 @@ class Components:
         leases: Leases | None = None,
         clock: Clock | None = None,
         batches: Callable[[], BatchStore] | None = None,
-        prediction_log: PredictionLog | None = None,
+        prediction_log: PredictionStore | None = None,
         tracking_uri: str | None = None,
     ) -> None:
         self.settings = settings
@@ -61,6 +74,21 @@ class Components:
             return self._tracking_uri
         return os.environ.get("MLFLOW_TRACKING_URI", self.settings.default_tracking_uri)
 
+    @property
+    def shared(self) -> bool:
+        """Whether this deployment runs in shared mode (state on PostgreSQL)."""
+        return self.settings.database_url is not None
+
+    @cached_property
+    def database(self) -> Database:
+        """The shared-mode database (only in shared mode)."""
+        from champion.training.postgres.database import Database
+
+        url = self.settings.database_url
+        if url is None:
+            raise RuntimeError("no CHAMPION_DATABASE_URL: this deployment keeps state in files")
+        return Database(url.get_secret_value())
+
     @cached_property
     def registry(self) -> ModelRegistry:
         from champion.training.registry import Registry
@@ -73,15 +101,33 @@ class Components:
 
     @cached_property
     def ledger(self) -> LedgerStore:
+        if self.shared:
+            from champion.training.postgres.ledger import PgLedger
+
+            return PgLedger(self.database, clock=self.clock)
         from champion.training.ledger import Ledger
 
         return Ledger(self.settings.ledger_path, clock=self.clock)
 
     @cached_property
     def leases(self) -> Leases:
+        if self.shared:
+            from champion.training.postgres.leases import AdvisoryLeases
+
+            return AdvisoryLeases(self.database)
         from champion.training.lease import FileLeases
 
         return FileLeases(self.settings.lock_dir)
+
+    def manifest(self) -> Manifest:
+        """The batch manifest as stored now (a fresh read on each call)."""
+        from champion.training.manifest import Manifest
+
+        if self.shared:
+            from champion.training.postgres.manifest import PgManifest
+
+            return Manifest(PgManifest(self.database))
+        return Manifest(self.contract.data.manifest)
 
     def batches(self) -> BatchStore:
         """A fresh view of the batch store (each cycle reads the manifest once, its own)."""
@@ -89,15 +135,41 @@ class Components:
             return self._batches()
         from champion.training.batches import FileBatches
 
-        return FileBatches(self.contract)
+        return FileBatches(self.contract, manifest=self.manifest)
 
     @cached_property
-    def prediction_log(self) -> PredictionLog:
+    def prediction_log(self) -> PredictionStore:
+        if self.shared:
+            from champion.training.postgres.predictions import PgPredictionLog
+
+            return PgPredictionLog(self.database, max_rows=self.settings.capture_max_rows)
         from champion.monitoring.capture import PredictionLog
 
         return PredictionLog(
             self.settings.prediction_log_path, max_rows=self.settings.capture_max_rows
         )
+
+    @cached_property
+    def drift_store(self) -> DriftStore:
+        if self.shared:
+            from champion.training.postgres.drift import PgDriftStore
+
+            return PgDriftStore(self.database)
+        from champion.monitoring.state import DriftFiles
+
+        return DriftFiles(watch_settings(self.settings).folder)
+
+    def swap_listener(
+        self, *, on_notice: Callable[[str], None], on_error: Callable[[], None]
+    ) -> SwapListener | None:
+        """Started: a listener for alias-move notices (shared mode, unless turned off)."""
+        if not self.shared or not self.settings.swap_notices:
+            return None
+        from champion.training.postgres.notify import SwapListener
+
+        listener = SwapListener(self.database, on_notice, on_error=on_error)
+        listener.start()
+        return listener
 
     def cycle_context(
         self,
@@ -138,6 +210,7 @@ class Components:
             registry=self.registry,
             prediction_log=self.prediction_log,
             ledger=self.ledger,
+            store=self.drift_store,
             metrics=metrics,
             trigger_retrain=trigger_retrain or (lambda trigger: False),
             on_error=on_error,

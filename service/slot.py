@@ -500,6 +500,10 @@ class ModelSlot:
         self._stop.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """Check the registry now rather than at the next poll (a swap notice came)."""
+        self._wake.set()
+
     def _follow(self, poll_seconds: float, first: float) -> None:
         delay = first
         checked = False

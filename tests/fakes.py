@@ -87,9 +87,13 @@ class FakeLease:
 class FakeLeases:
     """Single-holder leases in a dict shared by `peer`s; a held lease never nests or waits."""
 
+    owner: str
+    domain: str
+
     def __init__(self, owner: str = "me", *, table: dict[str, str] | None = None) -> None:
         self.owner = owner
         self.table: dict[str, str] = {} if table is None else table  # name -> owner
+        self.domain = f"fake:{id(self.table)}"  # peers share the table, hence the domain
         self.taken: list[str] = []  # names this owner acquired, in order
         self.timeouts: list[float] = []  # the timeout asked for on each acquire
 
@@ -300,7 +304,15 @@ class FakeRegistry:
     def run_summary(self, run_id: str) -> RunSummary | None:
         self._enter("run_summary")
         run = self.runs.get(run_id)
-        return None if run is None else RunSummary(run_id, run.status, dict(run.metrics))
+        if run is None:
+            return None
+        return RunSummary(
+            run_id,
+            run.status,
+            dict(run.metrics),
+            params={k: str(v) for k, v in run.params.items()},
+            tags=dict(run.tags),
+        )
 
     # -- write side -----------------------------------------------------------------------
 
@@ -616,3 +628,38 @@ if TYPE_CHECKING:  # mypy checks that each fake satisfies its port
     _batches: BatchStore = FakeBatches()
     _clock: Clock = FakeClock()
     _predictions: PredictionStore = FakePredictions()
+
+
+# -- drift state ------------------------------------------------------------------------------
+
+
+class FakeDriftStore:
+    """The monitoring job's memory in dicts and a list (copies in, copies out)."""
+
+    where: str
+
+    def __init__(self) -> None:
+        self.where = "fake drift store"
+        self.state: dict[str, Any] | None = None
+        self.summary: dict[str, Any] | None = None
+        self.lines: list[dict[str, Any]] = []
+
+    def read_state(self) -> Mapping[str, Any] | None:
+        return None if self.state is None else dict(self.state)
+
+    def write_state(self, state: Mapping[str, Any]) -> None:
+        self.state = dict(state)
+
+    def latest(self) -> dict[str, Any] | None:
+        return None if self.summary is None else dict(self.summary)
+
+    def write_latest(self, summary: Mapping[str, Any]) -> None:
+        self.summary = json.loads(json.dumps(summary))
+
+    def append_history(self, entry: Mapping[str, Any], *, keep: int) -> None:
+        self.lines.append(dict(entry))
+        if len(self.lines) > keep + keep // 10:
+            del self.lines[:-keep]
+
+    def history(self) -> list[dict[str, Any]]:
+        return [dict(line) for line in self.lines]

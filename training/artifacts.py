@@ -46,6 +46,9 @@ TAG_CHAMPION_BEFORE = "champion.champion_before"
 TAG_SOURCE = "champion.source"
 TAG_ERROR = "champion.error"
 TAG_REASON = "champion.reason"
+# Where the cycle's lease lives: a reconcile holding the cycle lease of the same domain knows
+# the run's process is gone; a run of another domain may still be alive and is left alone.
+TAG_LEASE_DOMAIN = "champion.lease_domain"
 CV_PREFIX = "cv_"
 # Artifact names a run carries, read back by the gate, the service and the monitor.
 FINGERPRINT = "fingerprint.json"

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from champion.training.errors import ConfigError
+from champion.training.storage import parse_location
 
 # The largest finite float32. Numeric inputs beyond it are refused in training batches and by
 # the service alike: the models' trees (and the compiled runtime) compare 32-bit floats.
@@ -63,16 +64,23 @@ class ProjectSection(_Strict):
 
 
 class DataSection(_Strict):
-    landing_zone: Path
-    quarantine: Path
+    # A local folder (a `Path`: plain path or file:// URI) or an "s3://bucket/prefix" URI
+    # (`champion.training.storage`); the manifest is always a local file.
+    landing_zone: Path | str
+    quarantine: Path | str
     manifest: Path
     # Accepted batches are copied here, named by content: the landing zone is only an inbox.
-    store: Path = Path("var/batches")
+    store: Path | str = Path("var/batches")
     # A file modified more recently than this is left for the next cycle (still being written).
     settle_seconds: float = Field(default=10.0, ge=0.0)
     max_null_rate: float = Field(default=0.2, ge=0.0, le=1.0)
     min_rows: int = Field(default=20, ge=1)
     max_duplicate_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @field_validator("landing_zone", "quarantine", "store", mode="before")
+    @classmethod
+    def _folder(cls, value: Any) -> Path | str:
+        return parse_location(value)
 
 
 class Feature(_Strict):
@@ -282,7 +290,7 @@ def parse_contract(
         resolved = {
             key: (
                 getattr(data, key)
-                if getattr(data, key).is_absolute()
+                if not isinstance(getattr(data, key), Path) or getattr(data, key).is_absolute()
                 else base / getattr(data, key)
             )
             for key in ("landing_zone", "quarantine", "manifest", "store")
@@ -314,6 +322,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     train_threads: int = Field(default=1, ge=1)
     serve_threads: int = Field(default=1, ge=1)
+    # Shared mode: a PostgreSQL URL (postgresql://user@host:5432/db) puts the ledger, leases,
+    # manifest, prediction log and drift state there, for every replica. Unset: local files.
+    database_url: SecretStr | None = None
+    # Shared mode: replicas hear alias moves by LISTEN/NOTIFY (off: each waits for its poll).
+    swap_notices: bool = True
     # Serving
     admin_token: SecretStr | None = None
     # POST /feedback writes training data: it needs its own token (disabled without one).

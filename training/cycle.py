@@ -28,6 +28,7 @@ from champion.training.artifacts import (
     TAG_DATA,
     TAG_ERROR,
     TAG_KIND,
+    TAG_LEASE_DOMAIN,
     TAG_REASON,
     TAG_ROWS,
     TAG_SOURCE,
@@ -117,7 +118,11 @@ class Context:
 
 
 def reconcile(ctx: Context) -> list[dict[str, Any]]:
-    """Bring the ledger in line with the registry after a crash (caller holds the cycle lease)."""
+    """Bring the ledger in line with the registry after a crash (caller holds the cycle lease).
+
+    A RUNNING cycle run is ended as KILLED only when it is provably dead: it took the cycle
+    lease of this same lease domain, which the caller now holds, so its process is gone.
+    """
     written: list[dict[str, Any]] = []
     with ctx.leases.hold(REGISTRY, timeout=ctx.lease_timeout):
         current = ctx.registry.alias("champion")
@@ -141,6 +146,15 @@ def reconcile(ctx: Context) -> list[dict[str, Any]]:
             )
             written.append(ctx.ledger.append(entry))
     for run_id in ctx.registry.running_cycle_runs():
+        run = ctx.registry.run_summary(run_id)
+        domain = run.tags.get(TAG_LEASE_DOMAIN) if run is not None else None
+        if domain is not None and domain != ctx.leases.domain:
+            # Its cycle lease is not ours to see: it may be another deployment's live cycle.
+            log.warning(
+                "a RUNNING cycle run of another lease domain was left alone",
+                extra={"run_id": run_id, "its_domain": domain, "ours": ctx.leases.domain},
+            )
+            continue
         ctx.registry.end_run(run_id, "KILLED")
         reason = (
             "A cycle stopped before finishing (crash or kill); it moved no alias "
@@ -461,6 +475,7 @@ class _Cycle:
                 TAG_KIND: "cycle",
                 TAG_TRIGGER: self.trigger,
                 TAG_CHAMPION_BEFORE: str(self.champion_before),
+                TAG_LEASE_DOMAIN: self.ctx.leases.domain,
             },
         )
         self.ctx.registry.log(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,8 +24,9 @@ from champion.training.checks import (
 )
 from champion.training.config import Contract
 from champion.training.errors import DataError
-from champion.training.files import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from champion.training.files import sha256_bytes
 from champion.training.manifest import BatchEntry, BatchStatus, Manifest
+from champion.training.storage import Entry, Folder, location
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +52,9 @@ class IntakeReport:
 class LandingScan:
     """The landing zone's files by what intake will do with them now."""
 
-    ready: tuple[Path, ...]
-    waiting: tuple[Path, ...]
-    ignored: tuple[Path, ...]
+    ready: tuple[Entry, ...]
+    waiting: tuple[Entry, ...]
+    ignored: tuple[Entry, ...]
 
 
 @dataclass(frozen=True)
@@ -95,121 +94,99 @@ def batch_id_for(name: str, digest: str) -> str:
     return f"{name[: len(name) - len(suffix)]}-{digest[:12]}"
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
-        b.st_dev,
-        b.st_ino,
-        b.st_size,
-        b.st_mtime_ns,
-    )
-
-
-def _read_whole(path: Path) -> tuple[bytes, os.stat_result] | None:
-    """The file's bytes, or None when it changed while being read (still being written)."""
-    with path.open("rb") as fh:
-        before = os.fstat(fh.fileno())
-        data = fh.read()
-        after = os.fstat(fh.fileno())
-    if not _same_file(before, after) or len(data) != after.st_size:
-        return None
-    return data, after
+def _folder(where: Path | str | Folder) -> Folder:
+    return where if isinstance(where, Folder) else location(where)
 
 
 def _quarantine(
-    path: Path,
+    zone: Folder,
+    name: str,
     data: bytes,
-    seen: os.stat_result,
-    quarantine: Path,
+    seen: Entry,
+    quarantine: Folder,
     batch_id: str,
     reasons: list[str],
-) -> Path:
-    """Put the judged bytes in quarantine, then remove the landing file unless it changed."""
-    quarantine.mkdir(parents=True, exist_ok=True)
-    target = quarantine / path.name
-    if target.exists():
-        suffix_len = len(batch_suffix(path.name) or "")
-        stem, suffix = path.name[: len(path.name) - suffix_len], path.name[-suffix_len:]
-        target = quarantine / f"{stem}.{batch_id}{suffix}"
+) -> str:
+    """Put the judged bytes in quarantine, then remove the landing file unless it changed.
+
+    Returns the name the bytes are kept under in quarantine.
+    """
+    target = name
+    if quarantine.exists(target):
+        suffix_len = len(batch_suffix(name) or "")
+        stem, suffix = name[: len(name) - suffix_len], name[-suffix_len:]
+        target = f"{stem}.{batch_id}{suffix}"
     reason = {
         "batch_id": batch_id,
-        "file": path.name,
+        "file": name,
         "quarantined_at": datetime.now(UTC).isoformat(),
         "reasons": reasons,
     }
     # The reason goes first: a crash between the steps leaves an explained file, never a
     # silently missing one.
-    atomic_write_text(target.with_name(target.name + ".reason.json"), json.dumps(reason, indent=1))
-    atomic_write_bytes(target, data)
-    try:
-        if _same_file(path.stat(), seen):
-            path.unlink()
-        else:  # rewritten since it was read: the new content is judged by the next cycle
-            log.info("quarantined file changed since it was read", extra={"file": path.name})
-    except FileNotFoundError:
-        pass
+    quarantine.write_text(f"{target}.reason.json", json.dumps(reason, indent=1))
+    quarantine.write_bytes(target, data)
+    if not zone.remove_unchanged(name, seen):
+        # rewritten since it was read: the new content is judged by the next cycle
+        log.info("quarantined file changed since it was read", extra={"file": name})
     return target
 
 
 def scan_landing(
-    landing_zone: Path, settle_seconds: float, *, now: float | None = None
+    landing_zone: Path | str | Folder, settle_seconds: float, *, now: float | None = None
 ) -> LandingScan:
     """Sort the landing zone's files: batches ready, batches still settling, unknown types.
 
-    Hidden files and partial-download names are not looked at.
+    Hidden files and partial-download names are not looked at. The settle time counts from
+    the file's modification time (an object's Last-Modified).
     """
-    if not landing_zone.exists():
-        return LandingScan((), (), ())
+    zone = _folder(landing_zone)
     cutoff = (time.time() if now is None else now) - settle_seconds
-    ready: list[Path] = []
-    waiting: list[Path] = []
-    ignored: list[Path] = []
-    for path in sorted(landing_zone.iterdir()):
-        name = path.name
+    ready: list[Entry] = []
+    waiting: list[Entry] = []
+    ignored: list[Entry] = []
+    for entry in zone.list():
+        name = entry.name
         if name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES):
             continue
-        try:
-            info = path.stat()
-        except FileNotFoundError:  # removed since the listing
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            continue
         if batch_suffix(name) is None:
-            ignored.append(path)
-        elif settle_seconds > 0 and info.st_mtime > cutoff:
-            waiting.append(path)
+            ignored.append(entry)
+        elif settle_seconds > 0 and entry.mtime > cutoff:
+            waiting.append(entry)
         else:
-            ready.append(path)
+            ready.append(entry)
     return LandingScan(tuple(ready), tuple(waiting), tuple(ignored))
 
 
-def pending_files(landing_zone: Path) -> list[Path]:
-    """Every batch file in the landing zone, settled or not, taken in or not."""
+def pending_files(landing_zone: Path | str | Folder) -> list[str]:
+    """The name of every batch file in the landing zone, settled or not, taken in or not."""
     scan = scan_landing(landing_zone, 0.0)
-    return list(scan.ready)
+    return [entry.name for entry in scan.ready]
 
 
 def landing_status(
     contract: Contract, manifest: Manifest, *, now: float | None = None
 ) -> LandingStatus:
     """The landing-zone files intake has not taken in: new, still settling, or ignored."""
-    scan = scan_landing(contract.data.landing_zone, contract.data.settle_seconds, now=now)
+    zone = location(contract.data.landing_zone)
+    scan = scan_landing(zone, contract.data.settle_seconds, now=now)
     new: list[str] = []
-    for path in scan.ready:
+    for entry in scan.ready:
         try:
-            digest = sha256_file(path)
+            digest = zone.sha256(entry.name)
         except FileNotFoundError:
             continue
-        if not manifest.holds(path.name, batch_id_for(path.name, digest)):
-            new.append(path.name)
+        if not manifest.holds(entry.name, batch_id_for(entry.name, digest)):
+            new.append(entry.name)
     return LandingStatus(
-        tuple(new), tuple(p.name for p in scan.waiting), tuple(p.name for p in scan.ignored)
+        tuple(new), tuple(e.name for e in scan.waiting), tuple(e.name for e in scan.ignored)
     )
 
 
-def _store(path: Path, data: bytes, digest: str) -> None:
-    if path.exists() and sha256_file(path) == digest:
+def _store(store: Folder, name: str, data: bytes, digest: str) -> None:
+    if store.exists(name) and store.sha256(name) == digest:
         return  # written by an intake that stopped before saving the manifest
-    atomic_write_bytes(path, data)
+    store.write_bytes(name, data)
 
 
 def _stored_bytes(contract: Contract, manifest: Manifest, batch_id: str) -> tuple[bytes, str]:
@@ -218,9 +195,10 @@ def _stored_bytes(contract: Contract, manifest: Manifest, batch_id: str) -> tupl
     stored = entry.stored
     if stored is None:
         return _migrate(contract, manifest, batch_id), batch_suffix(entry.file) or ".csv"
-    path = contract.data.store / stored
+    store = location(contract.data.store)
+    path = store.join(stored)
     try:
-        data = path.read_bytes()
+        data = store.read_bytes(stored)
     except FileNotFoundError:
         raise DataError(
             f"accepted batch {batch_id}: its stored copy {path} is missing; restore it, or "
@@ -238,9 +216,10 @@ def _stored_bytes(contract: Contract, manifest: Manifest, batch_id: str) -> tupl
 def _migrate(contract: Contract, manifest: Manifest, batch_id: str) -> bytes:
     """Copy a batch accepted before the store existed into it, if its file is unchanged."""
     entry = manifest.batches[batch_id]
-    path = contract.data.landing_zone / entry.file
+    zone = location(contract.data.landing_zone)
+    path = zone.join(entry.file)
     try:
-        data: bytes | None = path.read_bytes()
+        data: bytes | None = zone.read_bytes(entry.file)
     except FileNotFoundError:
         data = None
     if data is None or sha256_bytes(data) != entry.sha256:
@@ -250,7 +229,7 @@ def _migrate(contract: Contract, manifest: Manifest, batch_id: str) -> bytes:
             f"{path} {state}; retire it: champion batches retire {batch_id} --reason ..."
         )
     stored = f"{entry.sha256}{batch_suffix(entry.file) or '.csv'}"
-    _store(contract.data.store / stored, data, entry.sha256)
+    _store(location(contract.data.store), stored, data, entry.sha256)
     manifest.batches[batch_id] = replace(entry, stored=stored)
     manifest.save()
     log.info("batch copied into the store", extra={"batch": batch_id, "stored": stored})
@@ -295,36 +274,33 @@ def _known_classes(contract: Contract, manifest: Manifest) -> list[Any]:
 
 @dataclass(frozen=True)
 class _Arrival:
-    """A landing-zone file read once: its bytes, the stat they were read under, their digest."""
+    """A landing-zone file read once: its bytes, the version they were read as, their digest."""
 
-    path: Path
+    zone: Folder
+    name: str
     data: bytes
-    seen: os.stat_result
+    seen: Entry
     digest: str
 
     @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
     def suffix(self) -> str:
-        return batch_suffix(self.path.name) or ".csv"
+        return batch_suffix(self.name) or ".csv"
 
     @property
     def batch_id(self) -> str:
-        return batch_id_for(self.path.name, self.digest)
+        return batch_id_for(self.name, self.digest)
 
 
-def _arrive(path: Path) -> _Arrival | None:
+def _arrive(zone: Folder, name: str) -> _Arrival | None:
     """The file as read whole, or None when it changed while being read (still being written).
 
     Raises FileNotFoundError when it was removed since the listing.
     """
-    taken = _read_whole(path)
+    taken = zone.read_whole(name)
     if taken is None:
         return None
     data, seen = taken
-    return _Arrival(path, data, seen, sha256_bytes(data))
+    return _Arrival(zone, name, data, seen, sha256_bytes(data))
 
 
 def _judge(
@@ -358,7 +334,7 @@ def _accept(
 ) -> BatchEntry:
     """Store the judged bytes under their digest; the entry of the accepted batch."""
     stored = f"{arrival.digest}{arrival.suffix}"
-    _store(contract.data.store / stored, arrival.data, arrival.digest)
+    _store(location(contract.data.store), stored, arrival.data, arrival.digest)
     if manifest.classes is not None and contract.task == "classification":
         manifest.classes = merge_classes(manifest.classes, report.classes)
     log.info("batch accepted", extra={"batch": arrival.batch_id, "rows": len(frame)})
@@ -377,16 +353,17 @@ def _refuse(
     """Move the judged bytes to quarantine with their reasons; the entry of the batch."""
     reasons = list(report.reasons)
     moved = _quarantine(
-        arrival.path,
+        arrival.zone,
+        arrival.name,
         arrival.data,
         arrival.seen,
-        contract.data.quarantine,
+        location(contract.data.quarantine),
         arrival.batch_id,
         reasons,
     )
     log.warning("batch quarantined", extra={"batch": arrival.batch_id, "reasons": reasons})
     return replace(
-        base, status=BatchStatus.QUARANTINED, reasons=report.reasons, quarantined_as=moved.name
+        base, status=BatchStatus.QUARANTINED, reasons=report.reasons, quarantined_as=moved
     )
 
 
@@ -414,11 +391,11 @@ def _take_in(
     return report, entry
 
 
-def _warn_ignored(ignored: Sequence[Path]) -> None:
+def _warn_ignored(ignored: Sequence[Entry]) -> None:
     if ignored:
         log.warning(
             "files of a type intake does not read are left in the landing zone",
-            extra={"files": [p.name for p in ignored], "accepted_types": list(BATCH_SUFFIXES)},
+            extra={"files": [e.name for e in ignored], "accepted_types": list(BATCH_SUFFIXES)},
         )
 
 
@@ -428,21 +405,22 @@ def intake(contract: Contract, manifest: Manifest, *, now: float | None = None) 
     Each file is read once: the digest, the checks and the stored copy all come from the
     same bytes, so a file rewritten meanwhile can never be accepted under another's digest.
     """
-    scan = scan_landing(contract.data.landing_zone, contract.data.settle_seconds, now=now)
+    zone = location(contract.data.landing_zone)
+    scan = scan_landing(zone, contract.data.settle_seconds, now=now)
     _warn_ignored(scan.ignored)
     lock = contract.task == "classification" and contract.classes is None
     accepted: list[BatchReport] = []
     quarantined: list[BatchReport] = []
-    waiting = [p.name for p in scan.waiting]
-    for path in scan.ready:
+    waiting = [e.name for e in scan.waiting]
+    for listed in scan.ready:
         try:
-            arrival = _arrive(path)
+            arrival = _arrive(zone, listed.name)
         except FileNotFoundError:  # removed since the listing
             continue
         if arrival is None:
-            waiting.append(path.name)
+            waiting.append(listed.name)
             continue
-        if manifest.holds(path.name, arrival.batch_id):
+        if manifest.holds(listed.name, arrival.batch_id):
             continue
         report, entry = _take_in(contract, manifest, arrival, lock=lock)
         (accepted if entry.status is BatchStatus.ACCEPTED else quarantined).append(report)
@@ -452,7 +430,7 @@ def intake(contract: Contract, manifest: Manifest, *, now: float | None = None) 
             extra={"waiting": len(waiting), "settle_seconds": contract.data.settle_seconds},
         )
     return IntakeReport(
-        tuple(accepted), tuple(quarantined), tuple(waiting), tuple(p.name for p in scan.ignored)
+        tuple(accepted), tuple(quarantined), tuple(waiting), tuple(e.name for e in scan.ignored)
     )
 
 

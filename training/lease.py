@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,9 +40,13 @@ class FileLease:
 class FileLeases:
     """The `Leases` adapter for one host: lock files in `lock_dir`."""
 
+    owner: str
+    domain: str
+
     def __init__(self, lock_dir: Path, *, owner: str | None = None) -> None:
         self.lock_dir = lock_dir
         self.owner = owner or f"{actor()}:{os.getpid()}"
+        self.domain = f"file://{socket.gethostname()}{lock_dir.resolve()}"
 
     def acquire(self, name: str, *, timeout: float = 0.0) -> FileLease:
         self.lock_dir.mkdir(parents=True, exist_ok=True)

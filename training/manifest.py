@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from champion.training.errors import DataError
 from champion.training.files import atomic_write_text
@@ -97,22 +97,55 @@ class BatchEntry:
         return record
 
 
-class Manifest:
-    """Remembers every batch ever seen, so none is used twice or lost."""
+class ManifestStorage(Protocol):
+    """Where the manifest lives: a JSON file here, a table in shared mode."""
+
+    where: str  # for messages: the file, or the database
+
+    def read(self) -> Mapping[str, Any] | None:
+        """The manifest as its file holds it (`version`, `batches`, `classes`); None if new."""
+        ...
+
+    def write(self, body: Mapping[str, Any], *, before: Mapping[str, Any] | None) -> None:
+        """Store `body`; `before` is what `read` gave (a table writes only what changed)."""
+        ...
+
+
+class ManifestFile:
+    """The manifest as one JSON file, replaced atomically on each save."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.where = str(path)
+
+    def read(self) -> Mapping[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"manifest {self.path} is not valid JSON: {exc}") from None
+        return raw if isinstance(raw, dict) else {"version": None}
+
+    def write(self, body: Mapping[str, Any], *, before: Mapping[str, Any] | None) -> None:
+        atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
+
+
+class Manifest:
+    """Remembers every batch ever seen, so none is used twice or lost."""
+
+    def __init__(self, source: Path | ManifestStorage) -> None:
+        self.storage: ManifestStorage = ManifestFile(source) if isinstance(source, Path) else source
+        self.path = self.storage.where
         self.batches: dict[str, BatchEntry] = {}
         # Target values of the accepted batches; None for a manifest written before they were
         # recorded (learnt from the batches when first needed).
         self.classes: list[Any] | None = []
-        if path.exists():
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"manifest {path} is not valid JSON: {exc}") from None
+        self._read = self.storage.read()
+        if self._read is not None:
+            raw = self._read
             if raw.get("version") != MANIFEST_VERSION:
-                raise DataError(f"manifest {path} has unknown version {raw.get('version')!r}")
+                raise DataError(f"manifest {self.path} has unknown version {raw.get('version')!r}")
             self.batches = {b: self._entry(b, r) for b, r in raw["batches"].items()}
             self.classes = raw.get("classes")
 
@@ -131,7 +164,8 @@ class Manifest:
 
     def save(self) -> None:
         body = {"version": MANIFEST_VERSION, "batches": self.records(), "classes": self.classes}
-        atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
+        self.storage.write(body, before=self._read)
+        self._read = body
 
     def by_digest(self, sha256: str) -> str | None:
         """The batch taken in with this content; a quarantined one may come back once fixed."""

@@ -7,7 +7,11 @@
 | `Leases`          | `champion.training.lease.FileLeases`       | `tests.fakes`         |
 | `BatchStore`      | `champion.training.batches.FileBatches`    | `tests.fakes`         |
 | `PredictionStore` | `champion.monitoring.capture.PredictionLog`| `tests.fakes`         |
+| `DriftStore`      | `champion.monitoring.state.DriftFiles`     | `tests.fakes`         |
 | `Clock`           | `champion.training.clock.SystemClock`      | `tests.fakes`         |
+
+Shared mode (`CHAMPION_DATABASE_URL`) puts every port but the registry and the clock on
+PostgreSQL (`champion.training.postgres`); the registry is then an `mlflow server`.
 
 They are shaped for a second, shared backend: leases name their owner, ledger appends return a
 sequence number, the prediction store writes batches, queries windows and labels exactly once.
@@ -53,6 +57,9 @@ class Leases(Protocol):
     """Named single-holder leases: one cycle, one writer of aliases and the ledger, one leader."""
 
     owner: str
+    # Where the leases live (a lock folder on one host, one database): holders of the same
+    # domain exclude each other, holders of different domains do not.
+    domain: str
 
     def acquire(self, name: str, *, timeout: float = 0.0) -> Lease:
         """Take the lease, waiting up to `timeout` seconds; raises LeaseBusyError if held."""
@@ -181,3 +188,29 @@ class PredictionStore(Protocol):
     def finish_export(self, name: str) -> int: ...
 
     def count(self) -> int: ...
+
+
+class DriftStore(Protocol):
+    """The monitoring job's memory across ticks and leaders: its state, last summary, history."""
+
+    where: str  # for messages: the file or the database
+
+    def read_state(self) -> Mapping[str, Any] | None:
+        """The state the last tick saved (None before any); raises when it cannot be read."""
+        ...
+
+    def write_state(self, state: Mapping[str, Any]) -> None: ...
+
+    def latest(self) -> dict[str, Any] | None:
+        """The last tick's summary (what GET /drift shows on every worker and replica)."""
+        ...
+
+    def write_latest(self, summary: Mapping[str, Any]) -> None: ...
+
+    def append_history(self, entry: Mapping[str, Any], *, keep: int) -> None:
+        """Add one tick's line, keeping the newest `keep` lines (up to 10 % more)."""
+        ...
+
+    def history(self) -> list[dict[str, Any]]:
+        """The kept lines, oldest first."""
+        ...

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
@@ -94,8 +95,35 @@ def _ref(mv: Any) -> ModelRef:
     )
 
 
+def is_server(tracking_uri: str) -> bool:
+    """Whether `tracking_uri` names an MLflow tracking server (`http://`, `https://`)."""
+    return urlparse(tracking_uri).scheme.lower() in ("http", "https")
+
+
+def artifact_location(tracking_uri: str, artifact_root: Path | None, model_name: str) -> str | None:
+    """Where a new experiment's artifacts go: the rule `Registry` creates experiments by.
+
+    - Tracking server (`http(s)://`): None, always, whatever `artifact_root` says. The server
+      then applies its own default (`mlflow-artifacts:/…` under `--serve-artifacts`), so
+      artifacts travel through the server and every host downloads them over HTTP. A `file://`
+      location here would pin them to the disk of whichever host created the experiment.
+    - Store opened directly (the embedded default, `sqlite:///…`): `artifact_root/model_name`
+      as a `file://` URI when `artifact_root` is given, else None (MLflow's default).
+    """
+    if is_server(tracking_uri) or artifact_root is None:
+        return None
+    return (artifact_root / model_name).resolve().as_uri()
+
+
 class Registry:
-    """Runs, model versions and aliases of one registered model."""
+    """Runs, model versions and aliases of one registered model.
+
+    Everything goes through `tracking_uri` (also the registry URI), never MLflow's global
+    tracking URI, so one process may hold registries on different stores. With a tracking
+    server, artifacts are uploaded to and downloaded from the server (see `artifact_location`):
+    nothing assumes a filesystem shared between hosts. `artifact_root` applies to a store
+    opened directly only.
+    """
 
     def __init__(self, *, tracking_uri: str, model_name: str, artifact_root: Path | None = None):
         self.tracking_uri = tracking_uri
@@ -209,11 +237,7 @@ class Registry:
             if exp is not None:
                 self._experiment_id = exp.experiment_id
             else:
-                location = (
-                    (self.artifact_root / self.model_name).resolve().as_uri()
-                    if self.artifact_root
-                    else None
-                )
+                location = artifact_location(self.tracking_uri, self.artifact_root, self.model_name)
                 try:
                     self._experiment_id = self.client.create_experiment(
                         self.model_name, artifact_location=location
@@ -368,6 +392,14 @@ class Registry:
         if current_version is not None and current_version != new:
             self.client.set_registered_model_alias(self.model_name, "previous", current_version)
         self.client.set_registered_model_alias(self.model_name, "champion", new)
+        # Read back: a writer that bypassed the lease (or a registry that dropped the write)
+        # shows here, and the move is not reported as done.
+        after = self.alias("champion")
+        if after is None or after.version != new:
+            raise RegistryError(
+                f"the champion alias reads v{after.version if after else None} right after "
+                f"moving it to v{new}: another writer moved it without the registry lease"
+            )
         return True
 
     def running_cycle_runs(self) -> list[str]:
@@ -391,4 +423,4 @@ def _requirements() -> list[str]:
     return [f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"]
 
 
-__all__ = ["LoadedModel", "Registry"]
+__all__ = ["LoadedModel", "Registry", "artifact_location", "is_server"]

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from champion.training import ports
 from champion.training.postgres.database import Database
+from champion.training.postgres.drift import PgDriftStore
 from champion.training.postgres.leases import AdvisoryLeases
 from champion.training.postgres.ledger import PgLedger
 from champion.training.postgres.predictions import PgPredictionLog
@@ -30,7 +31,7 @@ CONTRACTS = [
     if name.startswith("test_")
     and any(
         fixture in contracts.__dict__[name].__code__.co_varnames
-        for fixture in ("ledger", "leases_for", "store", "store_for")
+        for fixture in ("ledger", "leases_for", "store", "store_for", "drift_store")
     )
 ]
 globals().update({name: getattr(contracts, name) for name in CONTRACTS})
@@ -69,11 +70,16 @@ def store_for(database: Database) -> Callable[..., ports.PredictionStore]:
     return make
 
 
+@pytest.fixture(params=["postgres"])
+def drift_store(database: Database) -> ports.DriftStore:
+    return PgDriftStore(database)
+
+
 @pytest.fixture
 def store(store_for: Callable[..., Any]) -> ports.PredictionStore:
     return store_for()
 
 
 def test_every_ledger_lease_and_prediction_contract_runs_here():
-    """It collects the contract tests of the three ports (none silently left out)."""
-    assert len(CONTRACTS) >= 35
+    """It collects the contract tests of the four ports (none silently left out)."""
+    assert len(CONTRACTS) >= 38

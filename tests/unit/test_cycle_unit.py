@@ -9,7 +9,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from champion.training.artifacts import TAG_CANDIDATE, TAG_KIND, TAG_VERDICT, ModelRef
+from champion.training.artifacts import (
+    TAG_CANDIDATE,
+    TAG_KIND,
+    TAG_LEASE_DOMAIN,
+    TAG_VERDICT,
+    ModelRef,
+)
 from champion.training.config import Contract
 from champion.training.cycle import Context, CycleResult, reconcile, run_cycle
 from champion.training.demo.simulate import agrawal_frame
@@ -342,6 +348,30 @@ def test_reconcile_records_a_cycle_run_left_running_as_interrupted(tmp_path):
     assert world.registry.runs[run_id].status == "KILLED"
     assert world.registry.runs[trial].status == "RUNNING"  # only cycle runs are reconciled
     assert world.ledger.events() == ["cycle_interrupted"]
+
+
+def test_reconcile_leaves_a_running_cycle_of_another_lease_domain_alone(tmp_path):
+    """It kills only runs provably dead: a RUNNING cycle that took its cycle lease elsewhere
+    (another deployment's lock folder or database) may be alive, and is not touched."""
+    world = World(_contract(tmp_path), FakeBatches())
+    ours = world.registry.start_run(
+        name="ours", tags={TAG_KIND: "cycle", TAG_LEASE_DOMAIN: world.leases.domain}
+    )
+    theirs = world.registry.start_run(
+        name="theirs", tags={TAG_KIND: "cycle", TAG_LEASE_DOMAIN: "file://other-host/var/locks"}
+    )
+    written = reconcile(world.ctx)
+
+    assert [w["run_id"] for w in written] == [ours]
+    assert world.registry.runs[ours].status == "KILLED"
+    assert world.registry.runs[theirs].status == "RUNNING"
+
+
+def test_a_cycle_run_records_its_lease_domain(tmp_path):
+    """It tags each cycle run with the domain of the cycle lease it holds."""
+    world = World(_contract(tmp_path), _batches("b1", "b2"))
+    result = run_cycle(world.ctx)
+    assert world.run(result).tags[TAG_LEASE_DOMAIN] == world.leases.domain
 
 
 def test_reconcile_records_an_alias_the_ledger_does_not_know(tmp_path):

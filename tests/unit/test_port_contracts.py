@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from champion.monitoring.capture import Captured, Fresh, PredictionLog, Written
+from champion.monitoring.state import DriftFiles
 from champion.training import ports
 from champion.training.clock import SystemClock
 from champion.training.errors import LeaseBusyError
 from champion.training.lease import FileLeases
 from champion.training.ledger import Ledger
 from champion.training.records import Event, LedgerEntry, Verdict
-from tests.fakes import FakeClock, FakeLeases, FakeLedger, FakePredictions
+from tests.fakes import FakeClock, FakeDriftStore, FakeLeases, FakeLedger, FakePredictions
 from tests.unit.test_ports import _members
 
 KINDS = ["adapter", "fake"]
@@ -317,6 +318,46 @@ def test_acquire_waits_for_a_release_within_its_timeout(request, leases_for):
         releaser.join()
     assert got.owner == "b" and mine.holder("cycle") == "b"
     got.release()
+
+
+# -- DriftStore -------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=KINDS)
+def drift_store(request: pytest.FixtureRequest, tmp_path: Path) -> ports.DriftStore:
+    if request.param == "adapter":
+        return DriftFiles(tmp_path / "drift")
+    return FakeDriftStore()
+
+
+_STATE = {"last_tested_id": 41, "streak": 2, "last_trigger": 1_767_225_600.5, "version": "3"}
+
+
+def test_a_new_drift_store_has_no_state_summary_or_history(drift_store):
+    """It answers None, None and [] before the first tick wrote anything."""
+    assert drift_store.read_state() is None
+    assert drift_store.latest() is None
+    assert drift_store.history() == []
+
+
+def test_the_state_and_the_summary_read_back_as_last_written(drift_store):
+    """It returns the last state and summary written, replacing the earlier ones whole."""
+    drift_store.write_state({**_STATE, "streak": 1})
+    drift_store.write_state(_STATE)
+    drift_store.write_latest({"at": "t1", "drift": {"share": 0.5}, "streak": 2})
+    drift_store.write_latest({"at": "t2", "streak": 0})
+    assert drift_store.read_state() == _STATE
+    assert drift_store.latest() == {"at": "t2", "streak": 0}
+
+
+def test_history_keeps_the_newest_lines_in_order(drift_store):
+    """It keeps at least `keep` and at most `keep` + 10 % lines: the newest, oldest first."""
+    for i in range(45):
+        drift_store.append_history({"n": i}, keep=20)
+        assert len(drift_store.history()) <= 22
+    kept = [line["n"] for line in drift_store.history()]
+    assert len(kept) >= 20
+    assert kept == list(range(45 - len(kept), 45))
 
 
 # -- PredictionStore --------------------------------------------------------------------------

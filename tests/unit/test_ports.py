@@ -8,11 +8,16 @@ from typing import Any
 import pytest
 
 from champion.monitoring.capture import PredictionLog
+from champion.monitoring.state import DriftFiles
 from champion.training import ports
 from champion.training.batches import FileBatches
 from champion.training.clock import SystemClock
 from champion.training.lease import FileLeases
 from champion.training.ledger import Ledger
+from champion.training.postgres.drift import PgDriftStore
+from champion.training.postgres.leases import AdvisoryLeases
+from champion.training.postgres.ledger import PgLedger
+from champion.training.postgres.predictions import PgPredictionLog
 from champion.training.registry import Registry
 from tests import fakes
 
@@ -33,6 +38,12 @@ PAIRS: list[tuple[type, type]] = [
     (ports.BatchStore, FileBatches),
     (ports.BatchStore, fakes.FakeBatches),
     (ports.PredictionStore, PredictionLog),
+    (ports.PredictionStore, PgPredictionLog),
+    (ports.LedgerStore, PgLedger),
+    (ports.Leases, AdvisoryLeases),
+    (ports.DriftStore, DriftFiles),
+    (ports.DriftStore, PgDriftStore),
+    (ports.DriftStore, fakes.FakeDriftStore),
     (ports.Clock, SystemClock),
     (ports.Clock, fakes.FakeClock),
 ]
@@ -42,8 +53,10 @@ PAIRS: list[tuple[type, type]] = [
 def test_the_implementation_offers_every_member_of_its_port(port: type, impl: type) -> None:
     """It has every method of the port, each taking the port's parameters by name."""
     for name in sorted(_members(port)):
-        if name == "owner":  # an instance attribute, set in __init__
-            assert "owner" in inspect.signature(impl.__init__).parameters or hasattr(impl, name)
+        if name in getattr(port, "__annotations__", {}) and not hasattr(port, name):
+            # A data attribute, set per instance: the class declares it.
+            declared = {n for k in impl.__mro__ for n in getattr(k, "__annotations__", {})}
+            assert name in declared, f"{impl.__name__} does not declare {port.__name__}.{name}"
             continue
         assert hasattr(impl, name), f"{impl.__name__} lacks {port.__name__}.{name}"
         wanted = getattr(port, name)

@@ -21,7 +21,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 SCHEMES = ("postgresql", "postgres")
 # Ask the server to notice a vanished peer within about 30 s (a dead host, a cut link): it
 # then ends that session, and with it the session's advisory locks.
-KEEPALIVES = {
+KEEPALIVES: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,

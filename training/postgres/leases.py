@@ -75,9 +75,14 @@ class AdvisoryLease:
 class AdvisoryLeases:
     """Named single-holder leases across every replica using one database."""
 
+    owner: str
+    domain: str
+
     def __init__(self, database: Database, *, owner: str | None = None) -> None:
         self.database = database
         self.owner = owner or f"{actor()}:{os.getpid()}"
+        url = database.url
+        self.domain = f"postgresql://{url.host}:{url.port or 5432}/{url.database}"
 
     def acquire(self, name: str, *, timeout: float = 0.0) -> AdvisoryLease:
         self.database.engine  # noqa: B018 - the schema (lease_holders) exists before we write it

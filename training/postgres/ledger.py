@@ -11,6 +11,7 @@ from sqlalchemy import func, insert, select, text
 from champion.training.clock import SystemClock
 from champion.training.ports import Clock
 from champion.training.postgres.database import Database
+from champion.training.postgres.notify import CHANNEL
 from champion.training.postgres.schema import ledger
 from champion.training.records import LedgerEntry
 
@@ -22,7 +23,8 @@ class PgLedger:
 
     An entry is stored as the file ledger stores a line (its JSON text), so what `append`
     returns is what every reader gets back. Appends take the table's write lock, so `seq`
-    is 1, 2, 3 … in commit order with no gap, whichever replica appends.
+    is 1, 2, 3 … in commit order with no gap, whichever replica appends. An entry naming a
+    champion notifies every replica's swap listener (`notify.CHANNEL`) when it commits.
     """
 
     def __init__(self, database: Database, *, clock: Clock | None = None) -> None:
@@ -50,6 +52,8 @@ class PgLedger:
                     record=record,
                 )
             )
+            if "champion_after" in body:  # delivered on commit: the record is there first
+                conn.execute(select(func.pg_notify(CHANNEL, str(body["champion_after"] or ""))))
         stored: dict[str, Any] = json.loads(record)
         return stored
 

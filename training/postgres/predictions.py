@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from champion.monitoring.capture import (
     ENCODED,
     UNSTORABLE,
@@ -16,7 +18,7 @@ from champion.monitoring.capture import (
     encode_row,
     storable_key,
 )
-from champion.training.postgres.database import Database
+from champion.training.postgres.database import Database, DatabaseError
 
 _COLUMNS = "id, request_id, row, at, model_version, features, prediction, score"
 _TYPES = ("text", "bigint", "float8", "text", "text", "text", "float8")
@@ -99,11 +101,16 @@ class PgPredictionLog:
                 continue
         bad = len(items) - len(rows)
         inserted = 0
-        with self.database.engine.begin() as conn:
-            if rows:
-                columns = [list(col) for col in zip(*rows, strict=True)]
-                inserted = max(conn.exec_driver_sql(_INSERT, tuple(columns)).rowcount, 0)
-            conn.exec_driver_sql(_ROTATE, (self.max_rows,))
+        try:
+            with self.database.engine.begin() as conn:
+                if rows:
+                    columns = [list(col) for col in zip(*rows, strict=True)]
+                    inserted = max(conn.exec_driver_sql(_INSERT, tuple(columns)).rowcount, 0)
+                conn.exec_driver_sql(_ROTATE, (self.max_rows,))
+        except SQLAlchemyError as exc:  # the capture buffer counts it as write_failed
+            raise DatabaseError(
+                f"prediction log write failed: {exc.__class__.__name__}: {exc}"
+            ) from exc
         return Written(inserted=inserted, duplicates=len(rows) - inserted, unserialisable=bad)
 
     def recent(self, *, limit: int, version: str | None = None) -> list[dict[str, Any]]:
