@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit integration demo clean promtool monitoring-check prometheus bench
+.PHONY: install run test lint typecheck unit integration demo clean promtool postgres monitoring-check prometheus bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +28,18 @@ typecheck: install
 unit: install
 	$(BIN)/pytest tests/unit -q
 
-integration: install
+integration: install postgres
 	$(BIN)/pytest tests/integration -q
 
 # promtool/prometheus for the alert-rule tests (Debian package; sudo only when not root).
 promtool:
 	monitoring/install-prometheus.sh
 
-test: lint typecheck promtool
+# PostgreSQL on 127.0.0.1:5432 for the shared-mode tests (started, or installed, when missing).
+postgres:
+	tests/start-postgres.sh
+
+test: lint typecheck promtool postgres
 	$(BIN)/pytest -q
 
 # Reliability scenarios, full form (schemathesis on the served OpenAPI, a feedback burst, a

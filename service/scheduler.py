@@ -188,11 +188,11 @@ class RetrainScheduler:
         return self.scheduler is not None
 
     def start(self) -> None:
-        if not self._try_lead():
-            self._thread = threading.Thread(
-                target=self._standby, name="scheduler-standby", daemon=True
-            )
-            self._thread.start()
+        self._try_lead()
+        # Standing by, it takes the lead when the lease frees; leading, it checks the lease is
+        # still held (a database session can drop) and steps down at once when it is not.
+        self._thread = threading.Thread(target=self._standby, name="scheduler-standby", daemon=True)
+        self._thread.start()
 
     def _try_lead(self) -> bool:
         try:
@@ -232,11 +232,25 @@ class RetrainScheduler:
     def _standby(self) -> None:
         while not self._stop.wait(self.standby_seconds):
             try:
-                if self._try_lead():
-                    return
+                if self.scheduler is None:
+                    self._try_lead()
+                elif self._lease is not None and not self._lease.alive():
+                    self._step_down()
             except Exception:  # a failed attempt (a full disk, a bad lock file) is retried
                 log.exception("scheduler standby could not try the lease")
                 self.on_error("scheduler")
+
+    def _step_down(self) -> None:
+        """The leader lease was lost without a release: stop scheduling before another
+        replica's leader starts, and stand by again."""
+        log.error("scheduler lease lost: stepping down", extra={"pid": os.getpid()})
+        self.on_error("scheduler")
+        sched, self.scheduler = self.scheduler, None
+        if sched is not None:
+            sched.shutdown(wait=False)
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
     def _run(self, trigger: str) -> CycleOutcome:
         started = time.monotonic()

@@ -83,6 +83,15 @@ class FakeLease:
             del self._table[self.name]
         self.released = True
 
+    def alive(self) -> bool:
+        """Held still: a test may take it away (`lose`) as a dropped database session would."""
+        return not self.released and self._table.get(self.name) == self.owner
+
+    def lose(self) -> None:
+        """The lease is gone without a release (its session ended)."""
+        if self._table.get(self.name) == self.owner:
+            del self._table[self.name]
+
 
 class FakeLeases:
     """Single-holder leases in a dict shared by `peer`s; a held lease never nests or waits."""

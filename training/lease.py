@@ -36,6 +36,10 @@ class FileLease:
             self._owner_file.unlink(missing_ok=True)
             self._lock.release()
 
+    def alive(self) -> bool:
+        """A flock is held until released: this process is alive to ask."""
+        return self._lock.is_locked
+
 
 class FileLeases:
     """The `Leases` adapter for one host: lock files in `lock_dir`."""

@@ -52,6 +52,10 @@ class Lease(Protocol):
 
     def release(self) -> None: ...
 
+    def alive(self) -> bool:
+        """Whether it is still held (a lease on a database session is lost with the session)."""
+        ...
+
 
 class Leases(Protocol):
     """Named single-holder leases: one cycle, one writer of aliases and the ledger, one leader."""

@@ -201,6 +201,26 @@ def test_a_killed_holder_frees_its_lease_at_once(database, url):
         proc.wait(10)
 
 
+def test_a_lease_whose_session_the_server_ends_is_no_longer_alive(database):
+    """It reports the lease lost when its session ends (a restart, a network cut), so a
+    leader can step down before another replica leads."""
+    lease = AdvisoryLeases(database, owner="a").acquire("scheduler")
+    assert lease.alive()
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'champion lease scheduler'"
+            )
+        )
+    assert eventually(lambda: not lease.alive(), within=5)
+    other = AdvisoryLeases(database, owner="b").acquire("scheduler", timeout=5)
+    assert other.alive()
+    lease.release()  # a late release never frees the new holder
+    assert AdvisoryLeases(database).holder("scheduler") == "b"
+    other.release()
+
+
 APPENDER = textwrap.dedent(
     """
     import sys

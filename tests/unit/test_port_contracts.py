@@ -285,6 +285,18 @@ def test_hold_of_a_busy_lease_raises_before_the_block_runs(leases_for):
     assert ran == []
 
 
+def test_a_lease_is_alive_while_held_and_not_after_release(leases_for):
+    """It says a held lease is alive, and a released one is not (even once retaken)."""
+    leases = leases_for("a")
+    held = leases.acquire("cycle")
+    assert held.alive()
+    held.release()
+    assert not held.alive()
+    again = leases_for("b").acquire("cycle")
+    assert again.alive() and not held.alive()
+    again.release()
+
+
 def test_releasing_twice_never_frees_a_later_holder(leases_for):
     """It ignores a second release of an old lease: the owner who took it since keeps it."""
     mine, theirs = leases_for("a"), leases_for("b")

@@ -56,6 +56,23 @@ def _tick(sched: RetrainScheduler) -> None:
 # -- leadership -------------------------------------------------------------------------------
 
 
+def test_a_leader_whose_lease_is_lost_steps_down_and_another_leads(started):
+    """It stops scheduling as soon as its lease is gone without a release (a dropped database
+    session), counts it as a scheduler error, and the standby takes over: one leader."""
+    errors: list[str] = []
+    leases = FakeLeases("host-a")
+    first = started(_scheduler(leases, on_error=errors.append))
+    assert first.is_leader and first._lease is not None
+    second = started(_scheduler(leases.peer("host-b")))
+    first._lease.lose()  # type: ignore[attr-defined]
+    assert eventually(lambda: second.is_leader, within=5)
+    assert eventually(lambda: not first.is_leader, within=5)
+    assert errors.count("scheduler") == 1
+    assert leases.holder(SCHEDULER) == "host-b"
+    second.stop()  # the first leads again once the lease is free
+    assert eventually(lambda: first.is_leader, within=5)
+
+
 def test_the_first_scheduler_leads_and_a_second_stands_by(started):
     """It lets one process hold the scheduler lease and schedule; the other only waits."""
     leases = FakeLeases("host-a")
