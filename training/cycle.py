@@ -57,6 +57,7 @@ from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, Mode
 from champion.training.process import actor
 from champion.training.records import CycleReport, Event, LedgerEntry, Verdict
 from champion.training.registry import LoadedModel
+from champion.training.shared_tuning import SharedStudy, TuningStore, open_study
 from champion.training.tuning import TrialResult, TuneResult, classes_of, splits, tune
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class Context:
     train_threads: int = 1
     lease_timeout: float = 30.0
     progress: bool | None = None
+    # Shared mode: where the bayes search's study lives, for `champion tune-worker` to join.
+    tuning: TuningStore | None = None
     # Test seam: called with a stage name as the cycle passes it (e.g. to kill it mid-way).
     checkpoint: Callable[[str], None] = lambda stage: None
 
@@ -497,6 +500,7 @@ class _Cycle:
             baseline=baseline,
             on_trial=_trial_logger(ctx, self.run_id),
             progress=ctx.progress,
+            shared=self._shared_study(),
         )
         best = tuned.best
         guardrails = {k: float(np.nanmean(v)) for k, v in best.guardrail_scores.items()}
@@ -513,6 +517,28 @@ class _Cycle:
             params={"best_candidate": best.candidate.label(), "stopped_by": tuned.stopped_by},
         )
         return tuned
+
+    def _shared_study(self) -> SharedStudy | None:
+        """In shared mode, the bayes search's study on the shared store, for workers."""
+        ctx = self.ctx
+        if ctx.tuning is None:
+            return None
+        if ctx.contract.search.strategy != "bayes":
+            log.info(
+                "shared tuning applies to the bayes strategy only: tuning in this process",
+                extra={"strategy": ctx.contract.search.strategy},
+            )
+            return None
+        assert self.run_id is not None and self.fp is not None
+        shared = open_study(
+            ctx.tuning, ctx.contract, run_id=self.run_id, fingerprint=self.fp, owner=actor()
+        )
+        ctx.registry.log(self.run_id, params={"tuning_study": shared.name})
+        log.info(
+            "tuning study open to `champion tune-worker`",
+            extra={"study": shared.name, "store": ctx.tuning.where},
+        )
+        return shared
 
     def judge(self, w: _Window, tuned: TuneResult) -> Decision:
         """The gate: paired against the champion on the same folds, or the floor for a first."""
@@ -616,7 +642,9 @@ class _Cycle:
         )
         registry.set_version_tags(ref.version, {TAG_VERDICT: Verdict.STALE.value})
         stale = Decision(Verdict.STALE, reason, decision.checks, decision.numbers)
-        return stale, self.champion_before
+        # The entry records the champion in place now, the other writer's: the ledger's last
+        # champion must stay the registry's.
+        return stale, now.version if now else None
 
     def _verdict(
         self, decision: Decision, tuned: TuneResult, ref: ModelRef, *, champion_after: str | None

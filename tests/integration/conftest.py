@@ -138,3 +138,16 @@ def make_project(root: Path, template_db: Path, **overrides: Any) -> Project:
 @pytest.fixture
 def project(tmp_path: Path, template_db: Path) -> Iterator[Project]:
     yield make_project(tmp_path / "proj", template_db)
+
+
+# Figures a suite measured, printed at the end of the run whatever the outcome (the shared-mode
+# suite's cycles per tick, failover and swap times): `FIGURES[suite][name] = value`.
+FIGURES: dict[str, dict[str, Any]] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for suite, figures in FIGURES.items():
+        if figures:
+            terminalreporter.section(f"{suite} figures")
+            for name, value in figures.items():
+                terminalreporter.write_line(f"{name}: {value}")

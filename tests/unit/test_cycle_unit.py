@@ -282,7 +282,11 @@ def test_a_champion_moved_during_the_cycle_makes_it_stale(tmp_path):
     assert world.batches.marks == [], "a stale cycle's batches must be trained on again"
     assert world.run(result).status == "FINISHED"
     [entry] = world.cycle_entries()
-    assert entry["verdict"] == "STALE" and entry["champion_after"] is None
+    # It records the champion now in place (the other writer's), not the one it judged
+    # against: the ledger's last champion stays the registry's.
+    assert entry["verdict"] == "STALE" and entry["champion_before"] is None
+    assert entry["champion_after"] == outsider.version
+    assert world.ledger.last_champion() == outsider.version
 
 
 @pytest.mark.parametrize("method", ["register", "log_files"])
