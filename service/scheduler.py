@@ -194,9 +194,9 @@ class RetrainScheduler:
         self._thread = threading.Thread(target=self._standby, name="scheduler-standby", daemon=True)
         self._thread.start()
 
-    def _try_lead(self) -> bool:
+    def _try_lead(self, wait: float = 0.0) -> bool:
         try:
-            self._lease = self.leases.acquire(SCHEDULER, timeout=0.0)
+            self._lease = self.leases.acquire(SCHEDULER, timeout=wait)
         except LeaseBusyError:
             return False
         sched = BackgroundScheduler(
@@ -230,15 +230,18 @@ class RetrainScheduler:
         return True
 
     def _standby(self) -> None:
-        while not self._stop.wait(self.standby_seconds):
+        while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 if self.scheduler is None:
-                    self._try_lead()
+                    # Waiting inside the acquire: the lease is taken the moment it frees.
+                    self._try_lead(wait=self.standby_seconds)
                 elif self._lease is not None and not self._lease.alive():
                     self._step_down()
             except Exception:  # a failed attempt (a full disk, a bad lock file) is retried
                 log.exception("scheduler standby could not try the lease")
                 self.on_error("scheduler")
+            self._stop.wait(max(0.0, self.standby_seconds - (time.monotonic() - started)))
 
     def _step_down(self) -> None:
         """The leader lease was lost without a release: stop scheduling before another

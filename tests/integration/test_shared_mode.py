@@ -245,13 +245,12 @@ def test_a_promotion_is_served_by_both_replicas_within_a_second_by_notice(cluste
         assert _converged(pair, v1, within=30) is not None
         times = []
         for target in (v2, v1, v2):
-            started = time.monotonic()
-            _swap(cluster, "notice-a", target)
+            _swap(cluster, "notice-a", target)  # returns once the ledger entry committed
             seconds = _converged(pair, target, within=10)
             assert seconds is not None, f"replicas did not serve v{target}"
-            times.append(round(time.monotonic() - started, 3))
-        cluster.figures["swap propagation, notices (s, promote call included)"] = times
-        assert max(times) < 1.0 + 1.0, times  # one second, plus the promotion call itself
+            times.append(seconds)
+        cluster.figures["swap propagation with notices, after the commit (s)"] = times
+        assert max(times) < 1.0, times
         _swap(cluster, "notice-a", v1)
         assert _converged(pair, v1, within=10) is not None
 
@@ -272,12 +271,11 @@ def test_without_notices_both_replicas_follow_within_the_poll_interval(cluster):
         assert _converged(pair, v1, within=30) is not None
         times = []
         for target in (v2, v1):
-            started = time.monotonic()
             _swap(cluster, "poll-a", target)
             seconds = _converged(pair, target, within=poll + 10)
             assert seconds is not None
-            times.append(round(time.monotonic() - started, 3))
-        cluster.figures[f"swap propagation, poll only every {poll:g} s (s)"] = times
+            times.append(seconds)
+        cluster.figures[f"swap propagation, notices off, poll every {poll:g} s (s)"] = times
         assert max(times) < poll + 2.0, times
         for replica in pair:
             assert "swap listener" not in replica.log.read_text()
@@ -408,7 +406,7 @@ def test_one_leader_across_replicas_feedback_anywhere_drift_once_and_failover(cl
         assert eventually(lambda: _leader(db, (other,)) is other, within=20)
         failover = round(time.monotonic() - killed_at, 2)
         cluster.figures["failover after kill -9 of the leader's replica (s)"] = failover
-        assert failover < 12  # standby retries every 5 s; the server frees the lock at once
+        assert failover < 5  # the server frees the lock at once; the standby waits on it
         seq = ledger.entries()[-1]["seq"]
         assert eventually(
             lambda: any(
