@@ -489,6 +489,61 @@ def demo(
     raise typer.Exit(0 if promoted else 1)
 
 
+@app.command("tune-worker")
+@_clean_errors
+def tune_worker(
+    study: Annotated[
+        str | None,
+        typer.Option(help="Join this study (default: the newest open one of this project)."),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(min=0.0, help="Seconds to wait for a study to open.")
+    ] = 60.0,
+) -> None:
+    """Join a running cycle's tuning study (shared mode) and score trials until its budget
+    is spent or the cycle closes it; prints one line: trials run and best score."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from champion.training.errors import ConfigError
+    from champion.training.tune_worker import run_worker
+
+    w = _root()
+    store = w.tuning_storage()
+    if store is None:
+        why = (
+            "CHAMPION_SHARED_TUNING is off"
+            if w.shared
+            else "no CHAMPION_DATABASE_URL: each cycle tunes alone in embedded mode"
+        )
+        raise ConfigError(f"tune-worker needs a shared tuning database ({why})")
+    try:
+        run = run_worker(
+            store,
+            w.contract,
+            w.batches(),
+            study=study,
+            wait=wait,
+            threads=w.settings.train_threads,
+        )
+    except (SQLAlchemyError, optuna.exceptions.OptunaError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ChampionError(f"the shared study failed: {first}") from None
+    if run.result is None:
+        typer.echo(f"study {run.study} has ended (its cycle closed it): no trial to run")
+        return
+    result, primary = run.result, w.contract.metrics.primary
+    best = (
+        f"best {primary}={result.best.mean:.4f} {result.best.candidate.label()}"
+        if result.best is not None
+        else "no complete trial"
+    )
+    typer.echo(
+        f"{run.study}: {len(result.trials)} trials by {run.owner} in {result.seconds:.1f}s, "
+        f"{best} (stopped: {result.stopped_by})"
+    )
+
+
 @app.command("drift-report")
 @_clean_errors
 def drift_report(

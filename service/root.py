@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from champion.training.manifest import Manifest
     from champion.training.postgres.database import Database
     from champion.training.postgres.notify import SwapListener
+    from champion.training.shared_tuning import TuningStore
 
 
 class Components:
@@ -171,6 +172,15 @@ class Components:
         listener.start()
         return listener
 
+    def tuning_storage(self) -> TuningStore | None:
+        """Where a cycle's search study lives for `champion tune-worker` to join (shared
+        mode, unless CHAMPION_SHARED_TUNING=false); None: each cycle tunes alone."""
+        if not self.shared or not self.settings.shared_tuning:
+            return None
+        from champion.training.postgres.tuning import PgTuning
+
+        return PgTuning(self.database)
+
     def cycle_context(
         self,
         *,
@@ -189,6 +199,7 @@ class Components:
             train_threads=self.settings.train_threads,
             lease_timeout=self.settings.lease_timeout_seconds,
             progress=progress,
+            tuning=self.tuning_storage(),
         )
         if checkpoint is not None:
             ctx.checkpoint = checkpoint

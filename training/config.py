@@ -325,6 +325,9 @@ class Settings(BaseSettings):
     # Shared mode: a PostgreSQL URL (postgresql://user@host:5432/db) puts the ledger, leases,
     # manifest, prediction log and drift state there, for every replica. Unset: local files.
     database_url: SecretStr | None = None
+    # Shared mode: a cycle's bayes search is an Optuna study in that database, which
+    # `champion tune-worker` processes on any host join (off: each cycle tunes alone).
+    shared_tuning: bool = True
     # Shared mode: replicas hear alias moves by LISTEN/NOTIFY (off: each waits for its poll).
     swap_notices: bool = True
     # Serving

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -22,6 +24,13 @@ from tqdm import tqdm
 from champion.training.config import Choice, Contract, Param, Range
 from champion.training.metrics import compute, model_outputs, oriented
 from champion.training.pipeline import Candidate, build_pipeline
+from champion.training.shared_tuning import (
+    CLAIM_ATTR,
+    DUPLICATE_ATTR,
+    RESULT_ATTR,
+    Outcome,
+    SharedStudy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,53 @@ class TuneResult:
     trials: tuple[TrialResult, ...]
     stopped_by: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """What one `tune_worker` scored for a shared study, and why it stopped."""
+
+    trials: tuple[TrialResult, ...]
+    best: TrialResult | None  # of this worker's complete trials
+    stopped_by: str  # "trials", "time", "closed" or "exhausted"
+    seconds: float
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def trial_attrs(result: TrialResult) -> dict[str, Any]:
+    """A trial's result as JSON-safe Optuna user attributes (a non-finite score is null)."""
+    return {
+        "candidate": result.candidate.to_json(),
+        "fold_scores": [_finite(s) for s in result.fold_scores],
+        "guardrail_scores": {
+            k: [_finite(s) for s in v] for k, v in sorted(result.guardrail_scores.items())
+        },
+        "seconds": result.seconds,
+        "source": result.source,
+        "error": result.error,
+        "pruned": result.pruned,
+    }
+
+
+def trial_from_attrs(attrs: Mapping[str, Any], *, number: int) -> TrialResult:
+    """The TrialResult `trial_attrs` stored, numbered `number`."""
+
+    def scores(values: Sequence[float | None]) -> tuple[float, ...]:
+        return tuple(math.nan if v is None else float(v) for v in values)
+
+    return TrialResult(
+        number=number,
+        candidate=Candidate.from_json(attrs["candidate"]),
+        fold_scores=scores(attrs["fold_scores"]),
+        guardrail_scores={k: scores(v) for k, v in attrs["guardrail_scores"].items()},
+        seconds=float(attrs["seconds"]),
+        source=str(attrs["source"]),
+        error=attrs.get("error"),
+        pruned=bool(attrs.get("pruned", False)),
+    )
 
 
 def splits(
@@ -358,15 +414,36 @@ class _FoldMedianPruner(optuna.pruners.BasePruner):
         return bool(trial.intermediate_values[step] < float(np.median(others)))
 
 
-def _study(seed: int) -> optuna.Study:
+def _study(seed: int, shared: SharedStudy | None = None) -> optuna.Study:
+    """A new in-memory study, or the shared one loaded with this process's sampler."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True
+        # Constant liar (Optuna's default): a running trial, another participant's in a
+        # shared study, counts as a poor one, so concurrent proposals spread out.
         sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=_TPE_STARTUP, multivariate=True, group=True
+            seed=seed,
+            n_startup_trials=_TPE_STARTUP,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
         )
     pruner = _FoldMedianPruner(n_startup_trials=_PRUNE_STARTUP, n_warmup_steps=_PRUNE_WARMUP)
-    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    if shared is None:
+        return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    return optuna.load_study(
+        study_name=shared.name, storage=shared.store.storage, sampler=sampler, pruner=pruner
+    )
+
+
+def participant_seed(seed: int, owner: str) -> int:
+    """A worker's own sampler seed: participants drawing from one seed would propose the
+    same random start points, each a duplicate of the other's."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{owner}".encode()).digest()[:4], "big")
+
+
+_POLL = 0.2  # seconds between looks at a shared study's unfinished claims
+CLAIM_GRACE = 30.0  # seconds past the time budget the cycle waits for other processes' trials
 
 
 def _chunks(folds: Sequence[Split], size: int) -> Iterator[Sequence[Split]]:
@@ -376,7 +453,11 @@ def _chunks(folds: Sequence[Split], size: int) -> Iterator[Sequence[Split]]:
 
 class _Search:
     """What one `tune` call's steps share: the data and folds, the trials so far, the
-    candidates already scored and the proposer (an Optuna study for bayes, else an iterator)."""
+    candidates already scored and the proposer (an Optuna study for bayes, else an iterator).
+
+    With a shared study (bayes only) this process is one participant of several: it claims
+    each candidate before scoring it (`_shared_step`) and stores the result on its trial.
+    """
 
     def __init__(
         self,
@@ -386,6 +467,10 @@ class _Search:
         *,
         on_trial: Callable[[TrialResult], None] | None,
         clock: Callable[[], float],
+        shared: SharedStudy | None = None,
+        owner: str = "cycle",
+        source: str = "search",
+        sampler_seed: int | None = None,
     ) -> None:
         self.X = X
         self.y = y
@@ -402,14 +487,22 @@ class _Search:
         self.seen: set[str] = set()
         self.study: optuna.Study | None = None
         self.grid: Iterator[Candidate] | None = None
+        self.shared = shared
+        self.owner = owner
+        self.source = source
         strategy = self.config.strategy
+        if shared is not None and strategy != "bayes":
+            raise ValueError(f"a shared study needs the bayes strategy, not {strategy!r}")
         if strategy == "bayes":
-            self.study = _study(self.seed)
+            self.study = _study(self.seed if sampler_seed is None else sampler_seed, shared)
         else:
             self.grid = _grid(contract) if strategy == "grid" else _random(contract, self.seed)
 
     def start(self, baseline: Candidate | None, bar: tqdm) -> None:
         """The champion first, then (bayes) each family's defaults queued for TPE."""
+        if self.shared is not None:
+            self._start_shared(baseline, bar)
+            return
         if baseline is not None and baseline.family in spaces_for(self.contract):
             result = self.evaluate(baseline, "champion")
             self._record(baseline, bar)
@@ -435,15 +528,160 @@ class _Search:
                 )
             )
 
+    def _start_shared(self, baseline: Candidate | None, bar: tqdm) -> None:
+        """The cycle's side of a shared study: claim the champion's candidate, queue the
+        family defaults, open the study to workers, then score the champion."""
+        assert self.study is not None and self.shared is not None
+        claims = self.shared.claims
+        first: tuple[Candidate, int] | None = None
+        if baseline is not None and baseline.family in spaces_for(self.contract):
+            claim = claims.claim(baseline.to_json(), self.owner, None)
+            if claim.outcome is Outcome.CLAIMED and claim.seq is not None:
+                first = (baseline, claim.seq)
+        for default in family_defaults(self.contract):
+            start = _bayes_trial(self.contract, default)
+            if start is not None and (first is None or default.to_json() != first[0].to_json()):
+                self.study.enqueue_trial(start[0])
+        self.shared.publish()
+        if first is None:
+            return
+        candidate, seq = first
+        key = candidate.to_json()
+        try:
+            result = self.evaluate(candidate, "champion")
+            self._add_scored(candidate, result, seq)
+        except BaseException:
+            claims.release(key)
+            raise
+        claims.finish(key)
+        self._record(candidate, bar)
+
+    def _add_scored(self, candidate: Candidate, result: TrialResult, seq: int) -> None:
+        """Put a result scored outside an asked trial (the champion's) into the shared study:
+        a warm start for TPE when it is one, else a FAIL trial that only carries it."""
+        assert self.study is not None
+        attrs = {CLAIM_ATTR: seq, RESULT_ATTR: trial_attrs(result)}
+        warm = _bayes_trial(self.contract, candidate)
+        if warm is not None and result.complete:
+            frozen = optuna.trial.create_trial(
+                params=warm[0],
+                distributions=warm[1],
+                value=_objective(self.primary, result),
+                intermediate_values=_running_values(self.primary, result.fold_scores),
+                user_attrs=attrs,
+            )
+        else:
+            frozen = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs)
+        self.study.add_trial(frozen)
+
     def run(self, bar: tqdm) -> str:
-        """Propose and score candidates until a budget runs out; returns what stopped it."""
-        while len(self.trials) < self.config.max_trials:
+        """Propose and score candidates until a budget runs out; returns what stopped it.
+
+        In a shared study the claims keep the trial budget (every participant's trials
+        count) and the deadline; this process's own clock still stops it at its budget.
+        """
+        while self.shared is not None or len(self.trials) < self.config.max_trials:
             if self.clock() - self.started >= self.config.max_seconds:
                 return "time"
-            stop = self._bayes_step(bar) if self.study is not None else self._grid_step(bar)
+            if self.shared is not None:
+                stop = self._shared_step(bar)
+            elif self.study is not None:
+                stop = self._bayes_step(bar)
+            else:
+                stop = self._grid_step(bar)
             if stop is not None:
                 return stop
         return "trials"
+
+    def _shared_step(self, bar: tqdm) -> str | None:
+        """Ask, claim, score, store the result on the trial, tell; None while the study
+        has budget left. A candidate claimed already is told its known score (or FAIL when
+        it is still being scored elsewhere), never scored twice."""
+        assert self.study is not None and self.shared is not None
+        claims = self.shared.claims
+        trial = self.study.ask()
+        candidate = _bayes_candidate(trial, self.contract)
+        key = candidate.to_json()
+        claim = claims.claim(key, self.owner, trial.number)
+        if claim.outcome is Outcome.CLAIMED:
+            trial.set_user_attr(CLAIM_ATTR, claim.seq)
+            try:
+                result = self.evaluate(candidate, self.source, trial)
+                trial.set_user_attr(RESULT_ATTR, trial_attrs(result))
+                self._tell(trial, result)
+            except BaseException:
+                claims.release(key)
+                with contextlib.suppress(Exception):  # told already when telling failed
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            claims.finish(key)
+            self._record(candidate, bar)
+            return None
+        if claim.outcome is Outcome.TAKEN:
+            known = self._known(key)
+            trial.set_user_attr(DUPLICATE_ATTR, True)
+            if known is None:
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                _report_running(trial, self.primary, known)
+                self._tell(trial, known)
+            crowded = len(self.study.get_trials(deepcopy=False)) > self.config.max_trials * 5
+            return "exhausted" if crowded else None
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return {Outcome.SPENT: "trials", Outcome.LATE: "time"}.get(claim.outcome, "closed")
+
+    def _known(self, key: str) -> TrialResult | None:
+        """A candidate's result as some participant stored it, if it is scored already."""
+        assert self.study is not None
+        for t in self.study.get_trials(deepcopy=False):
+            attrs = t.user_attrs.get(RESULT_ATTR)
+            if attrs is not None and attrs["candidate"] == key:
+                return trial_from_attrs(attrs, number=t.number)
+        return None
+
+    def gather(self, *, grace: float) -> None:
+        """The cycle's side, once its study is closed: wait (up to the time budget plus
+        `grace`) for trials other processes claimed, then take every scored trial of the
+        study as this search's, numbered in the order their claims were given."""
+        assert self.study is not None and self.shared is not None
+        shared = self.shared
+        limit = shared.spec.deadline + grace
+        pending = shared.claims.pending()
+        while any(p.alive for p in pending) and shared.store.now() < limit:
+            time.sleep(_POLL)
+            pending = shared.claims.pending()
+        if pending:
+            log.warning(
+                "trials claimed in the shared study did not finish (their process is gone or "
+                "took too long); the cycle goes on without them (they count as no trial)",
+                extra={
+                    "study": shared.name,
+                    "unfinished": [
+                        f"{p.owner} trial {p.trial}{'' if p.alive else ' (gone)'}" for p in pending
+                    ],
+                },
+            )
+        unfinished = {p.candidate for p in pending}
+        scored = [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if RESULT_ATTR in t.user_attrs
+            and CLAIM_ATTR in t.user_attrs
+            and t.user_attrs[RESULT_ATTR]["candidate"] not in unfinished
+        ]
+        scored.sort(key=lambda t: int(t.user_attrs[CLAIM_ATTR]))
+        self.trials = [
+            trial_from_attrs(t.user_attrs[RESULT_ATTR], number=i) for i, t in enumerate(scored)
+        ]
+        sources = sorted({t.source for t in self.trials})
+        log.info(
+            "shared study gathered",
+            extra={
+                "study": shared.name,
+                "trials": len(self.trials),
+                "by_source": {s: sum(t.source == s for t in self.trials) for s in sources},
+            },
+        )
 
     def _bayes_step(self, bar: tqdm) -> str | None:
         assert self.study is not None
@@ -544,15 +782,20 @@ class _Search:
             trial.report(running[done - 1], step=done - 1)
         return done < len(self.folds) and trial.should_prune()
 
+    def best(self) -> TrialResult | None:
+        ok = [t for t in self.trials if t.complete]
+        if not ok:
+            return None
+        # Ties go to the earlier trial, so the champion's own parameters win a draw.
+        return max(ok, key=lambda t: (oriented(self.primary, t.mean), -t.number))
+
     def result(self, stopped_by: str) -> TuneResult:
         # Only a trial scored on every fold can be the best: a pruned trial's partial mean is
         # not comparable, and the gate needs the best's full fold scores.
-        ok = [t for t in self.trials if t.complete]
-        if not ok:
+        best = self.best()
+        if best is None:
             errors = "; ".join(sorted({t.error or "no finite score" for t in self.trials}))
             raise RuntimeError(f"every trial failed: {errors}")
-        # Ties go to the earlier trial, so the champion's own parameters win a draw.
-        best = max(ok, key=lambda t: (oriented(self.primary, t.mean), -t.number))
         return TuneResult(
             best=best,
             trials=tuple(self.trials),
@@ -570,22 +813,78 @@ def tune(
     on_trial: Callable[[TrialResult], None] | None = None,
     progress: bool | None = None,
     clock: Callable[[], float] = time.monotonic,
+    shared: SharedStudy | None = None,
+    grace: float = CLAIM_GRACE,
 ) -> TuneResult:
     """Search the contract's space within its trial and time budget; the baseline goes first.
 
     The same data, contract and seed give the same trials, unless the time budget cuts the
     search short (then fewer trials run, each still repeatable).
+
+    With `shared` (an open study, bayes only) workers may join: the budget counts every
+    participant's trials, the result holds them all (`on_trial` is called for each once
+    the search has ended) and its trials are no longer repeatable.
     """
-    search = _Search(X, y, contract, on_trial=on_trial, clock=clock)
+    deferred = shared is not None  # a shared study's trials are known once it has ended
+    search = _Search(
+        X, y, contract, on_trial=None if deferred else on_trial, clock=clock, shared=shared
+    )
     with tqdm(
         total=contract.search.max_trials,
         desc="tuning",
         unit="trial",
         disable=None if progress is None else not progress,
     ) as bar:
-        search.start(baseline, bar)
-        stopped_by = search.run(bar)
+        try:
+            search.start(baseline, bar)
+            stopped_by = search.run(bar)
+        finally:
+            if shared is not None:
+                shared.close()  # even when the search failed: its workers stop
+                shared.claims.leave()
+    if shared is not None:
+        search.gather(grace=grace)
+        if on_trial is not None:
+            for t in search.trials:
+                on_trial(t)
     return search.result(stopped_by)
+
+
+def tune_worker(
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    contract: Contract,
+    shared: SharedStudy,
+    owner: str,
+    on_trial: Callable[[TrialResult], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> WorkerResult:
+    """Join a cycle's shared study: claim, score and store trials until its budget is spent,
+    its deadline passes or the cycle closes it. X and y must be the cycle's (the caller
+    checks the fingerprint); the folds follow from them and the contract's seed."""
+    search = _Search(
+        X,
+        y,
+        contract,
+        on_trial=on_trial,
+        clock=clock,
+        shared=shared,
+        owner=owner,
+        source=f"worker:{owner}",
+        sampler_seed=participant_seed(shared.spec.seed, owner),
+    )
+    try:
+        with tqdm(disable=True) as bar:
+            stopped_by = search.run(bar)
+    finally:
+        shared.claims.leave()
+    return WorkerResult(
+        trials=tuple(search.trials),
+        best=search.best(),
+        stopped_by=stopped_by,
+        seconds=clock() - search.started,
+    )
 
 
 def _running_values(primary: str, fold_scores: Sequence[float]) -> dict[int, float]:

@@ -54,7 +54,7 @@ def test_the_migrated_schema_is_exactly_the_declared_one(database):
         )
         version = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one()
     assert diff == []
-    assert version == "0001"
+    assert version == "0002"
 
 
 def test_replicas_starting_at_once_migrate_once(url):

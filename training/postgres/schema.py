@@ -96,3 +96,19 @@ drift_history = Table(
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("body", Text, nullable=False),
 )
+
+# Distributed tuning (`champion.training.postgres.tuning`): one row per candidate a process
+# of a cycle's shared Optuna study took on, given under the study's advisory lock so no two
+# processes score one candidate and the study's trial budget holds. The row of the empty
+# candidate is the study itself: open while its `finished_at` is NULL.
+tuning_claims = Table(
+    "tuning_claims",
+    metadata,
+    Column("study", Text, primary_key=True),
+    Column("candidate", Text, primary_key=True),
+    Column("seq", BigInteger, Identity(), nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("trial", Integer),
+    Column("claimed_at", Double, nullable=False),
+    Column("finished_at", Double),
+)
