@@ -16,6 +16,7 @@ from champion.training.errors import ChampionError
 
 if TYPE_CHECKING:
     from champion.service.root import Components
+    from champion.training.demo.simulate import SimulationPlan
     from champion.training.manifest import BatchEntry
     from champion.training.records import CycleReport
 
@@ -345,40 +346,72 @@ def simulate(
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
 ) -> None:
     """Write demo batches (a drifting loan-approval stream) into the landing zone."""
-    from champion.training.demo.simulate import SimulationPlan, simulate_batches
-    from champion.training.storage import local_path
+    from champion.training.demo.simulate import SimulationPlan
 
     w = _root()
     try:
         plan = SimulationPlan(
             batches=batches, rows=rows, drift_at=drift_at, seed=seed, label_noise=noise, fmt=fmt
         )
-        landing = local_path(w.contract.data.landing_zone, "champion simulate")
-        paths = simulate_batches(plan, landing_zone=landing)
-    except ValueError as exc:
+        written = _land_demo(w, plan)
+    except (ValueError, FileExistsError) as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
-    for p in paths:
-        typer.echo(f"wrote {p}")
+    for where in written:
+        typer.echo(f"wrote {where}")
+
+
+def _land_demo(w: Components, plan: SimulationPlan) -> list[str]:
+    """Write a demo plan's batches into the landing zone, a local folder or an object store
+    (written in a temporary folder first, then put there whole; numbering continues after
+    the batch files already in the landing zone)."""
+    import re
+    import tempfile
+
+    from champion.training.demo.simulate import simulate_batches
+    from champion.training.storage import location
+
+    landing = w.contract.data.landing_zone
+    if isinstance(landing, Path):
+        return [str(p) for p in simulate_batches(plan, landing_zone=landing)]
+    folder = location(landing)
+    numbers = [int(m.group(1)) for e in folder.list() if (m := re.match(r"batch-(\d+)\.", e.name))]
+    with tempfile.TemporaryDirectory(prefix="champion-demo-") as tmp:
+        made = simulate_batches(plan, landing_zone=Path(tmp), first_index=max(numbers, default=0))
+        for path in made:
+            folder.write_bytes(path.name, path.read_bytes())
+        return [folder.join(path.name) for path in made]
 
 
 @app.command()
 @_clean_errors
-def bootstrap() -> None:
+def bootstrap(
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo/--no-demo",
+            envvar="CHAMPION_DEMO_DATA",
+            help="Write demo batches when there is no data at all (a real deployment: off).",
+        ),
+    ] = True,
+) -> None:
     """Prepare a fresh checkout: demo data if the landing zone is empty, a champion if none."""
+    import time
+
     from champion.training.cycle import run_cycle
     from champion.training.data import pending_files
-    from champion.training.demo.simulate import SimulationPlan, simulate_batches
-    from champion.training.storage import local_path
+    from champion.training.demo.simulate import SimulationPlan
 
     w = _root()
     landing = w.contract.data.landing_zone
-    if not pending_files(landing) and not w.manifest().batches:
-        simulate_batches(
-            SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7),
-            landing_zone=local_path(landing, "champion bootstrap (demo data)"),
-        )
+    if demo and not pending_files(landing) and not w.manifest().batches:
+        _land_demo(w, SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7))
         typer.echo(f"wrote 4 demo batches into {landing}")
+        if not isinstance(landing, Path):
+            # An object's age is the store's to say: wait until intake takes them as settled.
+            settle = w.contract.data.settle_seconds
+            typer.echo(f"waiting {settle:g} s for them to settle")
+            time.sleep(settle + 1)
     if (current := w.registry.alias("champion")) is not None:
         typer.echo(f"champion v{current.version} is in place")
         return
