@@ -476,6 +476,8 @@ def shared_stores(tmp_path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
                 "CHAMPION_DATABASE_URL": url,
                 "CHAMPION_PROJECT_FILE": str(contract),
                 "CHAMPION_HOME": str(tmp_path / "home"),
+                # Its own registry: never one another test left in the environment.
+                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}",
             },
         )
 

@@ -322,9 +322,9 @@ def test_two_promotions_racing_from_two_replicas_move_the_alias_once(cluster):
 
 def _leader(db: Database, pair: tuple[Replica, ...]) -> Replica | None:
     holder = AdvisoryLeases(db).holder("scheduler")
-    if holder is None:
-        return None
-    pid = int(holder.rsplit(":", 1)[1])
+    if holder is None or not holder.rpartition(":")[2].isdigit():
+        return None  # free, or taken a moment ago and its owner not yet recorded
+    pid = int(holder.rpartition(":")[2])
     return next((r for r in pair if r.readyz().get("pid") == pid), None)
 
 
