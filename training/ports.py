@@ -8,6 +8,7 @@
 | `BatchStore`      | `champion.training.batches.FileBatches`    | `tests.fakes`         |
 | `PredictionStore` | `champion.monitoring.capture.PredictionLog`| `tests.fakes`         |
 | `DriftStore`      | `champion.monitoring.state.DriftFiles`     | `tests.fakes`         |
+| `TuningStore`     | (shared mode only) `postgres.tuning.PgTuning` | `shared_tuning.MemoryTuning` |
 | `Clock`           | `champion.training.clock.SystemClock`      | `tests.fakes`         |
 
 Shared mode (`CHAMPION_DATABASE_URL`) puts every port but the registry and the clock on
@@ -26,12 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import optuna
+
     from champion.monitoring.capture import Captured, Fresh, Written
     from champion.training.artifacts import ModelRef, RunSummary
     from champion.training.compile import Compilation
     from champion.training.data import IntakeReport, TrainingData
     from champion.training.records import LedgerEntry
     from champion.training.registry import LoadedModel
+    from champion.training.shared_tuning import Claim, Pending
 
 
 class Clock(Protocol):
@@ -217,4 +221,56 @@ class DriftStore(Protocol):
 
     def history(self) -> list[dict[str, Any]]:
         """The kept lines, oldest first."""
+        ...
+
+
+class Claims(Protocol):
+    """One study's claims: at most one per candidate, at most `budget` in all, none after
+    the deadline or once the study is closed; each decision atomic across processes."""
+
+    def open(self, owner: str) -> None: ...
+
+    def claim(self, candidate: str, owner: str, trial: int | None) -> Claim:
+        """A claim for `owner` (unique to its process); with the budget spent, the
+        unfinished claims of owners whose process is gone are taken back first."""
+        ...
+
+    def finish(self, candidate: str) -> None:
+        """The claimed candidate is scored (its result is on its trial)."""
+        ...
+
+    def release(self, candidate: str) -> None:
+        """Give an unfinished claim back (its scoring was interrupted): it counts no more."""
+        ...
+
+    def close(self) -> None:
+        """No claim is given after this returns."""
+        ...
+
+    def pending(self) -> list[Pending]: ...
+
+    def leave(self) -> None:
+        """This process takes no more claims (it has finished or released its own)."""
+        ...
+
+
+class TuningStore(Protocol):
+    """Where shared studies live: the Optuna storage, the claims, one clock for every host."""
+
+    @property
+    def where(self) -> str:
+        """The store, for messages (no secrets)."""
+        ...
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage: ...
+
+    def claims(self, study: str, *, budget: int, deadline: float) -> Claims: ...
+
+    def forget(self, study: str) -> None:
+        """Drop a deleted study's claims."""
+        ...
+
+    def now(self) -> float:
+        """Seconds since the epoch on the store's clock (deadlines are on it)."""
         ...

@@ -11,7 +11,8 @@ across processes, which Optuna alone does not guarantee. A scored trial's fold s
 its Optuna trial (`RESULT_ATTR`), so the cycle rebuilds every participant's trials from the
 study once its search ends and it has closed the study.
 
-This module holds the ports (`TuningStore`, `Claims`), the in-memory adapter (threads of one
+This module holds the in-memory adapter of the ports `TuningStore` and `Claims`
+(`champion.training.ports`), (threads of one
 process; the unit tests use it) and the study's description; the search itself is
 `champion.training.tuning`, the PostgreSQL adapter `champion.training.postgres.tuning`.
 """
@@ -20,16 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 
 from champion.training.config import Contract
 from champion.training.errors import ChampionError
+from champion.training.ports import Claims, TuningStore
+
+log = logging.getLogger(__name__)
 
 STUDY_PREFIX = "champion-cycle-"
 # Trial user attributes written by the participants.
@@ -67,54 +72,6 @@ class Pending:
     owner: str
     trial: int | None
     alive: bool = True  # False: its process is gone, the trial will never finish
-
-
-class Claims(Protocol):
-    """One study's claims: at most one per candidate, at most `budget` in all, none after
-    the deadline or once the study is closed; each decision atomic across processes."""
-
-    def open(self, owner: str) -> None: ...
-
-    def claim(self, candidate: str, owner: str, trial: int | None) -> Claim:
-        """A claim for `owner` (unique to its process); with the budget spent, the
-        unfinished claims of owners whose process is gone are taken back first."""
-        ...
-
-    def finish(self, candidate: str) -> None:
-        """The claimed candidate is scored (its result is on its trial)."""
-        ...
-
-    def release(self, candidate: str) -> None:
-        """Give an unfinished claim back (its scoring was interrupted): it counts no more."""
-        ...
-
-    def close(self) -> None:
-        """No claim is given after this returns."""
-        ...
-
-    def pending(self) -> list[Pending]: ...
-
-    def leave(self) -> None:
-        """This process takes no more claims (it has finished or released its own)."""
-        ...
-
-
-class TuningStore(Protocol):
-    """Where shared studies live: the Optuna storage, the claims, one clock for every host."""
-
-    @property
-    def where(self) -> str:
-        """The store, for messages (no secrets)."""
-        ...
-
-    @property
-    def storage(self) -> optuna.storages.BaseStorage: ...
-
-    def claims(self, study: str, *, budget: int, deadline: float) -> Claims: ...
-
-    def now(self) -> float:
-        """Seconds since the epoch on the store's clock (deadlines are on it)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -175,9 +132,35 @@ class SharedStudy:
         self._set_state("open")
 
     def close(self) -> None:
-        """Give no more claims; a worker then stops after its current trial."""
+        """Give no more claims; a worker then stops after its current trial. Older closed
+        studies of the project beyond `KEEP_STUDIES` go (a failure there is only logged)."""
         self.claims.close()
         self._set_state("closed")
+        try:
+            prune_studies(self.store, self.spec.project)
+        except Exception as exc:  # housekeeping must not fail the cycle
+            log.warning("old tuning studies not pruned", extra={"error": f"{exc!r}"})
+
+
+KEEP_STUDIES = 10  # closed studies kept per project; every trial is in its cycle's MLflow run
+
+
+def prune_studies(store: TuningStore, project: str, *, keep: int = KEEP_STUDIES) -> list[str]:
+    """Delete the closed studies of `project` but the newest `keep`, with their claims, so
+    the database does not grow by one study per cycle; returns the names deleted."""
+    storage = store.storage
+    closed = [
+        (s._study_id, s.study_name)
+        for s in storage.get_all_studies()
+        if s.user_attrs.get(STATE_ATTR) == "closed"
+        and isinstance(s.user_attrs.get(SPEC_ATTR), dict)
+        and s.user_attrs[SPEC_ATTR].get("project") == project
+    ]
+    gone = [name for _, name in sorted(closed)[: max(0, len(closed) - keep)]]
+    for name in gone:
+        storage.delete_study(storage.get_study_id_from_name(name))
+        store.forget(name)
+    return gone
 
 
 def open_study(
@@ -348,6 +331,12 @@ class MemoryTuning:
 
     def claims(self, study: str, *, budget: int, deadline: float) -> Claims:
         return MemoryClaims(self._book, study, budget=budget, deadline=deadline)
+
+    def forget(self, study: str) -> None:
+        with self._book.lock:
+            self._book.rows.pop(study, None)
+            self._book.opened.discard(study)
+            self._book.closed.discard(study)
 
     def now(self) -> float:
         return time.time()

@@ -273,3 +273,28 @@ def test_claims_of_a_process_that_is_gone_are_not_waited_for_and_are_taken_back(
     b.close()
     b.leave()
     db.dispose()
+
+
+def test_old_closed_studies_are_pruned_on_postgresql(shared):
+    """It deletes, when a study closes, the project's closed studies beyond the newest
+    KEEP_STUDIES, with their claims, from Optuna's tables and `tuning_claims`."""
+    from champion.training.shared_tuning import KEEP_STUDIES
+
+    db = Database(shared.url)
+    store = PgTuning(db)
+    contract = shared.project.contract
+    fp = {"sha256": "0" * 64, "rows": 1, "batches": ["b"]}
+    names = []
+    for i in range(KEEP_STUDIES + 2):
+        study = open_study(store, contract, run_id=f"prune-{i}", fingerprint=fp, owner="t")
+        study.claims.claim("{}", "t", None)
+        study.close()
+        names.append(study.name)
+    left = {s.study_name for s in store.storage.get_all_studies()}
+    assert not left & set(names[:2]) and set(names[2:]) <= left
+    with db.engine.connect() as conn:
+        claimed = {
+            r[0] for r in conn.exec_driver_sql("SELECT DISTINCT study FROM tuning_claims").all()
+        }
+    assert not claimed & set(names[:2]) and set(names[2:]) <= claimed
+    db.dispose()

@@ -24,6 +24,7 @@ from champion.training.pipeline import Candidate, prepare_features
 from champion.training.records import Verdict
 from champion.training.shared_tuning import (
     CLAIM_ATTR,
+    KEEP_STUDIES,
     RESULT_ATTR,
     MemoryTuning,
     Outcome,
@@ -308,3 +309,19 @@ def test_the_champion_is_trial_zero_of_a_shared_study(c, state, tmp_path, frame)
     )
     assert carrier.state.name == state
     assert carrier.user_attrs[RESULT_ATTR]["candidate"] == baseline.to_json()
+
+
+def test_closing_a_study_prunes_the_projects_oldest_closed_studies(tmp_path, frame):
+    """It keeps the newest KEEP_STUDIES closed studies of the project (and their claims),
+    deleting older ones when a study closes; an open study is never deleted."""
+    contract = _bayes(tmp_path, max_trials=2)
+    store = MemoryTuning()
+    still_open = _open(store, contract, frame, run_id="open-0")
+    for i in range(KEEP_STUDIES + 3):
+        shared = _open(store, contract, frame, run_id=f"r{i}")
+        shared.claims.claim("{}", "cycle", None)
+        shared.close()
+    names = {s.study_name for s in store.storage.get_all_studies()}
+    kept = {study_name(f"r{i}") for i in range(3, KEEP_STUDIES + 3)}
+    assert names == kept | {still_open.name}
+    assert study_name("r0") not in store._book.rows  # its claims went with it

@@ -259,6 +259,10 @@ class PgTuning:
     def claims(self, study: str, *, budget: int, deadline: float) -> Claims:
         return PgClaims(self.database, study, budget=budget, deadline=deadline)
 
+    def forget(self, study: str) -> None:
+        with self.database.engine.begin() as conn:
+            conn.execute(tuning_claims.delete().where(tuning_claims.c.study == study))
+
     def now(self) -> float:
         with self.database.engine.connect() as conn:
             return float(conn.execute(select(_NOW)).scalar_one())
