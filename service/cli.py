@@ -154,6 +154,7 @@ def status() -> None:
     from collections import Counter
 
     from champion.training.data import landing_status
+    from champion.training.lease import CYCLE, SCHEDULER
     from champion.training.manifest import BatchStatus
 
     w = _root()
@@ -166,6 +167,13 @@ def status() -> None:
         f"primary metric {w.contract.metrics.primary})"
     )
     typer.echo(f"registry:    {w.tracking_uri}")
+    state = w.database.safe_url if w.shared else f"files under {w.settings.home}"
+    typer.echo(f"state:       {state}" + (" (shared mode)" if w.shared else ""))
+    held = {name: w.leases.holder(name) for name in (SCHEDULER, CYCLE)}
+    typer.echo(
+        "leases:      "
+        + ", ".join(f"{name} {'held by ' + who if who else 'free'}" for name, who in held.items())
+    )
     typer.echo(
         "aliases:     "
         + (
@@ -183,9 +191,9 @@ def status() -> None:
         typer.echo(
             f"serves with: {ref.runtime}" + (f" ({ref.runtime_note})" if ref.runtime_note else "")
         )
-    entries = w.ledger.entries()
-    if entries:
-        typer.echo("last entry:  " + _describe(entries[-1]).replace("\n", "\n             "))
+    last = next(w.ledger.tail(), None)
+    if last is not None:
+        typer.echo("last entry:  " + _describe(last).replace("\n", "\n             "))
     counts = Counter(e.status for e in manifest.batches.values())
     landing = landing_status(w.contract, manifest)
     typer.echo(

@@ -348,6 +348,17 @@ def test_one_leader_across_replicas_feedback_anywhere_drift_once_and_failover(cl
         leader = _leader(db, pair)
         assert leader is not None
         other = next(r for r in pair if r is not leader)
+        shown = subprocess.run(
+            [str(BENTOML.with_name("champion")), "status"],
+            env=cluster.env("status"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "(shared mode)" in shown.stdout and "postgresql" in shown.stdout
+        assert f"scheduler held by {AdvisoryLeases(db).holder('scheduler')}" in shown.stdout
 
         # Feedback: answered by one replica, labelled through the other.
         rid = "shared-feedback-1"
