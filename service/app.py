@@ -45,6 +45,7 @@ from champion.service.validation import (
     parse_body,
     validate_instances,
 )
+from champion.training.errors import StoreUnavailable
 from champion.training.records import Event, LedgerEntry, Verdict
 
 if TYPE_CHECKING:  # the model stack (MLflow, skops, scikit-learn) loads in the worker only
@@ -79,6 +80,17 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         {"error": str(exc.detail), "problems": []},
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
+    )
+
+
+@api.exception_handler(StoreUnavailable)
+async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    # The shared database does not answer: a state the client may retry, not a bug.
+    log.warning("store unavailable", extra={"path": request.url.path, "error": str(exc)})
+    return JSONResponse(
+        {"error": f"{exc}; nothing was written, retry later", "problems": []},
+        status_code=503,
+        headers={"Retry-After": "5"},
     )
 
 

@@ -188,7 +188,11 @@ class RetrainScheduler:
         return self.scheduler is not None
 
     def start(self) -> None:
-        self._try_lead()
+        try:
+            self._try_lead()
+        except Exception:  # the lease store is down at start: the standby keeps trying
+            log.exception("scheduler could not try the lease at start")
+            self.on_error("scheduler")
         # Standing by, it takes the lead when the lease frees; leading, it checks the lease is
         # still held (a database session can drop) and steps down at once when it is not.
         self._thread = threading.Thread(target=self._standby, name="scheduler-standby", daemon=True)

@@ -27,6 +27,10 @@ class IntegrityError(RegistryError):
     """A stored model does not match its recorded digest or the declared safe types."""
 
 
+class StoreUnavailable(ChampionError):
+    """A store the deployment keeps its state in (the shared database) does not answer."""
+
+
 class LeaseBusyError(ChampionError):
     """Another writer holds the single-writer lease."""
 

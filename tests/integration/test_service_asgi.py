@@ -650,3 +650,32 @@ def test_the_started_service_keeps_its_long_lived_objects_out_of_the_collectors_
         assert _predict(client, {"instances": [ROW]}).status_code == 200
         assert gc.get_freeze_count() > 50_000
     gc.unfreeze()
+
+
+def test_with_the_shared_database_down_it_serves_and_answers_503_where_it_needs_state(
+    served_project, monkeypatch
+):
+    """It starts and predicts with its shared database unreachable (shared mode, a database
+    that refuses connections), and answers 503 with Retry-After, never a 500, where a
+    request needs the database: feedback, the drift summary."""
+    feedback = "asgi-down-feedback-token"
+    with serving(
+        served_project,
+        monkeypatch,
+        CHAMPION_DATABASE_URL="postgresql://champion:secret@127.0.0.1:1/champion",
+        CHAMPION_FEEDBACK_TOKEN=feedback,
+        CHAMPION_SCHEDULER="true",  # its lease store is down too: it stands by
+    ) as client:
+        r = client.post("/predict", json={"instances": [ROW]}, headers={"X-Request-ID": "down-1"})
+        assert r.status_code == 200, r.text
+        r = client.post(
+            "/feedback",
+            json=[{"request_id": "down-1", "row": 0, "label": 1}],
+            headers={"Authorization": f"Bearer {feedback}"},
+        )
+        assert r.status_code == 503, r.text
+        assert "nothing was written" in r.json()["error"] and r.headers["Retry-After"]
+        assert "secret" not in r.text
+        r = client.get("/drift")
+        assert r.status_code == 503, r.text
+        assert client.get("/readyz").status_code == 200

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from champion.training.errors import ConfigError, RegistryError
+from champion.training.errors import ConfigError, StoreUnavailable
 from champion.training.postgres.schema import VERSION_TABLE
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,28 @@ KEEPALIVES: dict[str, Any] = {
 }
 
 
-class DatabaseError(RegistryError):
+class DatabaseError(StoreUnavailable):
     """The shared database is unreachable or refused a statement."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(what: str) -> Callable[[F], F]:
+    """The driver's errors as a DatabaseError naming what failed (the service answers 503,
+    the CLI prints it, background loops count it): never a bare driver traceback."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except SQLAlchemyError as exc:
+                raise DatabaseError(f"{what}: the shared database failed: {_reason(exc)}") from exc
+
+        return call  # type: ignore[return-value]
+
+    return wrap
 
 
 def lock_key(name: str) -> int:
@@ -86,7 +108,8 @@ class Database:
                     pool_size=self._pool_size,
                     max_overflow=self._pool_size,
                     pool_pre_ping=True,
-                    connect_args=dict(KEEPALIVES),
+                    # A black-holed host fails in seconds instead of hanging a request.
+                    connect_args={**KEEPALIVES, "connect_timeout": 10},
                 )
                 try:
                     migrate(engine)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as upsert
 
-from champion.training.postgres.database import Database
+from champion.training.postgres.database import Database, guarded
 from champion.training.postgres.schema import documents, drift_history
 
 STATE = "drift.state"
@@ -25,6 +25,7 @@ class PgDriftStore:
         self.database = database
         self.where = f"{STATE} in {database.safe_url}"
 
+    @guarded("drift state read")
     def _get(self, name: str) -> Any:
         with self.database.engine.connect() as conn:
             body = conn.execute(
@@ -32,6 +33,7 @@ class PgDriftStore:
             ).scalar_one_or_none()
         return None if body is None else json.loads(body)
 
+    @guarded("drift state write")
     def _put(self, name: str, value: Mapping[str, Any]) -> None:
         stmt = upsert(documents).values(name=name, body=json.dumps(value))
         with self.database.engine.begin() as conn:
@@ -57,6 +59,7 @@ class PgDriftStore:
     def write_latest(self, summary: Mapping[str, Any]) -> None:
         self._put(LATEST, summary)
 
+    @guarded("drift history write")
     def append_history(self, entry: Mapping[str, Any], *, keep: int) -> None:
         with self.database.engine.begin() as conn:
             newest = conn.execute(
@@ -66,6 +69,7 @@ class PgDriftStore:
             if newest - oldest + 1 > keep + keep // 10:
                 conn.execute(drift_history.delete().where(drift_history.c.id <= newest - keep))
 
+    @guarded("drift history read")
     def history(self) -> list[dict[str, Any]]:
         """Every kept line, oldest first."""
         with self.database.engine.connect() as conn:

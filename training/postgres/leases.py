@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from champion.training.errors import LeaseBusyError
-from champion.training.postgres.database import Database, DatabaseError, lock_key
+from champion.training.postgres.database import Database, DatabaseError, guarded, lock_key
 from champion.training.process import actor
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class AdvisoryLeases:
         finally:
             held.release()
 
+    @guarded("lease check")
     def holder(self, name: str) -> str | None:
         """Who holds the lease: the owner its session recorded ("unknown" when it recorded
         none yet), None when no session holds it."""

@@ -10,7 +10,7 @@ from sqlalchemy import func, insert, select, text
 
 from champion.training.clock import SystemClock
 from champion.training.ports import Clock
-from champion.training.postgres.database import Database
+from champion.training.postgres.database import Database, guarded
 from champion.training.postgres.notify import CHANNEL
 from champion.training.postgres.schema import ledger
 from champion.training.records import LedgerEntry
@@ -31,6 +31,7 @@ class PgLedger:
         self.database = database
         self.clock = clock or SystemClock()
 
+    @guarded("ledger append")
     def append(self, entry: LedgerEntry | Mapping[str, Any]) -> dict[str, Any]:
         body = entry.to_record() if isinstance(entry, LedgerEntry) else dict(entry)
         with self.database.engine.begin() as conn:
@@ -57,6 +58,7 @@ class PgLedger:
         stored: dict[str, Any] = json.loads(record)
         return stored
 
+    @guarded("ledger read")
     def entries(self) -> list[dict[str, Any]]:
         with self.database.engine.connect() as conn:
             found = conn.execute(select(ledger.c.record).order_by(ledger.c.seq)).scalars()
@@ -66,17 +68,22 @@ class PgLedger:
         """Newest first, a page at a time: the cost is what is read, not the ledger's length."""
         before: int | None = None
         while True:
-            query = select(ledger.c.seq, ledger.c.record).order_by(ledger.c.seq.desc()).limit(_PAGE)
-            if before is not None:
-                query = query.where(ledger.c.seq < before)
-            with self.database.engine.connect() as conn:
-                page = conn.execute(query).all()
+            page = self._page(before)
             for seq, record in page:
                 before = seq
                 yield json.loads(record)
             if len(page) < _PAGE:
                 return
 
+    @guarded("ledger read")
+    def _page(self, before: int | None) -> list[Any]:
+        query = select(ledger.c.seq, ledger.c.record).order_by(ledger.c.seq.desc()).limit(_PAGE)
+        if before is not None:
+            query = query.where(ledger.c.seq < before)
+        with self.database.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    @guarded("ledger read")
     def _newest(self, *where: Any) -> dict[str, Any] | None:
         query = select(ledger.c.record).where(*where).order_by(ledger.c.seq.desc()).limit(1)
         with self.database.engine.connect() as conn:

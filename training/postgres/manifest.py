@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from champion.training.manifest import MANIFEST_VERSION
-from champion.training.postgres.database import Database
+from champion.training.postgres.database import Database, guarded
 from champion.training.postgres.schema import batches, documents
 
 CLASSES = "manifest.classes"
@@ -27,6 +27,7 @@ class PgManifest:
         self.database = database
         self.where = f"in {database.safe_url}"
 
+    @guarded("manifest read")
     def read(self) -> Mapping[str, Any] | None:
         with self.database.engine.connect() as conn:
             rows = conn.execute(select(batches.c.batch_id, batches.c.record)).all()
@@ -41,6 +42,7 @@ class PgManifest:
             "classes": None if classes is None else json.loads(classes),
         }
 
+    @guarded("manifest write")
     def write(self, body: Mapping[str, Any], *, before: Mapping[str, Any] | None) -> None:
         old = dict((before or {}).get("batches") or {})
         changed = [

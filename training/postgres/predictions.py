@@ -18,7 +18,7 @@ from champion.monitoring.capture import (
     encode_row,
     storable_key,
 )
-from champion.training.postgres.database import Database, DatabaseError
+from champion.training.postgres.database import Database, DatabaseError, guarded
 
 _COLUMNS = "id, request_id, row, at, model_version, features, prediction, score"
 _TYPES = ("text", "bigint", "float8", "text", "text", "text", "float8")
@@ -88,6 +88,7 @@ class PgPredictionLog:
         self.database = database
         self.max_rows = max_rows
 
+    @guarded("prediction log read")
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self.database.engine.connect() as conn:
             return list(conn.exec_driver_sql(sql, args).all())
@@ -126,6 +127,7 @@ class PgPredictionLog:
             )
         return [_as_row(r) for r in reversed(found)]
 
+    @guarded("prediction log read")
     def since(self, after_id: int, *, limit: int, version: str) -> Fresh:
         with self.database.engine.connect() as conn, conn.begin():
             # One snapshot for the count and the rows.
@@ -144,6 +146,7 @@ class PgPredictionLog:
         rows = [_as_row(r) for r in reversed(found)]
         return Fresh(rows=rows, max_id=rows[-1]["id"] if rows else after_id, fresh=fresh)
 
+    @guarded("labelling")
     def label(self, items: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[str]]:
         """All or nothing, each row exactly once across every replica (see `_LABEL`)."""
         verdict: list[str | None] = []  # per item: "unknown", "done", or None (to label)
@@ -193,6 +196,7 @@ class PgPredictionLog:
             for f, p, s, lab in found
         ]
 
+    @guarded("feedback export")
     def claim_export(self, name: str, *, min_rows: int) -> int:
         """Name every pending labelled row into batch `name` once there are `min_rows`; one
         transaction holding the rows it counts, so a row is named into one batch only."""
@@ -225,6 +229,7 @@ class PgPredictionLog:
         )
         return [(i, json.loads(f), json.loads(lab), at) for i, f, lab, at in found]
 
+    @guarded("feedback export")
     def finish_export(self, name: str) -> int:
         with self.database.engine.begin() as conn:
             return int(
