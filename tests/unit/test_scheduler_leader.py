@@ -16,6 +16,7 @@ import pytest
 
 from champion.service.scheduler import JOB_ID, CycleOutcome, RetrainScheduler
 from champion.training.config import ScheduleSection
+from champion.training.errors import StoreUnavailable
 from champion.training.lease import SCHEDULER
 from champion.training.records import Verdict
 from tests.fakes import FakeLeases
@@ -272,3 +273,27 @@ def test_a_scheduled_tick_waits_for_a_manual_run_to_finish(started):
     release.set()
     assert eventually(lambda: finished == ["admin", "schedule"])
     assert max(overlap) == 1
+
+
+class _DownThenUp(FakeLeases):
+    """Leases whose store refuses the first `down` acquires (a database not yet reachable)."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__("host-a")
+        self.down = down
+
+    def acquire(self, name: str, *, timeout: float = 0.0):  # type: ignore[override]
+        if self.down > 0:
+            self.down -= 1
+            raise StoreUnavailable("lease store: connection refused")
+        return super().acquire(name, timeout=timeout)
+
+
+def test_a_lease_store_down_at_start_neither_stops_the_start_nor_the_later_lead(started):
+    """It starts (the worker serves) though the lease store refuses, counts the failures as
+    scheduler errors, and leads once the store answers."""
+    errors: list[str] = []
+    leases = _DownThenUp(down=3)
+    sched = started(_scheduler(leases, on_error=errors.append))
+    assert eventually(lambda: sched.is_leader, within=5)
+    assert errors == ["scheduler"] * 3
