@@ -207,7 +207,8 @@ def storable_key(request_id: Any, row: Any) -> bool:
     return INT_MIN <= row <= INT_MAX
 
 
-_COLUMNS = "id, request_id, row, at, model_version, features, prediction, score"
+# The columns a read returns, in the order `as_row` takes them (both log adapters use them).
+COLUMNS = "id, request_id, row, at, model_version, features, prediction, score"
 # What `encode_row` returns, in order, and how the rows go in.
 ENCODED = ("request_id", "row", "at", "model_version", "features", "prediction", "score")
 _INSERT = f"INSERT INTO predictions ({', '.join(ENCODED)}) VALUES "
@@ -215,7 +216,8 @@ _VALUES = "(" + ", ".join("?" * len(ENCODED)) + ")"
 _ON_CONFLICT = " ON CONFLICT (request_id, row) DO NOTHING"
 
 
-def _as_row(r: Sequence[Any]) -> dict[str, Any]:
+def as_row(r: Sequence[Any]) -> dict[str, Any]:
+    """One row read as `COLUMNS`, its JSON columns decoded."""
     return {
         "id": r[0],
         "request_id": r[1],
@@ -270,7 +272,7 @@ class PredictionLog:
 
     def recent(self, *, limit: int, version: str | None = None) -> list[dict[str, Any]]:
         """The most recent captured rows (optionally of one model version), oldest first."""
-        query = f"SELECT {_COLUMNS} FROM predictions"
+        query = f"SELECT {COLUMNS} FROM predictions"
         args: list[Any] = []
         if version is not None:
             query += " WHERE model_version = ?"
@@ -279,7 +281,7 @@ class PredictionLog:
         args.append(limit)
         with self._lock:
             found = self._conn.execute(query, args).fetchall()
-        return [_as_row(r) for r in reversed(found)]
+        return [as_row(r) for r in reversed(found)]
 
     def since(self, after_id: int, *, limit: int, version: str) -> Fresh:
         """The most recent `limit` rows of `version` with ids above `after_id`, oldest first."""
@@ -291,11 +293,11 @@ class PredictionLog:
                 ).fetchone()[0]
             )
             found = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM predictions WHERE model_version = ? AND id > ?"
+                f"SELECT {COLUMNS} FROM predictions WHERE model_version = ? AND id > ?"
                 " ORDER BY id DESC LIMIT ?",
                 (version, after_id, limit),
             ).fetchall()
-        rows = [_as_row(r) for r in reversed(found)]
+        rows = [as_row(r) for r in reversed(found)]
         return Fresh(rows=rows, max_id=rows[-1]["id"] if rows else after_id, fresh=fresh)
 
     def label(self, items: Sequence[tuple[str, int, Any]]) -> tuple[list[str], list[str]]:

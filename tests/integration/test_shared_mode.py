@@ -36,6 +36,7 @@ from champion.training.postgres.predictions import PgPredictionLog
 from champion.training.records import Verdict
 from tests import pg
 from tests.integration.conftest import FIGURES, project_raw
+from tests.integration.test_serve import ROW, stop_group
 from tests.mlflow_server import free_port, mlflow_server
 from tests.polling import eventually
 from tests.s3 import S3Server, moto_s3
@@ -46,17 +47,6 @@ BENTOML = Path(sys.executable).with_name("bentoml")
 TOKEN = "shared-admin-token"
 FEEDBACK_TOKEN = "shared-feedback-token"
 TICK_SECONDS = 6.0  # the schedule's interval (0.1 minute)
-ROW = {
-    "salary": 61000.0,
-    "commission": 20000.0,
-    "age": 45.0,
-    "hvalue": 250000.0,
-    "hyears": 12.0,
-    "loan": 150000.0,
-    "elevel": "e2",
-    "car": "car4",
-    "zipcode": "z3",
-}
 
 
 @dataclass
@@ -165,12 +155,7 @@ class Cluster:
             yield replica
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                stop_group(proc)
 
     def pair(self, stack: ExitStack, tag: str, **env: str) -> tuple[Replica, Replica]:
         """Two replicas, started one after the other (their imports compete for two cores)."""

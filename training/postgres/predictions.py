@@ -10,17 +10,18 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from champion.monitoring.capture import (
+    COLUMNS,
     ENCODED,
     UNSTORABLE,
     Captured,
     Fresh,
     Written,
+    as_row,
     encode_row,
     storable_key,
 )
 from champion.training.postgres.database import Database, DatabaseError, guarded
 
-_COLUMNS = "id, request_id, row, at, model_version, features, prediction, score"
 _TYPES = ("text", "bigint", "float8", "text", "text", "text", "float8")
 # One statement per write, whatever its size: the rows travel as one array per column.
 _INSERT = (
@@ -61,19 +62,6 @@ def _encode(c: Captured) -> tuple[Any, ...]:
 
 def _key_storable(request_id: Any, row: Any) -> bool:
     return storable_key(request_id, row) and "\x00" not in request_id
-
-
-def _as_row(r: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "id": r[0],
-        "request_id": r[1],
-        "row": r[2],
-        "at": r[3],
-        "model_version": r[4],
-        "features": json.loads(r[5]),
-        "prediction": json.loads(r[6]),
-        "score": r[7],
-    }
 
 
 class PgPredictionLog:
@@ -117,15 +105,15 @@ class PgPredictionLog:
     def recent(self, *, limit: int, version: str | None = None) -> list[dict[str, Any]]:
         if version is None:
             found = self._query(
-                f"SELECT {_COLUMNS} FROM predictions ORDER BY id DESC LIMIT %s", (limit,)
+                f"SELECT {COLUMNS} FROM predictions ORDER BY id DESC LIMIT %s", (limit,)
             )
         else:
             found = self._query(
-                f"SELECT {_COLUMNS} FROM predictions WHERE model_version = %s"
+                f"SELECT {COLUMNS} FROM predictions WHERE model_version = %s"
                 " ORDER BY id DESC LIMIT %s",
                 (version, limit),
             )
-        return [_as_row(r) for r in reversed(found)]
+        return [as_row(r) for r in reversed(found)]
 
     @guarded("prediction log read")
     def since(self, after_id: int, *, limit: int, version: str) -> Fresh:
@@ -139,11 +127,11 @@ class PgPredictionLog:
                 ).scalar_one()
             )
             found = conn.exec_driver_sql(
-                f"SELECT {_COLUMNS} FROM predictions WHERE model_version = %s AND id > %s"
+                f"SELECT {COLUMNS} FROM predictions WHERE model_version = %s AND id > %s"
                 " ORDER BY id DESC LIMIT %s",
                 (version, after_id, limit),
             ).all()
-        rows = [_as_row(r) for r in reversed(found)]
+        rows = [as_row(r) for r in reversed(found)]
         return Fresh(rows=rows, max_id=rows[-1]["id"] if rows else after_id, fresh=fresh)
 
     @guarded("labelling")
