@@ -267,7 +267,17 @@ class Watch:
             if len(classes) == 2 and all(s is not None for s in scores):
                 s = np.asarray(scores, dtype=float)
                 proba = np.column_stack([1 - s, s])
-            out = compute(names, y_true=y, y_pred=pred, proba=proba, classes=classes)
+            positive = self.contract.metrics.positive_class
+            if len(classes) == 2 and positive is not None and positive not in classes:
+                return {}  # two live classes, neither the declared positive one
+            out = compute(
+                names,
+                y_true=y,
+                y_pred=pred,
+                proba=proba,
+                classes=classes,
+                spec=self.contract.metrics,
+            )
         else:
             out = compute(
                 [*names, "mae"],
@@ -275,6 +285,7 @@ class Watch:
                 y_pred=pred.astype(float),
                 proba=None,
                 classes=None,
+                spec=self.contract.metrics,
             )
         return {k: v for k, v in out.items() if np.isfinite(v)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
@@ -16,8 +16,10 @@ from champion.training.errors import ChampionError
 
 if TYPE_CHECKING:
     from champion.service.root import Components
+    from champion.training.data import IntakeReport, TrainingData
     from champion.training.demo.simulate import SimulationPlan
     from champion.training.manifest import BatchEntry
+    from champion.training.ports import BatchStore
     from champion.training.records import CycleReport
 
 P = ParamSpec("P")
@@ -90,15 +92,59 @@ def retrain(
         report = CycleReport(Verdict.FAILED, str(exc))
         _report(report, result_file=result_file, as_json=as_json)
         raise _fail(exc) from None
+    recorder = _IntakeRecorder(ctx.batches)
+    ctx.batches = recorder
     result = run_cycle(ctx, trigger=trigger)
     _report(result.report(), result_file=result_file, as_json=as_json)
     if not as_json:
+        if recorder.report is not None:
+            for line in _intake_lines(recorder.report):
+                typer.echo(line)
         color = {Verdict.PROMOTE: typer.colors.GREEN, Verdict.FAILED: typer.colors.RED}
         typer.secho(f"{result.verdict.value}: {result.reason}", fg=color.get(result.verdict))
         if result.version:
             typer.echo(f"challenger v{result.version}; champion: {result.champion_after or 'none'}")
         typer.echo(f"{result.trials} trials in {result.seconds:.1f}s")
     raise typer.Exit(result.exit_code)
+
+
+class _IntakeRecorder:
+    """A batch store that keeps what the cycle's intake did, for `retrain` to print."""
+
+    def __init__(self, inner: BatchStore) -> None:
+        self.inner = inner
+        self.report: IntakeReport | None = None
+
+    def intake(self) -> IntakeReport:
+        self.report = self.inner.intake()
+        return self.report
+
+    def window(self) -> TrainingData:
+        return self.inner.window()
+
+    def mark_consumed(self, batch_ids: Sequence[str], by: str) -> None:
+        self.inner.mark_consumed(batch_ids, by)
+
+
+def _duplicates(count: int | None) -> str:
+    return f", {count} duplicate row{'s' if count != 1 else ''} dropped" if count else ""
+
+
+def _intake_lines(report: IntakeReport) -> list[str]:
+    """What intake did, one line per batch file: accepted, quarantined, left to settle."""
+    lines = [
+        f"intake: accepted {r.file} ({r.rows} rows{_duplicates(r.duplicates_dropped)})"
+        for r in report.accepted
+    ]
+    for r in report.quarantined:
+        more = f" (and {len(r.reasons) - 1} more reasons)" if len(r.reasons) > 1 else ""
+        first = r.reasons[0] if r.reasons else "no reason recorded"
+        lines.append(f"intake: quarantined {r.file}: {first}{more}")
+    if report.waiting:
+        lines.append(
+            f"intake: still being written, left for the next cycle: {', '.join(report.waiting)}"
+        )
+    return lines or ["intake: no new batch files in the landing zone"]
 
 
 def _report(report: CycleReport, *, result_file: Path | None, as_json: bool) -> None:
@@ -222,6 +268,8 @@ def _batch_line(batch_id: str, entry: BatchEntry) -> str:
     rows = next((n for n in (entry.usable_rows, entry.rows) if n is not None), "?")
     trained = entry.consumed_by or "-"
     line = f"{batch_id}  {entry.status:<11} {rows:>7} rows  seen {seen}  trained on: {trained}"
+    if entry.status is BatchStatus.ACCEPTED and entry.duplicates_dropped:
+        line += f"\n    {_duplicates(entry.duplicates_dropped).removeprefix(', ')}"
     if entry.status is BatchStatus.QUARANTINED and entry.reasons:
         line += f"\n    {entry.reasons[0]}"
     elif entry.status is BatchStatus.RETIRED:
@@ -470,36 +518,158 @@ def predict(
     file: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV of feature rows.")],
     url: Annotated[str, typer.Option(help="Service base URL.")] = "http://127.0.0.1:3000",
 ) -> None:
-    """Send the rows of a CSV file to a running service and print its answer."""
+    """Send the rows of a CSV file to a running service and print its answer.
+
+    A file longer than the service takes in one request (its OpenAPI `maxItems`, else
+    CHAMPION_MAX_ROWS) goes in chunks; the answers are printed as one, with the request id
+    of each chunk (`request_ids`, `chunk_rows` rows each) for feedback.
+    """
     import httpx
     import pandas as pd
 
+    from champion.service.scoring import instances
+
     frame = pd.read_csv(file, dtype=str, keep_default_na=False)
     w = _root()
-    features = w.contract.features
-    rows = []
-    for record in frame.to_dict(orient="records"):
-        row: dict[str, Any] = {}
-        for name, value in record.items():
-            if name not in features:
-                continue  # e.g. the target or a timestamp column in a batch file
-            if value == "":
-                row[name] = None
-            elif features[name].type == "numeric":
-                try:
-                    row[name] = float(value)
-                except ValueError:
-                    row[name] = value  # let the service name the problem
-            else:
-                row[name] = value
-        rows.append(row)
+    # The target or a timestamp column of a batch file is left out; numbers parsed from text.
+    rows = instances(frame, w.contract)
+    base = url.rstrip("/")
     try:
-        response = httpx.post(f"{url.rstrip('/')}/predict", json={"instances": rows}, timeout=30)
+        limit = _max_rows(base, default=w.settings.max_rows)
+        answers = _predict_chunks(base, rows, limit)
     except httpx.HTTPError as exc:
         typer.secho(f"error: cannot reach {url}: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
-    typer.echo(json.dumps(response.json(), indent=1))
-    raise typer.Exit(0 if response.is_success else 1)
+    except _Refused as refused:
+        if refused.chunks > 1:
+            typer.secho(
+                f"error: rows {refused.start + 1} to {refused.start + refused.rows} refused "
+                f"(HTTP {refused.status}); nothing printed for the other chunks",
+                err=True,
+                fg=typer.colors.RED,
+            )
+        typer.echo(json.dumps(refused.body, indent=1))
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(_merge_answers(answers, limit), indent=1))
+    raise typer.Exit(0)
+
+
+def _max_rows(base: str, *, default: int) -> int:
+    """Rows the service takes in one /predict request: its OpenAPI schema's, else `default`."""
+    import httpx
+
+    try:
+        schema = httpx.get(f"{base}/openapi.json", timeout=10).json()
+        limit = schema["components"]["schemas"]["PredictRequest"]["properties"]["instances"][
+            "maxItems"
+        ]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return default
+    return limit if isinstance(limit, int) and limit >= 1 else default
+
+
+class _Refused(Exception):
+    """A chunk the service refused: its answer, with row numbers counted in the whole file."""
+
+    def __init__(self, status: int, body: Any, *, start: int, rows: int, chunks: int) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
+        self.start, self.rows, self.chunks = start, rows, chunks
+
+
+def _predict_chunks(base: str, rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """POST the rows in chunks of at most `limit`; the answers in order (_Refused on a 4xx/5xx)."""
+    import httpx
+    from tqdm import tqdm
+
+    starts = range(0, max(len(rows), 1), limit)
+    answers: list[dict[str, Any]] = []
+    # A bar on a terminal only, and only when there is more than one request to wait for.
+    with tqdm(total=len(rows), unit="rows", disable=True if len(starts) < 2 else None) as bar:
+        for start in starts:
+            chunk = rows[start : start + limit]
+            response = httpx.post(f"{base}/predict", json={"instances": chunk}, timeout=30)
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": response.text}
+            if not response.is_success:
+                if start and isinstance(body, dict):
+                    for problem in body.get("problems") or []:
+                        if isinstance(problem, dict) and isinstance(problem.get("row"), int):
+                            problem["row"] += start
+                raise _Refused(
+                    response.status_code, body, start=start, rows=len(chunk), chunks=len(starts)
+                )
+            answers.append(body)
+            bar.update(len(chunk))
+    return answers
+
+
+def _merge_answers(answers: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """One answer for the whole file; a single chunk's answer is printed as the service gave it."""
+    if len(answers) == 1:
+        return answers[0]
+    merged = dict(answers[0])
+    for key in ("predictions", "probabilities"):
+        if key in merged:
+            merged[key] = [value for answer in answers for value in answer.get(key) or []]
+    versions = list(dict.fromkeys(answer.get("model_version") for answer in answers))
+    # A model swap between chunks shows: every version that answered, in order.
+    merged["model_version"] = versions[0] if len(versions) == 1 else versions
+    merged.pop("request_id", None)
+    merged["request_ids"] = [answer.get("request_id") for answer in answers]
+    merged["chunk_rows"] = limit
+    return merged
+
+
+@app.command()
+@_clean_errors
+def score(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet rows to score.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where to write them, .csv or .parquet.")],
+    url: Annotated[
+        str | None, typer.Option(help="Score through a running service instead of offline.")
+    ] = None,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows per chunk.")] = 1000,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Score a file of any size with the champion, in chunks: its rows, then `prediction`,
+    one `probability_<class>` column per class, and `error` for a row that could not be scored.
+
+    Offline (the default), the champion is loaded and checked as a serving worker loads it.
+    """
+    from tqdm import tqdm
+
+    from champion.service.scoring import OfflineScorer, RemoteScorer, Scorer, count_rows, score_file
+
+    w = _root()
+    scorer: Scorer
+    if url is not None:
+        scorer = RemoteScorer(url)
+    else:
+        from champion.service.slot import ModelSlot
+
+        slot = ModelSlot(registry=w.registry, contract=w.contract, cache_dir=w.settings.cache_dir)
+        slot.refresh()
+        scorer = OfflineScorer(slot, w.contract)
+    with tqdm(total=count_rows(file), unit="row", desc="scoring", disable=not progress) as bar:
+        summary = score_file(
+            file, out, scorer, w.contract, chunk_rows=chunk_rows, on_chunk=bar.update
+        )
+    typer.echo(
+        f"scored {summary.scored} of {summary.rows} rows with v{summary.version} into {out} "
+        f"({summary.chunks} chunk{'s' if summary.chunks != 1 else ''})"
+    )
+    if summary.failed:
+        typer.secho(
+            f"{summary.failed} row(s) could not be scored: their `error` column says why",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -208,6 +208,7 @@ class FakeRegistry:
         self.fail_on: set[str] = set(fail_on)
         self.before: dict[str, Callable[[], None]] = {}
         self.calls: list[str] = []
+        self.descriptions: dict[str, str] = {}  # version -> description
         self._run_ids = itertools.count(1)
 
     def _enter(self, method: str) -> None:
@@ -381,6 +382,12 @@ class FakeRegistry:
             ref.created_ms,
         )
 
+    def describe_version(self, version: str, description: str) -> None:
+        self._enter("describe_version")
+        if str(version) not in self.versions:
+            raise RegistryError(f"model version v{version} not found")
+        self.descriptions[str(version)] = description
+
     def move_champion(self, *, expected: str | None, new: str) -> bool:
         self._enter("move_champion")
         current = self.alias_map.get("champion")
@@ -406,9 +413,16 @@ def _columns(example: pd.DataFrame | None) -> tuple[str, ...]:
 class FakeBatches:
     """Accepted batches as one frame (with BATCH_COLUMN); records what was marked consumed."""
 
-    def __init__(self, frame: pd.DataFrame | None = None, *, quarantined: Sequence[str] = ()):
+    def __init__(
+        self,
+        frame: pd.DataFrame | None = None,
+        *,
+        quarantined: Sequence[str] = (),
+        waiting: Sequence[str] = (),
+    ):
         self.frame = frame if frame is not None else pd.DataFrame()
         self.quarantined = tuple(quarantined)
+        self.waiting = tuple(waiting)  # file names intake leaves to settle
         self.consumed: dict[str, str] = {}  # batch id -> by
         self.marks: list[tuple[tuple[str, ...], str]] = []
         self.intakes = 0
@@ -428,7 +442,7 @@ class FakeBatches:
         bad = tuple(
             BatchReport(b, f"{b}.csv", False, 0, ("fake: quarantined",)) for b in self.quarantined
         )
-        return IntakeReport(accepted=(), quarantined=bad)
+        return IntakeReport(accepted=(), quarantined=bad, waiting=self.waiting)
 
     def window(self) -> TrainingData:
         present = self.batch_ids()

@@ -113,6 +113,30 @@ def parse_batch(data: bytes, suffix: str, contract: Contract) -> pd.DataFrame:
     )
 
 
+_DELIMITERS = {";": "`;`", "\t": "tab", "|": "`|`"}
+
+
+def delimiter_hint(raw: pd.DataFrame, contract: Contract) -> str | None:
+    """Why the header does not match when it is another delimiter's: None when it is not.
+
+    A `;`-, tab- or `|`-separated file parses as one column named after the whole header line,
+    which would otherwise be reported as every contract column missing.
+    """
+    expected = {*contract.features, contract.target}
+    if expected <= {str(c) for c in raw.columns}:
+        return None
+    for sep, shown in _DELIMITERS.items():
+        for column in (str(c) for c in raw.columns if sep in str(c)):
+            # Two contract columns in one name: not a name that happens to hold the character.
+            parts = {part.strip().strip('"') for part in column.split(sep)}
+            if len(parts & expected) >= min(2, len(expected)):
+                return (
+                    f"the header looks {shown}-separated ({column[:60]!r}): "
+                    "batches must be comma-separated CSV"
+                )
+    return None
+
+
 def _describe_failures(exc: SchemaErrors) -> list[str]:
     cases = exc.failure_cases
     reasons: list[str] = []
@@ -242,6 +266,10 @@ def validate_batch(
     `known_classes`: without declared classes, the target values of the batches taken in so
     far; a value outside them is refused (empty or None: anything goes).
     """
+    hint = delimiter_hint(raw, contract)
+    if hint is not None:
+        # Every column would be reported missing: the one reason that explains them all.
+        return None, BatchReport("", "", False, len(raw), (hint,))
     reasons: list[str] = []
     try:
         frame = batch_schema(contract).validate(raw, lazy=True)

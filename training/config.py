@@ -43,9 +43,15 @@ METRICS: dict[str, tuple[Task, bool]] = {
     "f1": ("classification", True),
     "roc_auc": ("classification", True),
     "log_loss": ("classification", False),
+    "fbeta": ("classification", True),
+    "mcc": ("classification", True),
+    "average_precision": ("classification", True),
+    "brier": ("classification", False),
     "rmse": ("regression", False),
     "mae": ("regression", False),
     "r2": ("regression", True),
+    "mape": ("regression", False),
+    "pinball": ("regression", False),
 }
 
 FAMILIES: dict[Task, tuple[str, ...]] = {
@@ -101,7 +107,23 @@ class Feature(_Strict):
 
 class MetricsSection(_Strict):
     primary: str
+    # metric -> the largest tolerated drop versus the champion, in the metric's own units
+    # (a rise, for a loss) ...
     guardrails: dict[str, float] = Field(default_factory=dict)
+    # ... or as a fraction of the champion's value (0.05: a 5 % worse value is tolerated).
+    guardrails_relative: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
+    # Multiclass averaging of precision, recall, f1, fbeta, roc_auc and average_precision
+    # (a binary task scores its positive class alone).
+    average: Literal["macro", "weighted", "micro"] = "macro"
+    # The positive class of a binary task; unset: the last of the classes in sorted order.
+    positive_class: StrictInt | StrictStr | None = None
+    beta: float = Field(default=1.0, gt=0.0)  # fbeta: recall counts beta times as much
+    quantile: float = Field(default=0.5, gt=0.0, lt=1.0)  # pinball: the quantile scored
+
+    @property
+    def guarded(self) -> list[str]:
+        """Every guardrail metric, absolute tolerances first."""
+        return [*self.guardrails, *self.guardrails_relative]
 
 
 class WindowSection(_Strict):
@@ -149,7 +171,10 @@ class CVSection(_Strict):
 
 
 class GateSection(_Strict):
+    # Smallest mean improvement of the primary metric worth a swap, in the metric's units;
+    # and/or a fraction of the champion's value: the larger of the two applies.
     min_delta: float = Field(default=0.0, ge=0.0)
+    min_delta_relative: float = Field(default=0.0, ge=0.0)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     method: Literal["corrected_t", "bootstrap"] = "corrected_t"
     floor: float
@@ -208,11 +233,36 @@ class Contract(_Strict):
             raise ValueError(
                 f"metrics.primary: unknown metric {primary!r}; known: {sorted(METRICS)}"
             )
-        for name in [primary, *self.metrics.guardrails]:
+        for name in [primary, *self.metrics.guarded]:
             if name not in METRICS:
-                raise ValueError(f"metrics.guardrails: unknown metric {name!r}")
+                raise ValueError(
+                    f"metrics.guardrails: unknown metric {name!r}; known: {sorted(METRICS)}"
+                )
             if METRICS[name][0] != self.task:
-                raise ValueError(f"metrics: {name!r} does not apply to task {self.task!r}")
+                fits = sorted(m for m, (task, _) in METRICS.items() if task == self.task)
+                raise ValueError(
+                    f"metrics: {name!r} does not apply to task {self.task!r}; use one of {fits}"
+                )
+        twice = sorted(set(self.metrics.guardrails) & set(self.metrics.guardrails_relative))
+        if twice:
+            raise ValueError(
+                f"metrics.guardrails_relative: {twice} also in metrics.guardrails; "
+                "give each guardrail one tolerance"
+            )
+        positive = self.metrics.positive_class
+        if positive is not None:
+            if self.task != "classification":
+                raise ValueError("metrics.positive_class: only a classification task has one")
+            if self.classes is not None and len(self.classes) != 2:
+                raise ValueError(
+                    f"metrics.positive_class: applies to a binary task; classes declares "
+                    f"{len(self.classes)}"
+                )
+            if self.classes is not None and positive not in self.classes:
+                raise ValueError(
+                    f"metrics.positive_class: {positive!r} is not one of the declared classes "
+                    f"{list(self.classes)!r}"
+                )
         if self.target in self.features:
             raise ValueError(f"target: {self.target!r} is also declared as a feature")
         if self.classes is not None:

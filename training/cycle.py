@@ -43,14 +43,15 @@ from champion.training.compile import compile_pipeline
 from champion.training.config import Contract
 from champion.training.data import (
     BATCH_COLUMN,
+    IntakeReport,
     TrainingData,
     fingerprint,
 )
 from champion.training.errors import ChampionError, LeaseBusyError
-from champion.training.evaluation import paired_evaluation
+from champion.training.evaluation import paired_evaluation, widen_proba
 from champion.training.gate import Decision, PairedScores, decide, decide_first
 from champion.training.lease import CYCLE, REGISTRY
-from champion.training.metrics import model_outputs
+from champion.training.metrics import compute, model_outputs, oriented
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from champion.training.plots import write_evaluation_plots
 from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
@@ -189,14 +190,25 @@ def _holdout_outputs(
 def _importances(
     contract: Contract, model: Any, X: pd.DataFrame, y: np.ndarray, classes: list[Any] | None
 ) -> dict[str, float]:
-    """Permutation importance on held-out rows, scored by the primary metric."""
+    """Permutation importance on held-out rows, scored by the primary metric.
+
+    Scored by `compute` itself (oriented), so the contract's positive class, averaging, beta
+    and quantile apply exactly as in the gate.
+    """
     rows = np.arange(min(len(y), IMPORTANCE_ROWS))
-    scoring = {
-        "roc_auc": "roc_auc" if classes and len(classes) == 2 else "roc_auc_ovr",
-        "log_loss": "neg_log_loss",
-        "rmse": "neg_root_mean_squared_error",
-        "mae": "neg_mean_absolute_error",
-    }.get(contract.metrics.primary, contract.metrics.primary)
+    primary = contract.metrics.primary
+
+    def scoring(estimator: Any, X_: pd.DataFrame, y_: np.ndarray) -> float:
+        pred, proba = model_outputs(estimator, X_)
+        if proba is not None and classes is not None:
+            proba = widen_proba(proba, list(estimator.classes_), classes)
+        value = compute(
+            [primary], y_true=y_, y_pred=pred, proba=proba, classes=classes, spec=contract.metrics
+        )[primary]
+        if not math.isfinite(value):
+            raise ValueError(f"{primary} is undefined on these rows")
+        return oriented(primary, value)
+
     try:
         imp = permutation_importance(
             model,
@@ -436,7 +448,7 @@ class _Cycle:
         champion_ref = ctx.registry.alias("champion")
         self.champion_before = champion_ref.version if champion_ref else None
         if data.rows == 0:
-            why = f" ({len(report.quarantined)} batches quarantined)" if report.quarantined else ""
+            why = _intake_note(report)
             return self.finish(Verdict.SKIPPED, f"No valid data in the landing zone{why}.")
         if contract.task == "classification" and data.frame[contract.target].nunique() < 2:
             # Its batches stay unconsumed: they are trained on once another class arrives.
@@ -447,7 +459,8 @@ class _Cycle:
                 "waiting for batches with other classes.",
             )
         if not data.new_batch_ids:
-            return self.finish(Verdict.SKIPPED, "No new batches since the last cycle.")
+            why = _intake_note(report)
+            return self.finish(Verdict.SKIPPED, f"No new batches since the last cycle{why}.")
         self.fp = fingerprint(data, contract)
         return self._with_champion(data, champion_ref)
 
@@ -614,10 +627,16 @@ class _Cycle:
         ctx = self.ctx
         assert self.run_id is not None
         ctx.registry.set_version_tags(ref.version, {TAG_VERDICT: decision.verdict.value})
+        # Before the alias moves: once it has, the cycle must not fail on a description.
+        ctx.registry.describe_version(ref.version, describe(decision, tuned, ctx.contract))
         ctx.checkpoint("promote")
         if decision.verdict is Verdict.PROMOTE:
             with ctx.leases.hold(REGISTRY, timeout=ctx.lease_timeout):
                 decision, after = self._move(decision, ref)
+                if decision.verdict is Verdict.STALE:
+                    ctx.registry.describe_version(
+                        ref.version, describe(decision, tuned, ctx.contract)
+                    )
                 _record(ctx, self.run_id, decision)
                 result = self._verdict(decision, tuned, ref, champion_after=after)
         else:
@@ -677,6 +696,30 @@ class _Cycle:
         except Exception:
             after = self.champion_before
         return self.finish(Verdict.FAILED, f"The cycle failed: {message}", champion_after=after)
+
+
+def _intake_note(report: IntakeReport) -> str:
+    """What this cycle's intake held back, for a SKIPPED reason ("" when nothing)."""
+    notes: list[str] = []
+    if report.quarantined:
+        first = report.quarantined[0]
+        reason = first.reasons[0] if first.reasons else "no reason recorded"
+        notes.append(f"{len(report.quarantined)} quarantined ({first.file}: {reason})")
+    if report.waiting:
+        notes.append(f"{len(report.waiting)} still being written, left for a later cycle")
+    return f": {'; '.join(notes)}; see `champion batches`" if notes else ""
+
+
+def describe(decision: Decision, tuned: TuneResult, contract: Contract) -> str:
+    """A registered version's description: its verdict sentence, family and CV summary."""
+    best = tuned.best
+    folds = len(best.fold_scores)
+    return (
+        f"{decision.verdict.value}: {decision.reason}\n\n"
+        f"Family: {best.candidate.family} ({best.candidate.label()}).\n"
+        f"CV {contract.metrics.primary}: {best.mean:.4f} ± {best.std:.4f} over {folds} folds "
+        f"({contract.cv_scheme}), best of {len(tuned.trials)} trials."
+    )
 
 
 def _run_params(contract: Contract, w: _Window) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from champion.training.pipeline import Candidate, build_pipeline
 from champion.training.tuning import classes_of, metric_names, splits
 
 
-def _widen(proba: np.ndarray, model_classes: list[Any], classes: list[Any]) -> np.ndarray:
+def widen_proba(proba: np.ndarray, model_classes: list[Any], classes: list[Any]) -> np.ndarray:
+    """Probabilities over `classes` (zero for a class the model never saw)."""
     full = np.zeros((len(proba), len(classes)))
     for j, c in enumerate(model_classes):
         if c in classes:
@@ -64,8 +65,15 @@ def paired_evaluation(
         ):
             pred, proba = model_outputs(model, X_test)
             if proba is not None and classes is not None:
-                proba = _widen(proba, list(model.classes_), classes)
-            scores = compute(names, y_true=y_test, y_pred=pred, proba=proba, classes=classes)
+                proba = widen_proba(proba, list(model.classes_), classes)
+            scores = compute(
+                names,
+                y_true=y_test,
+                y_pred=pred,
+                proba=proba,
+                classes=classes,
+                spec=contract.metrics,
+            )
             for n in names:
                 out[n].append(scores[n])
     return PairedScores(

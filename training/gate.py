@@ -38,8 +38,11 @@ class MetricCheck:
     upper: float | None = None
     p_value: float | None = None
     folds: int = 0
+    # Where `threshold` came from, e.g. "gate.min_delta" or "1.0% of the champion's 0.8000".
+    rule: str = ""
 
     def __str__(self) -> str:
+        rule = f" ({self.rule})" if self.rule else ""
         if self.role == "floor":
             cmp = "reaches" if self.passed else "falls short of"
             return f"{self.metric} {self.challenger:.4f} {cmp} the floor {self.threshold:.4f}"
@@ -50,19 +53,19 @@ class MetricCheck:
         )
         if self.role == "guardrail":
             verdict = "within" if self.passed else "beyond"
-            return f"{base}); a drop {verdict} the tolerance {self.threshold:.4f}"
+            return f"{base}); a drop {verdict} the tolerance {self.threshold:.4f}{rule}"
         interval = ""
         if self.lower is not None and self.upper is not None:
             interval = f", interval [{self.lower:+.4f}, {self.upper:+.4f}]"
         if self.passed:
             tail = (
-                f"credibly better (lower bound above zero) and by {self.threshold:.4f} or more "
-                "on average"
+                f"credibly better (lower bound above zero) and by {self.threshold:.4f}{rule} "
+                "or more on average"
             )
         elif self.upper is not None and self.upper < 0:
             tail = "credibly worse"
         else:
-            tail = f"not credibly better by the margin {self.threshold:.4f}"
+            tail = f"not credibly better by the margin {self.threshold:.4f}{rule}"
         return f"{base}{interval}): {tail}"
 
 
@@ -135,8 +138,10 @@ def decide(
 ) -> Decision:
     """Compare a challenger with the deployed champion on paired folds.
 
-    PROMOTE needs all of: mean change ≥ min_delta, the one-sided interval above zero, every
-    guardrail within its tolerance, and an input schema that matches the contract.
+    PROMOTE needs all of: mean change ≥ the margin (the larger of `min_delta` and
+    `min_delta_relative` × |champion's mean|), the one-sided interval above zero, every
+    guardrail within its tolerance (absolute, or relative to the champion's value), and an
+    input schema that matches the contract. Changes are oriented: positive is better.
     """
     gate = contract.gate
     primary = contract.metrics.primary
@@ -157,7 +162,8 @@ def decide(
     interval = _paired_interval(deltas, paired=paired, contract=contract)
     head = _primary_check(primary, chal=chal, champ=champ, interval=interval, gate=gate)
     checks = (head, *_guardrail_checks(paired, contract=contract))
-    return _verdict(checks, interval=interval, numbers=_numbers(primary, interval, gate=gate))
+    numbers = _numbers(primary, interval, gate=gate) | {"margin": head.threshold}
+    return _verdict(checks, interval=interval, numbers=numbers)
 
 
 @dataclass(frozen=True)
@@ -194,43 +200,74 @@ def _paired_interval(deltas: np.ndarray, *, paired: PairedScores, contract: Cont
     return _Interval(float(np.mean(deltas)), lower, upper, p, len(deltas))
 
 
+def _relative_rule(fraction: float, champion: float) -> str:
+    return f"{fraction:.1%} of the champion's {champion:.4f}"
+
+
+def margin(gate: GateSection, champion: float) -> tuple[float, str]:
+    """The smallest mean improvement required, and which setting it came from.
+
+    `min_delta` is in the metric's units; `min_delta_relative` is a fraction of the champion's
+    value (its magnitude). The larger applies; with no relative setting, `min_delta` alone.
+    """
+    relative = gate.min_delta_relative * abs(champion)
+    if gate.min_delta_relative > 0 and relative > gate.min_delta:
+        rule = f"gate.min_delta_relative: {_relative_rule(gate.min_delta_relative, champion)}"
+        return relative, rule
+    return gate.min_delta, "gate.min_delta"
+
+
 def _primary_check(
     metric: str, *, chal: np.ndarray, champ: np.ndarray, interval: _Interval, gate: GateSection
 ) -> MetricCheck:
-    """Passes only when the mean change reaches min_delta and the interval clears zero."""
+    """Passes only when the mean change reaches the margin and the interval clears zero."""
+    threshold, rule = margin(gate, float(champ.mean()))
     return MetricCheck(
         metric=metric,
         role="primary",
         challenger=float(chal.mean()),
         champion=float(champ.mean()),
         delta=interval.mean,
-        threshold=gate.min_delta,
-        passed=interval.mean >= gate.min_delta and interval.lower > 0,
+        threshold=threshold,
+        passed=interval.mean >= threshold and interval.lower > 0,
         lower=interval.lower,
         upper=interval.upper,
         p_value=interval.p_value,
         folds=interval.folds,
+        rule=rule,
     )
 
 
 def _guardrail_checks(paired: PairedScores, *, contract: Contract) -> list[MetricCheck]:
-    """One check per guardrail with usable folds: the mean drop must stay within tolerance."""
+    """One check per guardrail with usable folds: the mean drop must stay within tolerance.
+
+    The drop is oriented (a rise, for a loss). Tolerances in `metrics.guardrails` are in the
+    metric's units; in `metrics.guardrails_relative`, a fraction of the champion's value.
+    """
     checks: list[MetricCheck] = []
-    for metric, tolerance in contract.metrics.guardrails.items():
+    spec = contract.metrics
+    for metric in spec.guarded:
         g_chal, g_champ = _clean_pairs(paired.challenger[metric], paired.champion[metric])
         if len(g_chal) == 0:
             continue
         g_delta = float(np.mean(_orientation(metric) * (g_chal - g_champ)))
+        champion = float(g_champ.mean())
+        if metric in spec.guardrails:
+            tolerance, rule = spec.guardrails[metric], "absolute"
+        else:
+            fraction = spec.guardrails_relative[metric]
+            tolerance, rule = fraction * abs(champion), _relative_rule(fraction, champion)
         checks.append(
             MetricCheck(
                 metric=metric,
                 role="guardrail",
                 challenger=float(g_chal.mean()),
-                champion=float(g_champ.mean()),
+                champion=champion,
                 delta=g_delta,
                 threshold=tolerance,
                 passed=g_delta >= -tolerance,
                 folds=len(g_chal),
+                rule=rule,
             )
         )
     return checks
@@ -246,6 +283,7 @@ def _numbers(metric: str, interval: _Interval, *, gate: GateSection) -> dict[str
         "folds": interval.folds,
         "confidence": gate.confidence,
         "min_delta": gate.min_delta,
+        "min_delta_relative": gate.min_delta_relative,
         "method": gate.method,
     }
 
@@ -269,7 +307,10 @@ def _verdict(
 
 
 def decide_first(cv_mean: float, *, contract: Contract) -> Decision:
-    """With no champion yet, promote only a challenger that reaches the absolute floor."""
+    """With no champion yet, promote only a challenger that reaches the absolute floor.
+
+    The floor is in the metric's units: a lower bound for scores, an upper bound for losses.
+    """
     primary = contract.metrics.primary
     floor = contract.gate.floor
     ok = math.isfinite(cv_mean) and (cv_mean >= floor if METRICS[primary][1] else cv_mean <= floor)

@@ -146,6 +146,10 @@ class ModelRegistry(Protocol):
 
     def set_version_tags(self, version: str, tags: Mapping[str, str]) -> None: ...
 
+    def describe_version(self, version: str, description: str) -> None:
+        """Set the version's description (what the MLflow UI shows an operator)."""
+        ...
+
     def move_champion(self, *, expected: str | None, new: str) -> bool:
         """Compare-and-set the champion alias (`previous` keeps the old one)."""
         ...

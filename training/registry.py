@@ -379,6 +379,12 @@ class Registry:
         for k, v in tags.items():
             self.client.set_model_version_tag(self.model_name, version, k, str(v)[:5000])
 
+    def describe_version(self, version: str, description: str) -> None:
+        """Set the version's description: its verdict, family and CV summary, for the UI."""
+        self.client.update_model_version(
+            self.model_name, str(version), description=description[:5000]
+        )
+
     def move_champion(self, *, expected: str | None, new: str) -> bool:
         """Compare-and-set the champion alias; callers hold the registry lease.
 

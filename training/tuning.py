@@ -21,8 +21,8 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 from tqdm import tqdm
 
-from champion.training.config import Choice, Contract, Param, Range
-from champion.training.metrics import compute, model_outputs, oriented
+from champion.training.config import Choice, Contract, MetricsSection, Param, Range
+from champion.training.metrics import compute, model_outputs, oriented, positive_label
 from champion.training.pipeline import Candidate, build_pipeline
 from champion.training.shared_tuning import (
     CLAIM_ATTR,
@@ -167,7 +167,7 @@ def splits(
 
 
 def metric_names(contract: Contract) -> list[str]:
-    return [contract.metrics.primary, *contract.metrics.guardrails]
+    return [contract.metrics.primary, *contract.metrics.guarded]
 
 
 def classes_of(contract: Contract, y: np.ndarray) -> list[Any] | None:
@@ -181,6 +181,7 @@ def _fit_score(
     split: Split,
     names: list[str],
     classes: list[Any] | None,
+    spec: MetricsSection | None = None,
 ) -> dict[str, float]:
     train, test = split
     model = clone(pipeline).fit(X.iloc[train], y[train])
@@ -191,7 +192,7 @@ def _fit_score(
         for j, c in enumerate(model.classes_):
             full[:, classes.index(c)] = proba[:, j]
         proba = full
-    return compute(names, y_true=y[test], y_pred=pred, proba=proba, classes=classes)
+    return compute(names, y_true=y[test], y_pred=pred, proba=proba, classes=classes, spec=spec)
 
 
 def cross_validate(
@@ -208,11 +209,13 @@ def cross_validate(
     pipeline = build_pipeline(contract, candidate, seed=seed)
     names = metric_names(contract)
     classes = classes_of(contract, y)
-    jobs = (delayed(_fit_score)(pipeline, X, y, s, names, classes) for s in folds)
+    spec = contract.metrics
+    positive_label(classes, spec.positive_class)  # a wrong positive class fails here, once
+    jobs = (delayed(_fit_score)(pipeline, X, y, s, names, classes, spec) for s in folds)
     results = (
         Parallel(n_jobs=n_jobs)(jobs)
         if n_jobs > 1
-        else [_fit_score(pipeline, X, y, s, names, classes) for s in folds]
+        else [_fit_score(pipeline, X, y, s, names, classes, spec) for s in folds]
     )
     return {n: tuple(r[n] for r in results) for n in names}
 

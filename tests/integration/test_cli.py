@@ -30,15 +30,19 @@ def test_simulate_retrain_status_history_tell_a_readable_story(cli):
     assert cli("simulate", "--batches", "2", "--rows", "600").exit_code == 0
     first = cli("retrain", "--no-progress")
     assert first.exit_code == 0, first.output
-    assert first.stdout.startswith("PROMOTE: No champion yet")
+    # What intake did comes first, one line per file; then the verdict.
+    intake_lines = [ln for ln in first.stdout.splitlines() if ln.startswith("intake: ")]
+    assert len(intake_lines) == 2 and all("accepted batch-" in ln for ln in intake_lines)
+    assert first.stdout.splitlines()[2].startswith("PROMOTE: No champion yet")
     assert cli("simulate", "--batches", "1", "--rows", "600").exit_code == 0
     hold = cli("retrain", "--no-progress")
-    assert hold.exit_code == 0 and hold.stdout.startswith("HOLD:"), hold.output
+    assert hold.exit_code == 0 and "\nHOLD:" in hold.stdout, hold.output
     assert cli("simulate", "--batches", "2", "--rows", "600", "--drift-at", "3").exit_code == 0
     promote = cli("retrain", "--no-progress")
-    assert promote.exit_code == 0 and promote.stdout.startswith("PROMOTE:"), promote.output
+    assert promote.exit_code == 0 and "\nPROMOTE:" in promote.stdout, promote.output
     skipped = cli("retrain", "--no-progress")
     assert skipped.exit_code == 0 and "No new batches" in skipped.stdout
+    assert skipped.stdout.startswith("intake: no new batch files in the landing zone\n")
     history = cli("history")
     assert history.exit_code == 0
     lines = history.stdout.splitlines()

@@ -33,6 +33,12 @@ def test_bootstrap_on_empty_registry_makes_version_1_champion(project):
     run = registry.run_summary(ref.run_id)
     assert run is not None and run.status == "FINISHED"
     assert run.tags["champion.verdict"] == "PROMOTE"
+    # What the MLflow UI shows an operator: the verdict sentence, the family, the CV summary.
+    description = registry.client.get_model_version(registry.model_name, "1").description
+    family = json.loads(ref.candidate_json)["family"]
+    assert description.startswith(f"PROMOTE: {result.reason}\n")
+    assert f"Family: {family} ({family}(" in description
+    assert f"CV roc_auc: {run.metrics['cv_roc_auc_mean']:.4f} ± " in description
     assert "cv_roc_auc_mean" in run.metrics and "cv_roc_auc_fold_0" in run.metrics
     artifacts = set(registry.artifacts(ref.run_id))
     assert {"verdict.json", "fingerprint.json", "reference_profile.json", "plots"} <= artifacts

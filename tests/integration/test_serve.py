@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -346,7 +347,8 @@ def test_predict_command_sends_a_csv_and_reports_problems(project):
     champion = str(Path(os.sys.executable).with_name("champion"))
     bad = project.root / "bad.csv"
     bad.write_text(batch.read_text().replace(",e", ",").replace("salary", "salery", 1))
-    with serving(project, workers=1) as base:
+    # 8 rows per request on the service only: the command learns the limit from its OpenAPI.
+    with serving(project, workers=1, CHAMPION_MAX_ROWS="8") as base:
         ok = subprocess.run(
             [champion, "predict", "--file", str(batch), "--url", base],
             env=project.env(),
@@ -358,6 +360,9 @@ def test_predict_command_sends_a_csv_and_reports_problems(project):
         )
         assert ok.returncode == 0, ok.stderr[-2000:]
         assert '"model_version": "1"' in ok.stdout and ok.stdout.count('"predictions"') == 1
+        answer = json.loads(ok.stdout)
+        assert len(answer["predictions"]) == 30 and len(answer["probabilities"]) == 30
+        assert len(answer["request_ids"]) == 4 and answer["chunk_rows"] == 8
         wrong = subprocess.run(
             [champion, "predict", "--file", str(bad), "--url", base],
             env=project.env(),

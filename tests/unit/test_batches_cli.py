@@ -189,3 +189,72 @@ def test_status_counts_retired_batches_and_files_not_taken_in(
         result.stdout
     )
     assert "landing:     2 waiting to be taken in, 1 ignored" in result.stdout
+
+
+def test_batches_lists_the_duplicate_rows_intake_dropped(project: Contract, cli: Invoke) -> None:
+    """It says how many fully duplicated rows intake dropped from an accepted batch."""
+    frame = _frame(1)
+    _write(project, pd.concat([frame, frame.head(3)], ignore_index=True), "dupes.csv")
+    _write(project, _frame(2), "clean.csv")
+    intake(project, Manifest(project.data.manifest))
+    lines = cli("batches").stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if "duplicate" in ln)
+    assert lines[at].strip() == "3 duplicate rows dropped"
+    assert "accepted" in lines[at - 1] and "60 rows" in lines[at - 1]
+    assert sum("duplicate" in ln for ln in lines) == 1  # the clean batch says nothing
+
+
+def test_retrain_prints_what_intake_did_before_the_verdict(
+    project: Contract, cli: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It prints accepted (with duplicates), quarantined (first reason) and settling files."""
+    from champion.service import cli as cli_module
+    from champion.service.root import build
+    from tests.fakes import FakeRegistry
+
+    monkeypatch.setattr(cli_module, "_root", lambda: build(registry=FakeRegistry()))
+    one_class = _frame(1).assign(approved=0)  # a single-class window skips before tuning
+    _write(project, pd.concat([one_class, one_class.head(2)], ignore_index=True), "dupes.csv")
+    _write(project, _frame(2).drop(columns=["age", "car"]), "bad.csv")
+    _write(project, _frame(3), "fresh.csv", settled=False)
+    result = cli("retrain", "--no-progress")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "intake: accepted dupes.csv (62 rows, 2 duplicate rows dropped)",
+        "intake: quarantined bad.csv: column 'age': missing (and 1 more reasons)",
+        "intake: still being written, left for the next cycle: fresh.csv",
+    ]
+    assert lines[3].startswith("SKIPPED: The training window holds a single class")
+    again = cli("retrain", "--no-progress")
+    assert again.stdout.splitlines()[0] == (
+        "intake: still being written, left for the next cycle: fresh.csv"
+    )
+    assert cli("retrain", "--no-progress", "--json").stdout.startswith("{")
+
+
+def test_retrain_after_a_quarantine_says_why_there_is_nothing_new(
+    project: Contract, cli: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It names the quarantined batch in the SKIPPED reason, not only 'No new batches'."""
+    from champion.service import cli as cli_module
+    from champion.service.root import build
+    from tests.fakes import FakeRegistry
+
+    monkeypatch.setattr(cli_module, "_root", lambda: build(registry=FakeRegistry()))
+    ids = _taken_in(project)
+    manifest = Manifest(project.data.manifest)
+    manifest.mark_consumed([ids["b1.csv"], ids["b2.csv"]], "run-1")
+    _write(project, _frame(4), "semi.csv")
+    path = project.data.landing_zone / "semi.csv"
+    path.write_text(path.read_text().replace(",", ";"))
+    os.utime(path, (time.time() - 600, time.time() - 600))
+    result = cli("retrain", "--no-progress")
+    assert result.exit_code == 0, result.output
+    hint = "the header looks `;`-separated ("
+    assert result.stdout.startswith(f"intake: quarantined semi.csv: {hint}")
+    (verdict,) = [ln for ln in result.stdout.splitlines() if ln.startswith("SKIPPED")]
+    assert verdict.startswith(
+        f"SKIPPED: No new batches since the last cycle: 1 quarantined (semi.csv: {hint}"
+    )
+    assert verdict.endswith("batches must be comma-separated CSV); see `champion batches`.")

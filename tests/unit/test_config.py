@@ -285,3 +285,104 @@ def test_get_settings_is_cached(
     assert get_settings().home == tmp_path / "first"
     get_settings.cache_clear()
     assert get_settings().home == tmp_path / "second"
+
+
+def test_metric_options_default_to_the_documented_values() -> None:
+    """It defaults to macro averaging, beta 1, quantile 0.5, no declared positive class and
+    no relative thresholds."""
+    contract = parse_contract(raw_contract())
+    metrics = contract.metrics
+    assert (metrics.average, metrics.beta, metrics.quantile) == ("macro", 1.0, 0.5)
+    assert metrics.positive_class is None
+    assert metrics.guardrails_relative == {}
+    assert contract.gate.min_delta_relative == 0.0
+
+
+def test_new_metrics_are_accepted_for_their_task() -> None:
+    """It accepts fbeta, mcc, average_precision and brier for classification."""
+    raw = raw_contract()
+    raw["metrics"] = {
+        "primary": "fbeta",
+        "beta": 2.0,
+        "average": "weighted",
+        "positive_class": 0,
+        "guardrails": {"mcc": 0.05, "brier": 0.01},
+        "guardrails_relative": {"average_precision": 0.02},
+    }
+    contract = parse_contract(raw)
+    assert contract.metrics.guarded == ["mcc", "brier", "average_precision"]
+    assert contract.metrics.positive_class == 0
+
+
+def test_regression_metric_options_are_accepted() -> None:
+    """It accepts mape and pinball (with its quantile) once the task is regression."""
+    raw = raw_contract()
+    raw["task"] = "regression"
+    del raw["classes"]
+    raw["metrics"] = {"primary": "pinball", "quantile": 0.9, "guardrails": {"mape": 0.1}}
+    raw["search"]["families"] = ["linear", "hist_gradient_boosting"]
+    del raw["search"]["space"]["logistic"]
+    contract = parse_contract(raw)
+    assert contract.greater_is_better is False
+    assert contract.metrics.quantile == 0.9
+
+
+@pytest.mark.parametrize(
+    ("metrics", "needle"),
+    [
+        ({"primary": "mape"}, "'mape' does not apply to task 'classification'"),
+        ({"primary": "roc_auc", "guardrails": {"pinball": 0.1}}, "'pinball' does not apply"),
+        ({"primary": "roc_auc", "guardrails_relative": {"mcc": -0.1}}, "guardrails_relative"),
+        ({"primary": "roc_auc", "average": "samples"}, "'metrics.average'"),
+        ({"primary": "fbeta", "beta": 0}, "'metrics.beta'"),
+        ({"primary": "roc_auc", "quantile": 1.0}, "'metrics.quantile'"),
+        ({"primary": "roc_auc", "positive_class": 2}, "metrics.positive_class: 2 is not one"),
+        ({"primary": "roc_auc", "positive_class": "1"}, "metrics.positive_class"),
+        (
+            {
+                "primary": "roc_auc",
+                "guardrails": {"log_loss": 0.05},
+                "guardrails_relative": {"log_loss": 0.1},
+            },
+            "['log_loss'] also in metrics.guardrails",
+        ),
+    ],
+    ids=[
+        "regression-primary",
+        "regression-guardrail",
+        "negative-relative-tolerance",
+        "unknown-average",
+        "beta-zero",
+        "quantile-one",
+        "positive-class-undeclared",
+        "positive-class-wrong-type",
+        "guardrail-twice",
+    ],
+)
+def test_metric_options_errors_name_the_key(metrics: dict[str, Any], needle: str) -> None:
+    """It refuses a wrong metric option with a message naming the key at fault."""
+    raw = raw_contract()
+    raw["metrics"] = metrics
+    assert needle in _error(raw)
+
+
+def test_positive_class_needs_a_binary_classification_task() -> None:
+    """It refuses a positive class on three declared classes and on a regression task."""
+    raw = raw_contract()
+    raw["classes"] = [0, 1, 2]
+    raw["metrics"]["positive_class"] = 1
+    assert "applies to a binary task" in _error(raw)
+    raw = raw_contract()
+    raw["task"] = "regression"
+    del raw["classes"]
+    raw["metrics"] = {"primary": "rmse", "positive_class": 1}
+    raw["search"]["families"] = ["linear"]
+    raw["search"]["space"] = {}
+    assert "only a classification task" in _error(raw)
+
+
+def test_negative_relative_min_delta_is_rejected() -> None:
+    """It refuses a negative `gate.min_delta_relative`."""
+    raw = raw_contract()
+    raw["gate"]["min_delta_relative"] = -0.01
+    assert "'gate.min_delta_relative'" in _error(raw)

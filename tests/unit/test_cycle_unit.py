@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,10 @@ def test_a_first_challenger_above_the_floor_is_promoted_and_recorded(tmp_path):
     assert run.json["fingerprint.json"]["batches"] == ["b1", "b2"]
     assert run.json["verdict.json"]["verdict"] == "PROMOTE"
     assert world.version(result).tags[TAG_VERDICT] == "PROMOTE"
+    description = world.registry.descriptions[result.version]
+    assert description.startswith(f"PROMOTE: {result.reason}\n")
+    assert "Family: hist_gradient_boosting (hist_gradient_boosting(" in description
+    assert re.search(r"CV roc_auc: 0\.\d{4} ± 0\.\d{4} over 3 folds \(time\)", description)
     assert world.leases.table == {}, "a lease outlived the cycle"
     assert world.leases.taken.count(REGISTRY) == 2  # reconcile, then the alias move
 
@@ -208,6 +213,24 @@ def test_no_new_batches_is_skipped_without_a_run(tmp_path):
     assert world.registry.runs == {} and world.batches.marks == []
     [entry] = world.cycle_entries()
     assert entry["verdict"] == "SKIPPED" and "champion_before" not in entry
+    assert result.reason == "No new batches since the last cycle."
+
+
+def test_no_new_batches_after_a_quarantine_says_so_with_the_first_reason(tmp_path):
+    """It names what this cycle's intake quarantined or left to settle in the SKIPPED reason."""
+    batches = FakeBatches(quarantined=["bad-1", "bad-2"], waiting=["late.csv"])
+    batches.add(_batch(1), "b1")
+    batches.consumed = {"b1": "run-0"}
+    world = World(_contract(tmp_path), batches)
+    result = run_cycle(world.ctx)
+
+    assert result.verdict is Verdict.SKIPPED
+    assert result.reason == (
+        "No new batches since the last cycle: 2 quarantined (bad-1.csv: fake: quarantined); "
+        "1 still being written, left for a later cycle; see `champion batches`."
+    )
+    [entry] = world.cycle_entries()
+    assert entry["reason"] == result.reason
 
 
 def test_an_empty_window_is_skipped_and_names_the_quarantined_batches(tmp_path):
@@ -216,7 +239,10 @@ def test_an_empty_window_is_skipped_and_names_the_quarantined_batches(tmp_path):
     result = run_cycle(world.ctx)
 
     assert result.verdict is Verdict.SKIPPED
-    assert "No valid data" in result.reason and "2 batches quarantined" in result.reason
+    assert result.reason == (
+        "No valid data in the landing zone: 2 quarantined (bad-1.csv: fake: quarantined); "
+        "see `champion batches`."
+    )
     assert world.batches.intakes == 1 and world.registry.runs == {}
 
 
@@ -279,6 +305,7 @@ def test_a_champion_moved_during_the_cycle_makes_it_stale(tmp_path):
     assert world.registry.alias_map["champion"] == outsider.version
     assert "previous" not in world.registry.alias_map
     assert world.version(result).tags[TAG_VERDICT] == "STALE"
+    assert world.registry.descriptions[result.version].startswith("STALE: The champion changed")
     assert world.batches.marks == [], "a stale cycle's batches must be trained on again"
     assert world.run(result).status == "FINISHED"
     [entry] = world.cycle_entries()
@@ -289,7 +316,7 @@ def test_a_champion_moved_during_the_cycle_makes_it_stale(tmp_path):
     assert world.ledger.last_champion() == outsider.version
 
 
-@pytest.mark.parametrize("method", ["register", "log_files"])
+@pytest.mark.parametrize("method", ["register", "log_files", "describe_version"])
 def test_a_registry_failure_mid_cycle_fails_it_and_ends_the_run_failed(tmp_path, method):
     """It turns a registry error into FAILED: the run ended FAILED, no alias, batches kept."""
     registry = FakeRegistry(fail_on={method})

@@ -219,6 +219,33 @@ def test_unreadable_batch_is_quarantined(contract: Contract, write_batch: BatchW
     assert (contract.data.quarantine / "junk.parquet").read_bytes() == b"not parquet at all"
 
 
+@pytest.mark.parametrize(("sep", "shown"), [(";", "`;`"), ("\t", "tab"), ("|", "`|`")])
+def test_a_batch_with_another_delimiter_gets_one_hint_not_every_column_missing(
+    contract: Contract, sep: str, shown: str
+) -> None:
+    """It quarantines a `;`-, tab- or `|`-separated CSV saying so, in place of N missing columns."""
+    path = contract.data.landing_zone / "semicolons.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _frame().to_csv(path, index=False, sep=sep)
+    report = intake(contract, Manifest(contract.data.manifest))
+    (bad,) = report.quarantined
+    (reason,) = bad.reasons
+    assert reason.startswith(f"the header looks {shown}-separated (")
+    assert repr(f"salary{sep}commission")[:-1] in reason  # the header as read
+    assert reason.endswith(": batches must be comma-separated CSV")
+    reason_file = contract.data.quarantine / "semicolons.csv.reason.json"
+    assert json.loads(reason_file.read_text())["reasons"] == [reason]
+
+
+def test_a_missing_column_in_a_comma_separated_file_gets_no_delimiter_hint(
+    contract: Contract,
+) -> None:
+    """It names the missing column of a comma CSV whose column names hold a `|`, no hint."""
+    frame = _frame().drop(columns=["age"]).rename(columns={"loan": "loan|amount"})
+    reasons = _reasons(frame, contract)
+    assert reasons == ("column 'age': missing", "column 'loan': missing")
+
+
 def test_valid_batches_are_accepted_into_the_manifest(
     contract: Contract, write_batch: BatchWriter
 ) -> None:

@@ -364,3 +364,86 @@ def test_decision_to_dict_is_json_serialisable() -> None:
         assert body["verdict"] == decision.verdict.value
         assert body["reason"] == decision.reason
         assert [c["sentence"] for c in body["checks"]] == [str(c) for c in decision.checks]
+
+
+# --- relative thresholds -------------------------------------------------------------------------
+
+
+def test_absolute_min_delta_says_which_threshold_applied() -> None:
+    """It names `gate.min_delta` as the margin when no relative margin is set."""
+    decision = decide(_paired(CHAMP_AUC + 0.03 + WIGGLE), contract=_contract())
+    assert decision.verdict is Verdict.PROMOTE
+    assert decision.checks[0].threshold == pytest.approx(0.002)
+    assert "(gate.min_delta)" in decision.reason
+
+
+def test_relative_min_delta_holds_what_the_absolute_margin_would_promote() -> None:
+    """It holds a +0.03 gain when the margin is 5 % of the champion's ~0.806 (~0.040)."""
+    paired = _paired(CHAMP_AUC + 0.03 + WIGGLE)
+    assert decide(paired, contract=_contract()).verdict is Verdict.PROMOTE
+    decision = decide(paired, contract=_contract(gate__min_delta_relative=0.05))
+    assert decision.verdict is Verdict.HOLD
+    assert decision.numbers["lower"] > 0
+    assert decision.numbers["margin"] == pytest.approx(0.05 * CHAMP_AUC.mean())
+    assert "gate.min_delta_relative: 5.0% of the champion's 0.8060" in decision.reason
+
+
+def test_the_larger_of_absolute_and_relative_margins_applies() -> None:
+    """It keeps the absolute min_delta when it exceeds the relative one."""
+    contract = _contract(gate__min_delta=0.05, gate__min_delta_relative=0.01)
+    decision = decide(_paired(CHAMP_AUC + 0.03 + WIGGLE), contract=contract)
+    assert decision.verdict is Verdict.HOLD
+    assert decision.checks[0].threshold == pytest.approx(0.05)
+    assert "(gate.min_delta)" in decision.reason
+
+
+def test_relative_min_delta_on_a_loss_uses_the_champion_magnitude() -> None:
+    """It scales the margin of a loss primary by the champion's loss (lower is better)."""
+    raw = raw_contract()
+    raw["metrics"] = {"primary": "log_loss", "guardrails": {"accuracy": 0.02}}
+    raw["gate"] |= {"floor": 0.5, "min_delta_relative": 0.2}  # 20 % of 0.45 = 0.09
+    contract = parse_contract(raw)
+    assert decide(_loss_paired(CHAMP_LOSS - 0.05 + WIGGLE), contract=contract).verdict is (
+        Verdict.HOLD
+    )
+    assert decide(_loss_paired(CHAMP_LOSS - 0.12 + WIGGLE), contract=contract).verdict is (
+        Verdict.PROMOTE
+    )
+
+
+def _relative_guard_contract(fraction: float) -> Contract:
+    raw = raw_contract()
+    raw["metrics"]["guardrails"] = {"accuracy": 0.02}
+    raw["metrics"]["guardrails_relative"] = {"log_loss": fraction}
+    return parse_contract(raw)
+
+
+@pytest.mark.parametrize(
+    ("loss_change", "verdict"),
+    [(+0.03, Verdict.REJECT), (+0.02, Verdict.PROMOTE), (-0.1, Verdict.PROMOTE)],
+    ids=["beyond-5%", "within-5%", "loss-down"],
+)
+def test_relative_guardrail_scales_with_the_champion(loss_change: float, verdict: Verdict) -> None:
+    """It tolerates a log_loss rise up to 5 % of the champion's 0.45 (0.0225), not more."""
+    paired = _paired(CHAMP_AUC + 0.03 + WIGGLE, chal_loss=CHAMP_LOSS + loss_change)
+    decision = decide(paired, contract=_relative_guard_contract(0.05))
+    assert decision.verdict is verdict
+    (guard,) = [c for c in decision.checks if c.metric == "log_loss"]
+    assert guard.threshold == pytest.approx(0.0225)
+    assert "5.0% of the champion's 0.4500" in str(guard)
+
+
+def test_relative_guardrail_rejects_what_an_absolute_reading_would_pass() -> None:
+    """It fails if 0.05 were read in log_loss units: a +0.03 rise is within 0.05, beyond 5 %."""
+    paired = _paired(CHAMP_AUC + 0.03 + WIGGLE, chal_loss=CHAMP_LOSS + 0.03)
+    assert decide(paired, contract=_contract()).verdict is Verdict.PROMOTE  # absolute 0.05
+    decision = decide(paired, contract=_relative_guard_contract(0.05))
+    assert decision.verdict is Verdict.REJECT
+    assert "beyond the tolerance 0.0225 (5.0% of the champion's 0.4500)" in decision.reason
+
+
+def test_floor_is_an_upper_bound_for_a_loss() -> None:
+    """It promotes a first loss model at or below the floor, and rejects one above it."""
+    contract = _loss_contract()  # floor 0.5 on log_loss
+    assert decide_first(0.4, contract=contract).verdict is Verdict.PROMOTE
+    assert decide_first(0.6, contract=contract).verdict is Verdict.REJECT

@@ -16,6 +16,7 @@ import pytest
 from champion.training import tuning
 from champion.training.config import Contract
 from champion.training.demo.simulate import agrawal_frame
+from champion.training.errors import ConfigError
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from champion.training.tuning import TrialResult, family_defaults, metric_names, splits, tune
 from tests.unit.conftest import make_contract, small_raw_contract
@@ -503,3 +504,47 @@ def test_shuffled_splits_repeat_and_cover_every_row(contract: Contract) -> None:
         assert sorted(tests.tolist()) == list(range(len(y)))
     assert not np.array_equal(folds[0][1], folds[3][1])
     assert any(test.max() < train.max() for train, test in folds)
+
+
+def _metric_contract(tmp_path: Path, **metrics: Any) -> Contract:
+    raw = small_raw_contract()
+    raw["metrics"] = {"primary": "precision", "guardrails": {}} | metrics
+    return make_contract(tmp_path, raw)
+
+
+def test_metric_names_include_relative_guardrails(tmp_path: Path) -> None:
+    """It scores absolute and relative guardrails alongside the primary metric."""
+    contract = _metric_contract(
+        tmp_path, guardrails={"accuracy": 0.02}, guardrails_relative={"brier": 0.05}
+    )
+    assert metric_names(contract) == ["precision", "accuracy", "brier"]
+
+
+def test_cross_validate_scores_the_declared_positive_class(
+    frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """It passes the contract's positive class to the fold scores: precision of 0 vs of 1."""
+    candidate = Candidate("logistic", {"C": 1.0})
+    scores = {}
+    for positive in (0, 1, None):
+        contract = _metric_contract(tmp_path, positive_class=positive)
+        X, y = _xy(frame, contract)
+        folds = splits(contract, y, seed=contract.search.seed)
+        result = tuning.cross_validate(contract, candidate, X, y, folds, seed=1)
+        scores[positive] = result["precision"]
+    assert scores[0] != scores[1]
+    assert scores[None] == scores[1]  # default: the last class in sorted order
+
+
+def test_positive_class_missing_from_the_training_data_is_a_config_error(
+    frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """It stops with a ConfigError naming the key when the positive class never occurs."""
+    raw = small_raw_contract()
+    del raw["classes"]  # undeclared: only the training data can tell
+    raw["metrics"] = {"primary": "f1", "positive_class": 7}
+    contract = make_contract(tmp_path, raw)
+    X, y = _xy(frame, contract)
+    folds = splits(contract, y, seed=contract.search.seed)
+    with pytest.raises(ConfigError, match=r"metrics\.positive_class: 7 is not one of"):
+        tuning.cross_validate(contract, Candidate("logistic", {"C": 1.0}), X, y, folds, seed=1)
