@@ -179,6 +179,14 @@ class GateSection(_Strict):
     method: Literal["corrected_t", "bootstrap"] = "corrected_t"
     floor: float
     bootstrap_samples: int = Field(default=2000, ge=100)
+    # Backtest: older (non-fresh) rows held out of the challenger's backtest fit; 0 (the
+    # default) turns it off. The challenger may trail the champion on them by at most the
+    # tolerance: in the metric's units and/or a fraction of the champion's value (the larger
+    # applies). Off by default: after a concept change the challenger is rightly worse there.
+    backtest_rows: int = Field(default=0, ge=0)
+    # One 300-row sample is noisy: same-concept challengers trail by up to ~0.015 roc_auc.
+    backtest_tolerance: float = Field(default=0.03, ge=0.0)
+    backtest_tolerance_relative: float = Field(default=0.0, ge=0.0)
 
 
 class ScheduleSection(_Strict):

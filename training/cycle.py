@@ -558,6 +558,8 @@ class _Cycle:
         self.ctx.checkpoint("evaluate")
         contract, best = self.ctx.contract, tuned.best
         if w.champion is not None and w.comparable:
+            ref = w.champion_ref
+            recipe = ref.candidate_json if ref else None
             paired = paired_evaluation(
                 w.X,
                 w.y,
@@ -565,6 +567,8 @@ class _Cycle:
                 contract=contract,
                 challenger=best.candidate,
                 champion=w.champion.pipeline,
+                # The backtest refits the champion's recipe without its held-out older rows.
+                champion_candidate=Candidate.from_json(recipe) if recipe else None,
             )
             assert self.run_id is not None
             _log_gate(self.ctx, self.run_id, paired)

@@ -15,12 +15,29 @@ from champion.training.records import Verdict
 
 
 @dataclass(frozen=True)
+class Backtest:
+    """Both models' primary metric on held-out OLDER rows of the window (natural units).
+
+    The challenger was refit without these rows. Every older row is in the champion's
+    batches, so the champion is its recipe refit on the other older rows (`champion_refit`),
+    or else the deployed model scored in-sample, which flatters it (conservative).
+    """
+
+    metric: str
+    rows: int
+    challenger: float
+    champion: float
+    champion_refit: bool = True
+
+
+@dataclass(frozen=True)
 class PairedScores:
     """Per-fold metric values of both models on the same validation folds (natural units)."""
 
     challenger: Mapping[str, Sequence[float]]
     champion: Mapping[str, Sequence[float]]
     test_train_ratio: float
+    backtest: Backtest | None = None
 
 
 @dataclass(frozen=True)
@@ -28,7 +45,8 @@ class MetricCheck:
     """One metric's comparison; `str()` is a sentence a person can read."""
 
     metric: str
-    role: str  # "primary" | "guardrail" | "floor"
+    role: str  # "primary" | "guardrail" | "backtest" | "floor"
+    # For "backtest", `folds` counts the held-out rows.
     challenger: float
     champion: float | None
     delta: float | None  # oriented: positive means the challenger is better
@@ -40,9 +58,23 @@ class MetricCheck:
     folds: int = 0
     # Where `threshold` came from, e.g. "gate.min_delta" or "1.0% of the champion's 0.8000".
     rule: str = ""
+    # For "backtest": how the champion was scored ("refit without them", "as deployed").
+    note: str = ""
 
     def __str__(self) -> str:
         rule = f" ({self.rule})" if self.rule else ""
+        if self.role == "backtest":
+            assert self.champion is not None
+            gap = self.challenger - self.champion
+            side = "below" if gap < 0 else "above"
+            verdict = "within" if self.passed else "beyond"
+            note = f" ({self.note})" if self.note else ""
+            return (
+                f"on {self.folds} held-out older rows the challenger's {self.metric} "
+                f"{self.challenger:.4f} is {abs(gap):.4f} {side} the champion's "
+                f"{self.champion:.4f}{note}; {verdict} the backtest tolerance "
+                f"{self.threshold:.4f}{rule}"
+            )
         if self.role == "floor":
             cmp = "reaches" if self.passed else "falls short of"
             return f"{self.metric} {self.challenger:.4f} {cmp} the floor {self.threshold:.4f}"
@@ -140,7 +172,8 @@ def decide(
 
     PROMOTE needs all of: mean change ≥ the margin (the larger of `min_delta` and
     `min_delta_relative` × |champion's mean|), the one-sided interval above zero, every
-    guardrail within its tolerance (absolute, or relative to the champion's value), and an
+    guardrail within its tolerance (absolute, or relative to the champion's value), the
+    backtest on held-out older rows (when measured) within `gate.backtest_tolerance`, and an
     input schema that matches the contract. Changes are oriented: positive is better.
     """
     gate = contract.gate
@@ -161,8 +194,17 @@ def decide(
     deltas = _orientation(primary) * (chal - champ)
     interval = _paired_interval(deltas, paired=paired, contract=contract)
     head = _primary_check(primary, chal=chal, champ=champ, interval=interval, gate=gate)
-    checks = (head, *_guardrail_checks(paired, contract=contract))
+    backtest = _backtest_check(paired.backtest, gate=gate)
+    checks = (head, *_guardrail_checks(paired, contract=contract), *backtest)
     numbers = _numbers(primary, interval, gate=gate) | {"margin": head.threshold}
+    for check in backtest:
+        numbers |= {
+            "backtest_rows": check.folds,
+            "backtest_challenger": check.challenger,
+            "backtest_champion": check.champion,
+            "backtest_delta": check.delta,
+            "backtest_tolerance": check.threshold,
+        }
     return _verdict(checks, interval=interval, numbers=numbers)
 
 
@@ -273,6 +315,47 @@ def _guardrail_checks(paired: PairedScores, *, contract: Contract) -> list[Metri
     return checks
 
 
+def backtest_tolerance(gate: GateSection, champion: float) -> tuple[float, str]:
+    """How far the challenger may trail on the backtest, and which setting it came from.
+
+    Like `margin`: `backtest_tolerance` in the metric's units, `backtest_tolerance_relative`
+    a fraction of the champion's value (its magnitude); the larger applies.
+    """
+    relative = gate.backtest_tolerance_relative * abs(champion)
+    if gate.backtest_tolerance_relative > 0 and relative > gate.backtest_tolerance:
+        fraction = gate.backtest_tolerance_relative
+        return relative, f"gate.backtest_tolerance_relative: {_relative_rule(fraction, champion)}"
+    return gate.backtest_tolerance, "gate.backtest_tolerance"
+
+
+def _backtest_check(backtest: Backtest | None, *, gate: GateSection) -> list[MetricCheck]:
+    """The backtest as a check (none when it was not measured or is not finite)."""
+    if backtest is None or not (
+        math.isfinite(backtest.challenger) and math.isfinite(backtest.champion)
+    ):
+        return []
+    delta = _orientation(backtest.metric) * (backtest.challenger - backtest.champion)
+    tolerance, rule = backtest_tolerance(gate, backtest.champion)
+    return [
+        MetricCheck(
+            metric=backtest.metric,
+            role="backtest",
+            challenger=backtest.challenger,
+            champion=backtest.champion,
+            delta=delta,
+            threshold=tolerance,
+            passed=delta >= -tolerance,
+            folds=backtest.rows,
+            rule=rule,
+            note=(
+                "its recipe refit without them"
+                if backtest.champion_refit
+                else "as deployed, trained on them"
+            ),
+        )
+    ]
+
+
 def _numbers(metric: str, interval: _Interval, *, gate: GateSection) -> dict[str, Any]:
     return {
         "metric": metric,
@@ -291,12 +374,21 @@ def _numbers(metric: str, interval: _Interval, *, gate: GateSection) -> dict[str
 def _verdict(
     checks: tuple[MetricCheck, ...], *, interval: _Interval, numbers: Mapping[str, Any]
 ) -> Decision:
-    """Guardrails veto first; then a credibly worse, better or undecided primary metric."""
+    """Guardrails (and the backtest) veto first; then a worse, better or undecided primary.
+
+    A passed backtest is named in the sentence too, so every verdict says how it went.
+    """
     head = str(checks[0])
     failed_guards = [c for c in checks[1:] if not c.passed]
     if failed_guards:
         why = "; ".join(str(c) for c in failed_guards)
-        return Decision(Verdict.REJECT, f"Guardrail failed. {why}. ({head})", checks, numbers)
+        label = (
+            "Backtest failed:"
+            if all(c.role == "backtest" for c in failed_guards)
+            else "Guardrail failed."
+        )
+        return Decision(Verdict.REJECT, f"{label} {why}. ({head})", checks, numbers)
+    head += "".join(f"; {c}" for c in checks[1:] if c.role == "backtest")
     if interval.upper < 0:
         return Decision(Verdict.REJECT, f"The challenger is worse. {head}.", checks, numbers)
     if checks[0].passed:

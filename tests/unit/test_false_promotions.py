@@ -58,7 +58,13 @@ def _gate(
     champion = build_pipeline(contract, candidate, seed=contract.search.seed)
     champion.fit(X[~is_fresh], y[~is_fresh])
     paired = paired_evaluation(
-        X, y, is_fresh, contract=contract, challenger=candidate, champion=champion
+        X,
+        y,
+        is_fresh,
+        contract=contract,
+        challenger=candidate,
+        champion=champion,
+        champion_candidate=candidate,  # as the cycle passes the champion's registered recipe
     )
     assert len(paired.challenger["roc_auc"]) == contract.cv.folds * contract.cv.repeats
     return decide(paired, contract=contract)
@@ -90,3 +96,18 @@ def test_shuffled_fresh_labels_are_never_promoted(contract: Contract) -> None:
         for s in range(6)
     ]
     assert all(d.verdict is not Verdict.PROMOTE for d in decisions), [d.reason for d in decisions]
+
+
+def test_backtest_at_the_default_tolerance_passes_unchanged_data() -> None:
+    """With the backtest on (default tolerance 0.03), it never fails on unchanged data.
+
+    On the same concept the challenger (more rows) is no worse on 300 held-out older rows than
+    the champion's recipe refit without them, up to that sample's noise (about 0.015 roc_auc).
+    """
+    raw = raw_contract()
+    raw["gate"]["backtest_rows"] = 300
+    contract = parse_contract(raw)
+    same = [_gate(contract, seed=s, function=1, candidate=BOOSTING) for s in range(6)]
+    checks = [c for d in same for c in d.checks if c.role == "backtest"]
+    assert len(checks) == 6
+    assert all(c.passed for c in checks), [d.reason for d in same]

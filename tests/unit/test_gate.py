@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
-from champion.training.config import Contract, parse_contract
+from champion.training.config import ConfigError, Contract, parse_contract
+from champion.training.demo.simulate import agrawal_frame
+from champion.training.evaluation import backtest_rows, paired_evaluation
 from champion.training.gate import (
+    Backtest,
     Decision,
     PairedScores,
     bootstrap_interval,
@@ -21,8 +27,13 @@ from champion.training.gate import (
     decide,
     decide_first,
 )
+from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from champion.training.records import Verdict
 from tests.unit.conftest import raw_contract
+
+BOOSTING = Candidate("hist_gradient_boosting", {"max_iter": 15, "max_leaf_nodes": 15})
+OLD_START = datetime(2026, 1, 1, tzinfo=UTC)
+FRESH_START = datetime(2026, 3, 1, tzinfo=UTC)
 
 # Ten fold deltas with a positive mean (0.01) but a spread (sd 0.0145) that the corrected
 # test (ratio 0.25) cannot tell from noise; the naive test (ratio 0) can.
@@ -36,6 +47,8 @@ CHAMP_LOSS = np.full(10, 0.45)
 def _contract(**changes: Any) -> Contract:
     """The shipped contract with `section__key=value` overrides (e.g. gate__method=...)."""
     raw = raw_contract()
+    # The backtest is off by default; on here (unused without a Backtest), within 0.01.
+    raw["gate"] |= {"backtest_rows": 300, "backtest_tolerance": 0.01}
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         raw[section][key] = value
@@ -447,3 +460,151 @@ def test_floor_is_an_upper_bound_for_a_loss() -> None:
     contract = _loss_contract()  # floor 0.5 on log_loss
     assert decide_first(0.4, contract=contract).verdict is Verdict.PROMOTE
     assert decide_first(0.6, contract=contract).verdict is Verdict.REJECT
+
+
+# --- backtest on held-out older rows -----------------------------------------------------------
+
+CLEARLY_BETTER = CHAMP_AUC + 0.03 + WIGGLE
+
+
+def _backtested(
+    paired: PairedScores, challenger: float, champion: float, *, metric: str = "roc_auc"
+) -> PairedScores:
+    return dataclasses.replace(
+        paired, backtest=Backtest(metric, 300, challenger, champion, champion_refit=True)
+    )
+
+
+def test_backtest_refuses_a_challenger_worse_on_the_older_population() -> None:
+    """It rejects a challenger better on fresh rows but 0.05 below on held-out older rows."""
+    contract = _contract()
+    paired = _paired(CLEARLY_BETTER)
+    assert decide(paired, contract=contract).verdict is Verdict.PROMOTE  # without the guard
+    decision = decide(_backtested(paired, 0.80, 0.85), contract=contract)
+    assert decision.verdict is Verdict.REJECT
+    assert decision.reason.startswith("Backtest failed: on 300 held-out older rows")
+    assert "the challenger's roc_auc 0.8000 is 0.0500 below the champion's 0.8500" in (
+        decision.reason
+    )
+    assert "beyond the backtest tolerance 0.0100 (gate.backtest_tolerance)" in decision.reason
+    (failed,) = [c for c in decision.checks if not c.passed]
+    assert failed.role == "backtest"
+    assert failed.delta == pytest.approx(-0.05)
+    assert decision.numbers["backtest_rows"] == 300
+    assert decision.numbers["backtest_delta"] == pytest.approx(-0.05)
+    assert decision.numbers["backtest_tolerance"] == pytest.approx(0.01)
+    json.dumps(decision.to_dict())
+
+
+def test_backtest_within_tolerance_promotes_and_says_so() -> None:
+    """It promotes when the older-rows shortfall (0.004) is within the tolerance (0.01)."""
+    decision = decide(_backtested(_paired(CLEARLY_BETTER), 0.846, 0.85), contract=_contract())
+    assert decision.verdict is Verdict.PROMOTE
+    assert "on 300 held-out older rows the challenger's roc_auc 0.8460 is 0.0040 below" in (
+        decision.reason
+    )
+    assert "within the backtest tolerance 0.0100" in decision.reason
+
+
+def test_backtest_is_named_in_a_held_verdict_too() -> None:
+    """It names a passed backtest in every verdict's sentence, not only in a promotion."""
+    decision = decide(_backtested(_paired(CHAMP_AUC + NOISY), 0.86, 0.85), contract=_contract())
+    assert decision.verdict is Verdict.HOLD
+    assert "0.0100 above the champion's 0.8500" in decision.reason
+
+
+def test_backtest_tolerance_relative_applies_when_larger() -> None:
+    """It tolerates 5 % of the champion's 0.85 (0.0425) when that beats the absolute 0.01."""
+    paired = _backtested(_paired(CLEARLY_BETTER), 0.82, 0.85)
+    assert decide(paired, contract=_contract()).verdict is Verdict.REJECT
+    decision = decide(paired, contract=_contract(gate__backtest_tolerance_relative=0.05))
+    assert decision.verdict is Verdict.PROMOTE
+    assert "(gate.backtest_tolerance_relative: 5.0% of the champion's 0.8500)" in decision.reason
+
+
+def test_backtest_of_a_loss_is_oriented() -> None:
+    """It refuses a log_loss 0.05 higher on older rows, and accepts one 0.05 lower."""
+    paired = _loss_paired(CHAMP_LOSS - 0.05 + WIGGLE)
+    worse = decide(_backtested(paired, 0.50, 0.45, metric="log_loss"), contract=_loss_contract())
+    assert worse.verdict is Verdict.REJECT
+    assert "0.0500 above the champion's 0.4500" in worse.reason
+    better = decide(_backtested(paired, 0.40, 0.45, metric="log_loss"), contract=_loss_contract())
+    assert better.verdict is Verdict.PROMOTE
+
+
+def test_backtest_with_an_undefined_score_is_left_out() -> None:
+    """It adds no check when the backtest score is not finite (e.g. one class held out)."""
+    decision = decide(_backtested(_paired(CLEARLY_BETTER), math.nan, 0.85), contract=_contract())
+    assert decision.verdict is Verdict.PROMOTE
+    assert all(c.role != "backtest" for c in decision.checks)
+
+
+def test_backtest_settings_default_and_validate() -> None:
+    """It is off by default (tolerance 0.03), and refuses negative rows or tolerances."""
+    gate = parse_contract(raw_contract()).gate
+    assert (gate.backtest_rows, gate.backtest_tolerance) == (0, 0.03)
+    assert gate.backtest_tolerance_relative == 0.0
+    assert _contract().gate.backtest_rows == 300
+    for key, value in [
+        ("backtest_rows", -1),
+        ("backtest_tolerance", -0.01),
+        ("backtest_tolerance_relative", -0.1),
+        ("backtest_rows", 1.5),
+    ]:
+        raw = raw_contract()
+        raw["gate"][key] = value
+        with pytest.raises(ConfigError, match=f"gate.{key}"):
+            parse_contract(raw)
+
+
+def test_backtest_rows_are_older_seeded_stratified_and_off_at_zero() -> None:
+    """It draws only older rows, the same ones every time, in the older class balance."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.2).astype(int)
+    fresh = np.r_[np.zeros(1500, dtype=bool), np.ones(500, dtype=bool)]
+    contract = _contract()
+    held = backtest_rows(contract, y, fresh)
+    assert len(held) == 300
+    assert not fresh[held].any()
+    np.testing.assert_array_equal(held, backtest_rows(contract, y, fresh))
+    assert y[held].mean() == pytest.approx(y[:1500].mean(), abs=0.005)
+    assert len(backtest_rows(_contract(gate__backtest_rows=0), y, fresh)) == 0
+    # At most half the older rows; too few older rows: no backtest.
+    assert len(backtest_rows(contract, y, np.r_[np.zeros(400), np.ones(1600)].astype(bool))) == 200
+    assert len(backtest_rows(contract, y, np.r_[np.zeros(30), np.ones(1970)].astype(bool))) == 0
+
+
+def _drift_gate(contract: Contract) -> Decision:
+    """A boosting champion on Agrawal function 1; many fresh rows follow function 9."""
+    old = agrawal_frame(800, function=1, seed=11, label_noise=0.05, start=OLD_START)
+    new = agrawal_frame(2400, function=9, seed=12, label_noise=0.05, start=FRESH_START)
+    data = pd.concat([old, new], ignore_index=True)
+    X, y = prepare_features(data, contract), data["approved"].to_numpy()
+    fresh = np.r_[np.zeros(len(old), dtype=bool), np.ones(len(new), dtype=bool)]
+    champion = build_pipeline(contract, BOOSTING, seed=contract.search.seed)
+    champion.fit(X[~fresh], y[~fresh])
+    paired = paired_evaluation(
+        X,
+        y,
+        fresh,
+        contract=contract,
+        challenger=BOOSTING,
+        champion=champion,
+        champion_candidate=BOOSTING,
+    )
+    return decide(paired, contract=contract)
+
+
+def test_paired_evaluation_backtest_refuses_a_challenger_that_forgot_the_old_rows() -> None:
+    """It rejects, end to end, a challenger far better on fresh rows but worse on older ones."""
+    raw = raw_contract()
+    raw["cv"] = {"scheme": "auto", "folds": 3, "repeats": 1}
+    raw["gate"]["backtest_rows"] = 300
+    with_guard = _drift_gate(parse_contract(raw))
+    assert with_guard.verdict is Verdict.REJECT, with_guard.reason
+    assert "Backtest failed: on 300 held-out older rows" in with_guard.reason
+    raw["gate"]["backtest_rows"] = 0
+    without = _drift_gate(parse_contract(raw))
+    assert without.verdict is Verdict.PROMOTE, without.reason
+    assert "backtest" not in without.reason
+    assert "backtest_rows" not in without.numbers
