@@ -16,6 +16,7 @@ from champion.training.errors import ChampionError
 
 if TYPE_CHECKING:
     from champion.service.root import Components
+    from champion.training.config import Contract
     from champion.training.data import IntakeReport, TrainingData
     from champion.training.demo.simulate import SimulationPlan
     from champion.training.manifest import BatchEntry
@@ -417,6 +418,20 @@ def simulate(
         typer.echo(f"wrote {where}")
 
 
+def _demo_fits(contract: Contract) -> bool:
+    """Whether the demo's loan-approval batches are this contract's data (features, target)."""
+    from champion.training.demo.simulate import (
+        FEATURES_CATEGORICAL,
+        FEATURES_NUMERIC,
+        TARGET,
+    )
+
+    return contract.target == TARGET and set(contract.features) == {
+        *FEATURES_NUMERIC,
+        *FEATURES_CATEGORICAL,
+    }
+
+
 def _land_demo(w: Components, plan: SimulationPlan) -> list[str]:
     """Write a demo plan's batches into the landing zone, a local folder or an object store
     (written in a temporary folder first, then put there whole; numbering continues after
@@ -460,7 +475,13 @@ def bootstrap(
 
     w = _root()
     landing = w.contract.data.landing_zone
-    if demo and not pending_files(landing) and not w.manifest().batches:
+    fits = _demo_fits(w.contract)
+    if demo and not fits and not pending_files(landing) and not w.manifest().batches:
+        typer.echo(
+            f"no demo data for this contract (it is not the loan-approval demo's): put batches "
+            f"into {landing}"
+        )
+    elif demo and not pending_files(landing) and not w.manifest().batches:
         _land_demo(w, SimulationPlan(batches=4, rows=1000, drift_at=None, seed=7))
         typer.echo(f"wrote 4 demo batches into {landing}")
         if not isinstance(landing, Path):

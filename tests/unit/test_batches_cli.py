@@ -258,3 +258,29 @@ def test_retrain_after_a_quarantine_says_why_there_is_nothing_new(
         f"SKIPPED: No new batches since the last cycle: 1 quarantined (semi.csv: {hint}"
     )
     assert verdict.endswith("batches must be comma-separated CSV); see `champion batches`.")
+
+
+def test_bootstrap_writes_no_demo_data_for_a_contract_that_is_not_the_demos(
+    tmp_path, monkeypatch
+) -> None:
+    """It leaves an empty landing zone alone, and says why, when the contract's features are
+    not the loan-approval demo's (its batches would only be quarantined)."""
+    from typer.testing import CliRunner
+
+    from champion.service.cli import app
+    from champion.training.config import get_settings
+
+    root = Path(__file__).resolve().parents[2]
+    project = tmp_path / "champion.toml"
+    project.write_text((root / "examples" / "regression" / "champion.toml").read_text())
+    monkeypatch.setenv("CHAMPION_PROJECT_FILE", str(project))
+    monkeypatch.setenv("CHAMPION_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["bootstrap"])
+    finally:
+        get_settings.cache_clear()
+    assert "no demo data for this contract" in result.output, result.output
+    landing = tmp_path / "var" / "landing"
+    assert not landing.exists() or not any(landing.iterdir())
