@@ -147,7 +147,7 @@ def test_no_valid_data_skips_with_a_reason(project):
     pd.DataFrame({"x": [1, 2]}).to_csv(project.landing / "junk.csv", index=False)
     result = project.cycle()
     assert result.verdict is Verdict.SKIPPED
-    assert "No valid data" in result.reason and "1 batches quarantined" in result.reason
+    assert "No valid data" in result.reason and "1 quarantined (junk.csv:" in result.reason
     assert project.cycle().verdict is Verdict.SKIPPED
 
 
