@@ -121,11 +121,15 @@ class Project:
         return env
 
 
-def make_project(root: Path, template_db: Path, **overrides: Any) -> Project:
+def make_project(
+    root: Path, template_db: Path, *, raw: dict[str, Any] | None = None, **overrides: Any
+) -> Project:
+    """A project folder with its own copy of the migrated MLflow store: the shipped contract
+    with `overrides`, or the contract `raw` as given."""
     import tomli_w
 
     root.mkdir(parents=True, exist_ok=True)
-    raw = project_raw(**overrides)
+    raw = project_raw(**overrides) if raw is None else raw
     (root / "champion.toml").write_text(tomli_w.dumps(raw))
     home = root / "var"
     home.mkdir()

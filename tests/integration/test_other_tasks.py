@@ -8,7 +8,6 @@ the task's shape, and a second cycle on more batches of the same data holds or p
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tomli_w
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
@@ -25,11 +23,11 @@ from champion.service.cli import app
 from champion.service.scoring import instances
 from champion.service.slot import ModelSlot
 from champion.service.validation import validate_instances
-from champion.training.config import Settings, get_settings, parse_contract
+from champion.training.config import get_settings
 from champion.training.manifest import BatchStatus
 from champion.training.pipeline import prepare_features
 from champion.training.records import Verdict
-from tests.integration.conftest import ROOT, SMALL, Project
+from tests.integration.conftest import ROOT, SMALL, Project, make_project
 from tests.integration.test_monitoring import MONITOR_ENV, _until
 from tests.integration.test_service_asgi import serving
 
@@ -71,14 +69,7 @@ def example_project(name: str, root: Path, template_db: Path) -> Project:
     raw = tomllib.loads((EXAMPLES / name / "champion.toml").read_text(encoding="utf-8"))
     raw["data"]["settle_seconds"] = 0  # batches written by a test are taken in at once
     raw.update(search=SEARCH[name], cv=SMALL["cv"], window=SMALL["window"])
-    root.mkdir(parents=True)
-    (root / "champion.toml").write_text(tomli_w.dumps(raw), encoding="utf-8")
-    home = root / "var"
-    home.mkdir()
-    shutil.copy(template_db, home / "mlflow.db")
-    contract = parse_contract(raw, base=root)
-    settings = Settings(home=home, project_file=root / "champion.toml", lease_timeout_seconds=30)
-    return Project(root, contract, settings, f"sqlite:///{home / 'mlflow.db'}")
+    return make_project(root, template_db, raw=raw)
 
 
 @pytest.mark.parametrize("name", ["multiclass", "regression"])
