@@ -51,7 +51,7 @@ from champion.training.errors import ChampionError, LeaseBusyError
 from champion.training.evaluation import paired_evaluation, widen_proba
 from champion.training.gate import Decision, PairedScores, decide, decide_first
 from champion.training.lease import CYCLE, REGISTRY
-from champion.training.metrics import compute, model_outputs, oriented
+from champion.training.metrics import compute, model_outputs, oriented, positive_label
 from champion.training.pipeline import Candidate, build_pipeline, prepare_features
 from champion.training.plots import write_evaluation_plots
 from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
@@ -260,6 +260,7 @@ def _artifacts(
             classes=classes,
             importances=importances,
             out_dir=Path(tmp),
+            positive=positive_label(classes, contract.metrics.positive_class),
         )
         ctx.registry.log_files(run_id, plots, PLOTS)
         save_profile(profile, Path(tmp) / REFERENCE_PROFILE)

@@ -163,14 +163,15 @@ def write_evaluation_plots(
     classes: Sequence[object] | None,
     importances: Mapping[str, float],
     out_dir: Path,
+    positive: object | None = None,
 ) -> list[Path]:
     """Write the plots for `task` into `out_dir` and return their paths.
 
     Classification: confusion_matrix.png, roc_pr.png (only when `scores` is given; the positive
-    class is `classes[-1]`, one-vs-rest when there are more than two classes) and
-    feature_importance.png. `scores` is either the (n, k) probability matrix ordered like
-    `classes` or the 1-D probability of `classes[-1]`. Regression: residuals.png and
-    feature_importance.png.
+    class is `positive`, by default `classes[-1]`, one-vs-rest when there are more than two
+    classes) and feature_importance.png. `scores` is either the (n, k) probability matrix
+    ordered like `classes` or the 1-D probability of the positive class. Regression:
+    residuals.png and feature_importance.png.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -183,11 +184,14 @@ def write_evaluation_plots(
             )
         )
         if scores is not None:
+            label = classes[-1] if positive is None else positive
             written.append(
                 roc_pr_plot(
                     y_true,
-                    _positive_scores(scores, n_classes=len(classes)),
-                    positive_label=classes[-1],
+                    _positive_scores(
+                        scores, n_classes=len(classes), column=list(classes).index(label)
+                    ),
+                    positive_label=label,
                     path=out_dir / "roc_pr.png",
                 )
             )
@@ -199,12 +203,13 @@ def write_evaluation_plots(
     return written
 
 
-def _positive_scores(scores: np.ndarray, *, n_classes: int) -> np.ndarray:
+def _positive_scores(scores: np.ndarray, *, n_classes: int, column: int) -> np.ndarray:
+    """The positive class's probabilities: a 1-D score as given, else its matrix column."""
     matrix = np.asarray(scores, dtype=float)
     if matrix.ndim == 1:
         return matrix
     if matrix.ndim == 2 and matrix.shape[1] == n_classes:
-        return matrix[:, -1]
+        return matrix[:, column]
     raise ValueError(f"scores must be 1-D or have {n_classes} columns, got shape {matrix.shape}")
 
 

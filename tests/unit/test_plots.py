@@ -164,3 +164,31 @@ def test_rejects_unknown_task_and_missing_classes(tmp_path: Path) -> None:
             importances={},
             out_dir=tmp_path,
         )
+
+
+def test_the_roc_pr_plot_is_of_the_declared_positive_class(tmp_path, monkeypatch) -> None:
+    """It plots the declared positive class's curves from its own probability column, and the
+    last class's when none is declared."""
+    import champion.training.plots as plots
+
+    seen: list[tuple[object, list[float]]] = []
+    real = plots.roc_pr_plot
+
+    def spy(y_true, scores, *, positive_label, path):
+        seen.append((positive_label, list(np.round(scores, 2))))
+        return real(y_true, scores, positive_label=positive_label, path=path)
+
+    monkeypatch.setattr(plots, "roc_pr_plot", spy)
+    y = np.array(["no", "yes", "no", "yes"])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    common = dict(
+        task="classification",
+        y_true=y,
+        y_pred=y,
+        scores=proba,
+        classes=["no", "yes"],
+        importances={"a": 1.0},
+    )
+    plots.write_evaluation_plots(**common, out_dir=tmp_path / "a", positive="no")
+    plots.write_evaluation_plots(**common, out_dir=tmp_path / "b")
+    assert seen == [("no", [0.9, 0.2, 0.7, 0.4]), ("yes", [0.1, 0.8, 0.3, 0.6])]
