@@ -230,6 +230,20 @@ def as_row(r: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+# What `labelled` reads, in the order `labelled_row` takes it (both log adapters use them).
+LABELLED = "features, prediction, score, label"
+
+
+def labelled_row(r: Sequence[Any]) -> dict[str, Any]:
+    """One labelled row read as `LABELLED`, its JSON columns decoded."""
+    return {
+        "features": json.loads(r[0]),
+        "prediction": json.loads(r[1]),
+        "score": r[2],
+        "label": json.loads(r[3]),
+    }
+
+
 class PredictionLog:
     """Reads and writes the prediction log; rotation keeps at most `max_rows` rows."""
 
@@ -335,19 +349,11 @@ class PredictionLog:
     def labelled(self, *, limit: int) -> list[dict[str, Any]]:
         with self._lock:
             found = self._conn.execute(
-                "SELECT features, prediction, score, label FROM predictions"
+                f"SELECT {LABELLED} FROM predictions"
                 " WHERE label IS NOT NULL ORDER BY labelled_at DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [
-            {
-                "features": json.loads(f),
-                "prediction": json.loads(p),
-                "score": s,
-                "label": json.loads(lab),
-            }
-            for f, p, s, lab in found
-        ]
+        return [labelled_row(r) for r in found]
 
     # -- two-phase feedback export: name the rows, write the file, mark them ---------------
 

@@ -12,12 +12,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from champion.monitoring.capture import (
     COLUMNS,
     ENCODED,
+    LABELLED,
     UNSTORABLE,
     Captured,
     Fresh,
     Written,
     as_row,
     encode_row,
+    labelled_row,
     storable_key,
 )
 from champion.training.postgres.database import Database, DatabaseError, guarded
@@ -170,19 +172,11 @@ class PgPredictionLog:
 
     def labelled(self, *, limit: int) -> list[dict[str, Any]]:
         found = self._query(
-            "SELECT features, prediction, score, label FROM predictions"
+            f"SELECT {LABELLED} FROM predictions"
             " WHERE label IS NOT NULL ORDER BY labelled_at DESC, id DESC LIMIT %s",
             (limit,),
         )
-        return [
-            {
-                "features": json.loads(f),
-                "prediction": json.loads(p),
-                "score": s,
-                "label": json.loads(lab),
-            }
-            for f, p, s, lab in found
-        ]
+        return [labelled_row(r) for r in found]
 
     @guarded("feedback export")
     def claim_export(self, name: str, *, min_rows: int) -> int:
