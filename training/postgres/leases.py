@@ -21,8 +21,6 @@ from champion.training.process import actor
 
 log = logging.getLogger(__name__)
 
-_POLL = 0.05  # seconds between tries while waiting for a busy lease
-
 _HOLDER = """
 SELECT h.owner FROM pg_locks l
 LEFT JOIN lease_holders h ON h.name = %(name)s AND h.pid = l.pid
@@ -88,15 +86,12 @@ class AdvisoryLeases:
         self.database.engine  # noqa: B018 - the schema (lease_holders) exists before we write it
         session = self.database.session(application_name=f"champion lease {name}")
         key = lock_key(name)
-        deadline = time.monotonic() + timeout
         try:
-            while not session.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                if time.monotonic() >= deadline:
-                    holder = self.holder(name) or "another session"
-                    raise LeaseBusyError(
-                        f"the '{name}' lease is held by {holder} (waited {timeout:g}s)"
-                    )
-                time.sleep(_POLL)
+            if not self._lock(session, key, timeout):
+                holder = self.holder(name) or "another session"
+                raise LeaseBusyError(
+                    f"the '{name}' lease is held by {holder} (waited {timeout:g}s)"
+                )
             session.execute(
                 "INSERT INTO lease_holders (name, owner, pid, since)"
                 " VALUES (%s, %s, pg_backend_pid(), %s)"
@@ -115,6 +110,23 @@ class AdvisoryLeases:
                 raise DatabaseError(f"lease '{name}': {exc}") from exc
             raise
         return AdvisoryLease(name, self.owner, session)
+
+    @staticmethod
+    def _lock(session: Any, key: int, timeout: float) -> bool:
+        """Take the advisory lock, waiting up to `timeout` s on the server (no polling: the
+        wait ends the moment the holder's session lets go); False when it stays held."""
+        if timeout <= 0:
+            return bool(session.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+        import psycopg
+
+        session.execute(f"SET lock_timeout = {max(1, round(timeout * 1000))}")
+        try:
+            session.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            session.execute("RESET lock_timeout")
+        return True
 
     @contextmanager
     def hold(self, name: str, *, timeout: float = 0.0) -> Iterator[AdvisoryLease]:
