@@ -22,13 +22,15 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md champion.toml ./
+COPY deploy/constraints.txt ./deploy/
 COPY training ./training
 COPY service ./service
 COPY monitoring ./monitoring
 # The package brings shared mode with it (psycopg, SQLAlchemy, Alembic, s3fs). boto3 is for
 # `mlflow server --artifacts-destination s3://…` only: champion reaches S3 through s3fs, and
 # MLflow artifacts through the server (--serve-artifacts).
-RUN pip install . boto3
+# The pins keep pip from backtracking for hours between boto3 and s3fs's aiobotocore.
+RUN pip install -c deploy/constraints.txt . boto3
 
 USER champion
 # No VOLUME: what /app/var (CHAMPION_HOME) holds depends on the mode, so the image does not

@@ -4,21 +4,27 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit integration demo clean promtool postgres monitoring-check prometheus bench
+.PHONY: install lock run test lint typecheck unit integration demo clean promtool postgres monitoring-check prometheus bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+# Installed against exact pins (deploy/constraints.txt): reproducible, and pip does not
+# backtrack between moto's boto3 and the botocore s3fs's aiobotocore pins.
+$(STAMP): pyproject.toml deploy/constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c deploy/constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Re-resolve the pins after changing dependencies in pyproject.toml.
+lock: | $(BIN)/python
+	$(BIN)/python deploy/lock.py
+
 lint: install
-	$(BIN)/ruff check training service monitoring benchmarks tests
-	$(BIN)/ruff format --check training service monitoring benchmarks tests
+	$(BIN)/ruff check training service monitoring benchmarks tests deploy
+	$(BIN)/ruff format --check training service monitoring benchmarks tests deploy
 
 typecheck: install
 	mkdir -p $(VENV)/typecheck/champion

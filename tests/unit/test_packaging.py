@@ -35,3 +35,28 @@ def test_the_distribution_installs_under_one_namespace() -> None:
         "champion.training",
         "champion.monitoring",
     }
+
+
+def test_the_pins_satisfy_every_declared_dependency() -> None:
+    """`make install` installs against deploy/constraints.txt: a dependency added to pyproject
+    without `make lock` (or a pin outside its declared range) fails here, not in CI's pip."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    problems = []
+    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        pinned = pins.get(canonicalize_name(req.name))
+        if pinned is None:
+            problems.append(f"{req.name} is not pinned")
+        elif not req.specifier.contains(pinned, prereleases=True):
+            problems.append(f"{req.name}=={pinned} is outside {req.specifier}")
+    assert not problems, f"run `make lock`: {problems}"
