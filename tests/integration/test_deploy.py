@@ -269,7 +269,9 @@ def test_mlflow_server_runs_with_the_flags_the_tests_use(
     assert "CHAMPION_DATABASE_URL" not in env
     # The same image as the replicas: the MLflow their client is; it has boto3 for s3://.
     assert mlflow["image"] == services["champion-a"]["image"]
-    assert re.search(r"^RUN pip install \. .*\bboto3\b", (ROOT / "Dockerfile").read_text(), re.M)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^RUN pip install -c deploy/constraints.txt \. .*\bboto3\b", dockerfile, re.M)
+    assert "COPY deploy/constraints.txt" in dockerfile
     # Every option is one this MLflow's `mlflow server` knows.
     usage = subprocess.run(
         [helper[0], "server", "--help"], capture_output=True, text=True, timeout=120, check=True

@@ -386,15 +386,23 @@ def test_one_leader_across_replicas_feedback_anywhere_drift_once_and_failover(cl
 
         # One cycle per tick across both replicas.
         start_seq = ledger.entries()[-1]["seq"] if ledger.entries() else 0
+
+        def scheduled() -> list[dict[str, Any]]:
+            entries = ledger.entries()
+            return [e for e in entries if e["seq"] > start_seq and e.get("trigger") == "schedule"]
+
         started = time.monotonic()
         time.sleep(4 * TICK_SECONDS)
+        # On a loaded machine a tick can miss its 5 s grace and be skipped: wait for two.
+        assert eventually(lambda: len(scheduled()) >= 2, within=8 * TICK_SECONDS), scheduled()
         elapsed = time.monotonic() - started
-        ticks = [
-            e for e in ledger.entries() if e["seq"] > start_seq and e.get("trigger") == "schedule"
-        ]
-        assert 2 <= len(ticks) <= elapsed / TICK_SECONDS + 1, ticks
+        ticks = scheduled()
+        # Never more cycles than ticks, whichever replica ran them.
+        assert len(ticks) <= elapsed / TICK_SECONDS + 1, ticks
         assert not any("Another retrain cycle" in e["reason"] for e in ticks)
-        cluster.figures["scheduled cycles over 4 ticks (both replicas)"] = len(ticks)
+        cluster.figures[f"scheduled cycles in {elapsed:.0f} s of {TICK_SECONDS:g} s ticks"] = len(
+            ticks
+        )
 
         # Failover: kill -9 the leader's replica.
         killed_at = time.monotonic()
