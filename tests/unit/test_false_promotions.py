@@ -70,10 +70,28 @@ def _gate(
     return decide(paired, contract=contract)
 
 
-def test_same_concept_is_almost_never_promoted(contract: Contract) -> None:
-    """It promotes at most once in 12 seeds when fresh rows follow the champion's own concept."""
-    verdicts = [_gate(contract, seed=s, function=1, candidate=LOGISTIC).verdict for s in range(12)]
-    assert verdicts.count(Verdict.PROMOTE) <= 1, verdicts
+FOREST = Candidate("random_forest", {"n_estimators": 50, "max_depth": 8, "min_samples_leaf": 5})
+
+
+@pytest.mark.parametrize(
+    ("candidate", "seeds"),
+    [(LOGISTIC, 100), (BOOSTING, 40), (FOREST, 20)],
+    ids=["logistic", "hist_gradient_boosting", "random_forest"],
+)
+def test_same_concept_is_promoted_at_most_5_percent_of_the_time(
+    contract: Contract, candidate: Candidate, seeds: int
+) -> None:
+    """Fresh rows of the champion's own concept: at most 5 % of the seeds promote, per family.
+
+    The logistic model is near chance on Agrawal function 1 (a U-shape in age), so its fold
+    deltas are pure noise: it is the family that tests the gate's error rate hardest. Counting
+    both repeats of the 5 folds as independent evidence (df 9) promoted 8 of these 100; the
+    gate's within-repeat variance and df 4 promote 3.
+    """
+    verdicts = [
+        _gate(contract, seed=s, function=1, candidate=candidate).verdict for s in range(seeds)
+    ]
+    assert verdicts.count(Verdict.PROMOTE) <= 0.05 * seeds, verdicts
 
 
 def test_concept_change_is_promoted(contract: Contract) -> None:

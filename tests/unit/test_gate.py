@@ -166,13 +166,30 @@ def test_improvement_below_min_delta_is_held() -> None:
 
 def test_noisy_improvement_is_held_only_thanks_to_the_correction() -> None:
     """It holds a noisy positive mean that the uncorrected t-test would have promoted."""
-    contract = _contract()
+    contract = _contract(cv__repeats=1)  # ten folds, one repeat: ten separate test sets
     corrected = decide(_paired(CHAMP_AUC + NOISY, ratio=0.25), contract=contract)
     assert corrected.verdict is Verdict.HOLD
     assert corrected.numbers["mean_delta"] == pytest.approx(0.01)
     assert corrected.numbers["lower"] < 0 < corrected.numbers["upper"]
     naive = decide(_paired(CHAMP_AUC + NOISY, ratio=0.0), contract=contract)
     assert naive.verdict is Verdict.PROMOTE
+
+
+def test_repeats_count_as_one_set_of_test_folds() -> None:
+    """Two repeats of five folds re-test the same rows: the interval is that of five folds
+    (variance within each repeat, df 4), wider than ten separate folds would give."""
+    deltas = NOISY + 0.008
+    ten = corrected_t_interval(deltas, test_train_ratio=0.25, confidence=0.95)
+    two_by_five = corrected_t_interval(deltas, test_train_ratio=0.25, confidence=0.95, repeats=2)
+    blocks = deltas.reshape(2, 5)
+    var = float(np.mean(np.var(blocks, axis=1, ddof=1)))
+    se = np.sqrt((1 / 5 + 0.25) * var)
+    assert two_by_five[0] == pytest.approx(deltas.mean() - stats.t.ppf(0.95, 4) * se)
+    assert two_by_five[0] < ten[0] and two_by_five[1] > ten[1]
+    assert decide(_paired(CHAMP_AUC + deltas), contract=_contract(cv__repeats=1)).verdict is (
+        Verdict.PROMOTE
+    )
+    assert decide(_paired(CHAMP_AUC + deltas), contract=_contract()).verdict is Verdict.HOLD
 
 
 def test_clearly_worse_challenger_is_rejected() -> None:
