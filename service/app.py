@@ -754,6 +754,11 @@ class Champion:
                 "runtime": served.runtime,
                 "runtime_note": served.runtime_note,
                 "candidate": served.candidate,
+                # Binary: the class is `positive_class` where its probability >= threshold
+                # (null: the most probable class); probabilities are the model's own.
+                "decision": None
+                if served.classes is None
+                else {"threshold": served.threshold, "positive_class": served.positive},
                 "cv_metrics": fp.get("cv_metrics"),
                 "trained_on": {k: data.get(k) for k in ("rows", "time_min", "time_max", "sha256")}
                 | {"batches": len(data.get("batches", []))},

@@ -319,7 +319,7 @@ def parity_frame(frame: pd.DataFrame, contract: Contract, *, seed: int) -> pd.Da
                 unseen.loc[unseen.index % 2 == 0, name] = UNSEEN_MARK
             variants.append(unseen)
     out = pd.concat(variants, ignore_index=True)
-    for name in contract.numeric:
+    for name in contract.encoded_numeric:
         out[name] = out[name].astype("float64")
     for name in contract.categorical:
         out[name] = out[name].astype("object")

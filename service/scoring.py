@@ -20,6 +20,7 @@ import pandas as pd
 
 from champion.service.validation import RequestInvalid, validate_instances
 from champion.training.config import Contract
+from champion.training.encoding import boolean_value
 from champion.training.errors import ChampionError, DataError
 
 FORMATS = (".csv", ".parquet")
@@ -95,6 +96,10 @@ def instances(frame: pd.DataFrame, contract: Contract) -> list[dict[str, Any]]:
                     row[name] = float(value)
                 except ValueError:
                     row[name] = value  # validation names the problem
+            elif features[name].type == "boolean" and not isinstance(value, bool):
+                # A file's true/false/1/0 (any case), as batch intake reads them.
+                coded = boolean_value(value)
+                row[name] = value if coded is None else bool(coded)
             elif isinstance(value, np.generic):
                 row[name] = value.item()
             else:

@@ -42,6 +42,8 @@ from champion.training.artifacts import (
 from champion.training.config import Contract
 from champion.training.errors import ChampionError, IntegrityError, RegistryError
 from champion.training.files import atomic_write_text
+from champion.training.metrics import apply_threshold, positive_label
+from champion.training.pipeline import Candidate
 from champion.training.ports import LedgerStore, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,10 @@ class Served:
     # What loading needs from the MLmodel file (`registry.model_facts`), kept in the cache
     # index so a restart loads the cached copy without MLflow.
     facts: dict[str, Any] = field(default_factory=dict, repr=False)
+    # A binary classifier's decision threshold (registered with its candidate) and the class
+    # it applies to; None: the most probable class is predicted.
+    threshold: float | None = None
+    positive: Any = None
 
     @property
     def runtime(self) -> str:
@@ -149,6 +155,8 @@ class Served:
             out = np.asarray(self.pipeline.predict_proba(inputs.frame))
         if self.classes is None:
             return out, None
+        if self.threshold is not None:
+            return apply_threshold(out, self.classes, self.positive, self.threshold), out
         # One pass: a classifier's prediction is its most probable class, so deriving it from
         # the probabilities halves the model's cost per request.
         return self._class_array[out.argmax(axis=1)], out
@@ -156,6 +164,19 @@ class Served:
     @cached_property
     def _class_array(self) -> np.ndarray:
         return np.asarray(self.pipeline.classes_)
+
+
+def _decision(
+    tags: Mapping[str, str], classes: list[Any] | None, contract: Contract
+) -> tuple[float | None, Any]:
+    """The registered decision threshold of a binary classifier and its positive class."""
+    recipe = tags.get(TAG_CANDIDATE)
+    if not recipe or classes is None or len(classes) != 2:
+        return None, None
+    threshold = Candidate.from_json(recipe).threshold
+    if threshold is None:
+        return None, None
+    return threshold, positive_label(classes, contract.metrics.positive_class)
 
 
 @dataclass
@@ -250,6 +271,7 @@ class ModelSlot:
         if example is None or example.empty:
             raise ChampionError(f"v{version} has no input example to warm up on")
         compiled, note = self._compiled(local_dir, pipeline, tags, example, version)
+        threshold, positive = _decision(tags, classes, self.contract)
         served = Served(
             version,
             pipeline,
@@ -263,6 +285,8 @@ class ModelSlot:
             compiled,
             note,
             dict(facts),
+            threshold,
+            positive,
         )
         # Warm-up: the first real request pays no lazy costs.
         served.predict(FrameInputs(example.head(1)))

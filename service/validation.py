@@ -159,8 +159,11 @@ def parse_body(body: bytes, *, max_bytes: int) -> Any:
         raise RequestInvalid(400, f"malformed JSON: {exc}", reason="malformed_json") from None
 
 
-# (name, numeric, nullable, declared values): looked up once, not once per value.
-_Spec = tuple[str, bool, bool, frozenset[str] | None]
+# (name, numeric, nullable, declared values, codes): looked up once, not once per value.
+# `codes` maps an ordinal's values to their positions, or is BOOLEAN for a boolean feature;
+# None for numeric and categorical features.
+_Spec = tuple[str, bool, bool, frozenset[str] | None, Mapping[Any, float] | None]
+BOOLEAN: Mapping[Any, float] = {True: 1.0, False: 0.0}
 
 
 def _instances(payload: Any, *, max_rows: int) -> list[Any]:
@@ -191,6 +194,14 @@ def _instances(payload: Any, *, max_rows: int) -> list[Any]:
     return rows
 
 
+def _codes(spec: Any) -> Mapping[Any, float] | None:
+    if spec.type == "boolean":
+        return BOOLEAN
+    if spec.type == "ordinal":
+        return {v: float(i) for i, v in enumerate(spec.values or ())}
+    return None
+
+
 def _specs(contract: Contract) -> list[_Spec]:
     return [
         (
@@ -198,9 +209,34 @@ def _specs(contract: Contract) -> list[_Spec]:
             spec.type == "numeric",
             spec.nullable,
             frozenset(spec.values) if spec.values is not None else None,
+            _codes(spec),
         )
         for name, spec in contract.features.items()
     ]
+
+
+def _coded(
+    i: int, name: str, value: Any, nullable: bool, codes: Mapping[Any, float]
+) -> tuple[float | None, Problem | None, bool]:
+    """An ordinal or boolean value as the number the model reads: (number, problem, unseen).
+
+    An unknown ordinal value is missing to the model (imputed) and counted as unseen."""
+    if value is _ABSENT:
+        return None, Problem(i, name, "missing", "missing feature"), False
+    if value is None:
+        if nullable:
+            return None, None, False
+        return None, Problem(i, name, "null", "null is not allowed for this feature"), False
+    if codes is BOOLEAN:
+        if type(value) is bool:
+            return codes[value], None, False
+        got = type(value).__name__
+        return None, Problem(i, name, "wrong_type", f"expected true or false, got {got}"), False
+    if type(value) is not str:
+        got = type(value).__name__
+        return None, Problem(i, name, "wrong_type", f"expected text, got {got}"), False
+    code = codes.get(value)
+    return code, None, code is None
 
 
 def _check_row(
@@ -212,9 +248,17 @@ def _check_row(
     problems: list[Problem],
 ) -> None:
     """Append row `i`'s values to `columns`; count unseen categories, collect its problems."""
-    for name, numeric, nullable, allowed in specs:
+    for name, numeric, nullable, allowed, codes in specs:
         column = columns[name]
         value = row.get(name, _ABSENT)
+        if codes is not None:
+            code, issue, new = _coded(i, name, value, nullable, codes)
+            column.append(code)
+            if new:
+                unseen[name] = unseen.get(name, 0) + 1
+            if issue is not None:
+                problems.append(issue)
+            continue
         kind = type(value)
         if kind is float and -FLOAT32_MAX <= value <= FLOAT32_MAX:  # the common case first
             if numeric:
@@ -246,15 +290,24 @@ def _fast_columns(
         return None
     width = len(specs)
     if any(type(row) is not dict or len(row) != width for row in rows):
+        # Extra keys: the slow path drops the droppable ones and names the rest.
         return None  # an unexpected key (all the contract's keys are there)
     unseen: dict[str, int] = {}
-    for name, numeric, nullable, allowed in specs:
+    for name, numeric, nullable, allowed, codes in specs:
         column = columns[name]
         kinds = set(map(type, column))
         nulls = type(None) in kinds
         if nulls and nullable:
             kinds.discard(type(None))  # else a null is a problem for the row checks to name
-        if numeric:
+        if codes is not None:
+            if not kinds <= ({bool} if codes is BOOLEAN else {str}):
+                return None
+            coded = [None if v is None else codes.get(v) for v in column]
+            n = sum(1 for v, c in zip(column, coded, strict=True) if c is None and v is not None)
+            if n:
+                unseen[name] = n
+            columns[name] = coded
+        elif numeric:
             if not kinds <= {float, int}:  # bool is its own type, refused on the slow path
                 return None
             values = [v for v in column if v is not None] if nulls else column
@@ -275,14 +328,18 @@ def _fast_columns(
 
 
 def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Batch:
-    """Check `{"instances": [...]}` against the contract and build the input frame."""
+    """Check `{"instances": [...]}` against the contract and build the input frame.
+
+    Keys the contract drops (`ignore` columns, the target, the timestamp) are accepted and
+    left out of the features; the captured rows keep them as sent.
+    """
     rows = _instances(payload, max_rows=max_rows)
     names = list(contract.features)
     specs = _specs(contract)
     fast = _fast_columns(rows, specs)
     if fast is not None:
-        return Batch(fast[0], frozenset(contract.numeric), len(rows), fast[1], rows)
-    known = frozenset(names)
+        return Batch(fast[0], frozenset(contract.encoded_numeric), len(rows), fast[1], rows)
+    known = frozenset(names) | contract.droppable
     problems: list[Problem] = []
     columns: dict[str, list[Any]] = {n: [] for n in names}
     unseen: dict[str, int] = {}
@@ -293,14 +350,14 @@ def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Ba
             )
             continue
         _check_row(i, row, specs, columns, unseen, problems)
-        if len(row) != len(specs) or not known.issuperset(row):
+        if not known.issuperset(row):
             for key in sorted(set(row) - known):
                 problems.append(
                     Problem(i, key, "unexpected", "unexpected feature (not in the contract)")
                 )
     if problems:
         raise RequestInvalid.listing(problems, what="instances")
-    return Batch(columns, frozenset(contract.numeric), len(rows), unseen, rows)
+    return Batch(columns, frozenset(contract.encoded_numeric), len(rows), unseen, rows)
 
 
 def example_instance(contract: Contract) -> dict[str, Any]:
@@ -309,6 +366,8 @@ def example_instance(contract: Contract) -> dict[str, Any]:
     for name, spec in contract.features.items():
         if spec.type == "numeric":
             out[name] = 0.0
+        elif spec.type == "boolean":
+            out[name] = False
         else:
             out[name] = spec.values[0] if spec.values else "unknown"
     return out
@@ -330,6 +389,15 @@ def openapi_request_schema(contract: Contract, *, max_rows: int) -> dict[str, An
                 "maximum": FLOAT32_MAX,
             }
             what = "Numeric."
+        elif spec.type == "boolean":
+            schema = {"type": "boolean"}
+            what = "Boolean (true or false)."
+        elif spec.type == "ordinal":
+            schema = {"type": "string", "examples": list(spec.values or ())}
+            what = (
+                f"Ordinal, lowest first: {', '.join(spec.values or ())}; any other string is "
+                "accepted, treated as missing (imputed) and counted as unseen."
+            )
         else:
             schema = {"type": "string"}
             what = "Categorical."
@@ -346,6 +414,9 @@ def openapi_request_schema(contract: Contract, *, max_rows: int) -> dict[str, An
             schema["title"] = spec.description
         schema["description"] = what
         props[name] = schema
+    for name in sorted(contract.droppable):
+        what = "the target" if name == contract.target else "not a feature"
+        props[name] = {"description": f"Accepted and ignored ({what})."}
     row = {
         "type": "object",
         "properties": props,

@@ -205,6 +205,6 @@ def signature_problems(inputs: Mapping[str, str] | None, contract: Contract) -> 
         kind = contract.features[name].type
         found = inputs[name].lower()
         numeric = any(t in found for t in ("double", "float", "long", "integer"))
-        if (kind == "numeric") != numeric:
+        if (kind != "categorical") != numeric:  # ordinal and boolean reach it as numbers
             problems.append(f"feature '{name}' is {found} in the model, {kind} in the contract")
     return problems

@@ -14,6 +14,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from champion.training.config import FLOAT32_MAX, Contract
+from champion.training.encoding import as_booleans, boolean_codes
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def batch_schema(contract: Contract) -> pa.DataFrameSchema:
     limit = contract.data.max_null_rate
     columns: dict[str, pa.Column] = {}
     for name, feat in contract.features.items():
-        dtype: Any = float if feat.type == "numeric" else str
+        # Booleans arrive normalised by `validate_batch` (pandas' nullable booleans).
+        dtype: Any = {"numeric": float, "boolean": "boolean"}.get(feat.type, str)
         columns[name] = pa.Column(
             dtype,
             nullable=True,
@@ -102,7 +104,7 @@ def parse_batch(data: bytes, suffix: str, contract: Contract) -> pd.DataFrame:
     buffer = io.BytesIO(data)
     if suffix == ".parquet":
         return pd.read_parquet(buffer)
-    dtypes = {n: "string" for n in contract.categorical}
+    dtypes = {n: "string" for n in [*contract.categorical, *contract.ordinal, *contract.boolean]}
     if _text_classes(contract):
         dtypes[contract.target] = "string"  # so "01" stays "01"
     return pd.read_csv(
@@ -258,6 +260,24 @@ def _range_reasons(frame: pd.DataFrame, contract: Contract) -> list[str]:
     return reasons
 
 
+def _booleans(raw: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, list[str]]:
+    """Boolean columns as nullable booleans, and a reason per column holding other values."""
+    present = [n for n in contract.boolean if n in raw.columns]
+    if not present:
+        return raw, []
+    reasons = []
+    out = raw.copy()
+    for name in present:
+        _, bad = boolean_codes(raw[name])
+        if bad.any():
+            reasons.append(
+                f"column '{name}': {int(bad.sum())} values are not booleans (true/false or "
+                f"1/0, any case), e.g. {_show(distinct(raw[name][bad]))}"
+            )
+        out[name] = as_booleans(raw[name])  # a bad value as missing: one reason, not two
+    return out, reasons
+
+
 def validate_batch(
     raw: pd.DataFrame, contract: Contract, *, known_classes: Sequence[Any] | None = None
 ) -> tuple[pd.DataFrame | None, BatchReport]:
@@ -271,6 +291,8 @@ def validate_batch(
         # Every column would be reported missing: the one reason that explains them all.
         return None, BatchReport("", "", False, len(raw), (hint,))
     reasons: list[str] = []
+    raw, boolean_reasons = _booleans(raw, contract)
+    reasons.extend(boolean_reasons)
     try:
         frame = batch_schema(contract).validate(raw, lazy=True)
     except SchemaErrors as exc:
@@ -302,7 +324,7 @@ def validate_batch(
                 f"(more than {contract.data.max_duplicate_rate:.0%})"
             )
         frame = frame.loc[~duplicated].reset_index(drop=True)
-        for name in contract.categorical:
+        for name in [*contract.categorical, *contract.ordinal]:
             allowed = contract.features[name].values
             if allowed is not None:
                 col = frame[name]

@@ -30,10 +30,6 @@ FLOAT32_MAX: float = float(np.finfo(np.float32).max)
 
 Task = Literal["classification", "regression"]
 
-# Largest magnitude a numeric feature may take: the models' trees read 32-bit floats, so
-# batches and requests refuse anything beyond (numpy.finfo(numpy.float32).max).
-FLOAT32_MAX = 3.4028234663852886e38
-
 # Metric name -> (task it applies to, greater is better).
 METRICS: dict[str, tuple[Task, bool]] = {
     "accuracy": ("classification", True),
@@ -90,15 +86,20 @@ class DataSection(_Strict):
 
 
 class Feature(_Strict):
-    type: Literal["numeric", "categorical"]
+    # numeric: numbers. categorical: text, one-hot encoded. ordinal: text from `values`, in
+    # that order, encoded as its position. boolean: true/false (CSV: true/false/1/0, any case),
+    # encoded as 1/0.
+    type: Literal["numeric", "categorical", "ordinal", "boolean"]
     values: tuple[str, ...] | None = None
     nullable: bool = True
     description: str = ""
 
     @model_validator(mode="after")
     def _values_only_for_categorical(self) -> Feature:
-        if self.values is not None and self.type != "categorical":
-            raise ValueError("'values' is only allowed for categorical features")
+        if self.values is not None and self.type not in ("categorical", "ordinal"):
+            raise ValueError("'values' is only allowed for categorical and ordinal features")
+        if self.type == "ordinal" and not self.values:
+            raise ValueError("an ordinal feature lists its 'values', lowest first")
         if self.values is not None and len(set(self.values)) != len(self.values):
             dupes = sorted({v for v in self.values if self.values.count(v) > 1})
             raise ValueError(f"'values' lists {dupes} more than once")
@@ -126,6 +127,21 @@ class MetricsSection(_Strict):
         return [*self.guardrails, *self.guardrails_relative]
 
 
+class DecisionSection(_Strict):
+    """How a binary classifier turns its probability into a class (probabilities unchanged).
+
+    "auto": tuned on out-of-fold probabilities when `cost_ratio` is set or the primary metric
+    depends on the threshold (accuracy, balanced_accuracy, f1, fbeta, mcc), else 0.5.
+    "tuned": the same, but a contract error when there is nothing to tune on. A number in
+    (0, 1): that threshold, fixed.
+    """
+
+    threshold: Literal["auto", "tuned"] | Annotated[float, Field(gt=0.0, lt=1.0)] = "auto"
+    # > 0: tune to minimise cost_ratio x missed positives + false alarms (5: a missed positive
+    # costs as much as five false alarms).
+    cost_ratio: float = Field(default=0.0, ge=0.0)
+
+
 class WindowSection(_Strict):
     max_rows: int | None = Field(default=None, ge=1)
     max_days: float | None = Field(default=None, gt=0)
@@ -147,7 +163,15 @@ class Range(_Strict):
 
 
 class Choice(_Strict):
+    # TOML has no null: the string "none" stands for Python's None (max_depth, class_weight).
     choices: tuple[float | int | str | bool | None, ...] = Field(min_length=1)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(None if v == "none" else v for v in value)
+        return value
 
 
 Param = Annotated[Range | Choice, Field(union_mode="left_to_right")]
@@ -213,7 +237,11 @@ class Contract(_Strict):
     classes: tuple[StrictInt, ...] | tuple[StrictStr, ...] | None = None
     timestamp: str | None = None
     features: dict[str, Feature] = Field(min_length=1)
+    # Columns that are not features (an ID, free text) which batches and requests may carry:
+    # the API accepts and drops them, as it does the target and timestamp columns.
+    ignore: tuple[str, ...] = ()
     metrics: MetricsSection
+    decision: DecisionSection = DecisionSection()
     window: WindowSection = WindowSection()
     search: SearchSection = SearchSection()
     cv: CVSection = CVSection()
@@ -271,6 +299,20 @@ class Contract(_Strict):
                     f"metrics.positive_class: {positive!r} is not one of the declared classes "
                     f"{list(self.classes)!r}"
                 )
+        decision = self.decision
+        if decision != DecisionSection():
+            if self.task != "classification":
+                raise ValueError("decision: only a classification task has a threshold")
+            if self.classes is not None and len(self.classes) != 2:
+                raise ValueError(
+                    f"decision: a threshold applies to a binary task; classes declares "
+                    f"{len(self.classes)}"
+                )
+            if not isinstance(decision.threshold, str) and decision.cost_ratio > 0:
+                raise ValueError(
+                    "decision: a fixed threshold and a cost_ratio to tune it on exclude "
+                    "each other; set one"
+                )
         if self.target in self.features:
             raise ValueError(f"target: {self.target!r} is also declared as a feature")
         if self.classes is not None:
@@ -280,6 +322,10 @@ class Contract(_Strict):
                 raise ValueError(f"classes: {list(self.classes)} lists a value more than once")
             if len(self.classes) < 2:
                 raise ValueError("classes: declare at least two classes")
+        taken = {*self.features, self.target} | ({self.timestamp} if self.timestamp else set())
+        clash = sorted(set(self.ignore) & taken)
+        if clash:
+            raise ValueError(f"ignore: {clash} also declared as a feature, target or timestamp")
         if self.timestamp is not None and self.timestamp == self.target:
             raise ValueError(f"timestamp: {self.timestamp!r} is also the target")
         if self.timestamp is not None and self.timestamp in self.features:
@@ -303,6 +349,30 @@ class Contract(_Strict):
     @property
     def categorical(self) -> list[str]:
         return [n for n, f in self.features.items() if f.type == "categorical"]
+
+    @property
+    def ordinal(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.type == "ordinal"]
+
+    @property
+    def boolean(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.type == "boolean"]
+
+    @property
+    def encoded_numeric(self) -> list[str]:
+        """Features the model reads as numbers: numeric, ordinal (position) and boolean (1/0)."""
+        return [n for n, f in self.features.items() if f.type != "categorical"]
+
+    @property
+    def profiled_categorical(self) -> list[str]:
+        """Features drift compares by their values' frequencies (ordinal and boolean too)."""
+        return [n for n, f in self.features.items() if f.type != "numeric"]
+
+    @property
+    def droppable(self) -> frozenset[str]:
+        """Request keys accepted and dropped: `ignore`, the target and the timestamp."""
+        extra = {self.target, *self.ignore}
+        return frozenset(extra | ({self.timestamp} if self.timestamp else set()))
 
     @property
     def greater_is_better(self) -> bool:

@@ -6,7 +6,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from champion.training.process import actor
 from champion.training.records import CycleReport, Event, LedgerEntry, Verdict
 from champion.training.registry import LoadedModel
 from champion.training.shared_tuning import SharedStudy, TuningStore, open_study
+from champion.training.threshold import tune_threshold
 from champion.training.tuning import TrialResult, TuneResult, classes_of, splits, tune
 
 log = logging.getLogger(__name__)
@@ -183,12 +184,24 @@ def _holdout_outputs(
     train, test = splits(ctx.contract, y, seed=ctx.contract.search.seed)[-1]
     model = clone(build_pipeline(ctx.contract, candidate, seed=ctx.contract.search.seed))
     model.fit(X.iloc[train], y[train])
-    pred, proba = model_outputs(model, X.iloc[test])
+    pred, proba = model_outputs(model, X.iloc[test], **_decision(ctx.contract, candidate, y))
     return test, pred, proba, model
 
 
+def _decision(contract: Contract, candidate: Candidate, y: np.ndarray) -> dict[str, Any]:
+    """`model_outputs` arguments that apply the candidate's decision threshold."""
+    classes = classes_of(contract, y)
+    positive = positive_label(classes, contract.metrics.positive_class) if classes else None
+    return {"threshold": candidate.threshold, "positive": positive}
+
+
 def _importances(
-    contract: Contract, model: Any, X: pd.DataFrame, y: np.ndarray, classes: list[Any] | None
+    contract: Contract,
+    model: Any,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    classes: list[Any] | None,
+    decision: dict[str, Any],
 ) -> dict[str, float]:
     """Permutation importance on held-out rows, scored by the primary metric.
 
@@ -199,7 +212,7 @@ def _importances(
     primary = contract.metrics.primary
 
     def scoring(estimator: Any, X_: pd.DataFrame, y_: np.ndarray) -> float:
-        pred, proba = model_outputs(estimator, X_)
+        pred, proba = model_outputs(estimator, X_, **decision)
         if proba is not None and classes is not None:
             proba = widen_proba(proba, list(estimator.classes_), classes)
         value = compute(
@@ -238,15 +251,17 @@ def _artifacts(
     """Plots, reference profile, fingerprint and fold scores of a registered version."""
     contract = ctx.contract
     classes = classes_of(contract, y)
-    test, pred, proba, holdout_model = _holdout_outputs(ctx, tuned.best.candidate, X, y)
-    importances = _importances(contract, holdout_model, X.iloc[test], y[test], classes)
+    candidate = tuned.best.candidate
+    decision = _decision(contract, candidate, y)
+    test, pred, proba, holdout_model = _holdout_outputs(ctx, candidate, X, y)
+    importances = _importances(contract, holdout_model, X.iloc[test], y[test], classes, decision)
     sample = data.frame.tail(PROFILE_ROWS)
     Xs = X.loc[sample.index]
-    out_pred, out_proba = model_outputs(final, Xs)
+    out_pred, out_proba = model_outputs(final, Xs, **decision)
     profile = build_profile(
         sample,
         numeric=contract.numeric,
-        categorical=contract.categorical,
+        categorical=contract.profiled_categorical,
         predictions=out_pred,
         probabilities=out_proba,
         classes=classes,
@@ -394,6 +409,7 @@ def _locked_cycle(ctx: Context, *, trigger: str, started: float) -> CycleResult:
             return window  # SKIPPED: nothing new to learn from
         cycle.open_run(window)
         tuned = cycle.search(window)
+        tuned = cycle.decide_threshold(window, tuned)
         decision = cycle.judge(window, tuned)
         ref = cycle.build_and_register(window, tuned)
         return cycle.conclude(window, tuned, decision, ref)
@@ -506,6 +522,9 @@ class _Cycle:
         assert self.run_id is not None
         ref = w.champion_ref
         baseline = Candidate.from_json(ref.candidate_json) if ref and ref.candidate_json else None
+        if baseline is not None:
+            # The search compares probabilities' quality; the threshold is decided after it.
+            baseline = replace(baseline, threshold=None)
         ctx.checkpoint("tuning")
         tuned = tune(
             w.X,
@@ -531,6 +550,41 @@ class _Cycle:
             params={"best_candidate": best.candidate.label(), "stopped_by": tuned.stopped_by},
         )
         return tuned
+
+    def decide_threshold(self, w: _Window, tuned: TuneResult) -> TuneResult:
+        """A binary classifier's decision threshold, fixed or tuned out of fold; it travels
+        with the candidate into the gate, the registered version and serving."""
+        ctx = self.ctx
+        ctx.checkpoint("threshold")
+        best = tuned.best
+        fresh = w.fresh if w.champion is not None and w.comparable else None
+        choice = tune_threshold(ctx.contract, best.candidate, w.X, w.y, fresh=fresh)
+        if choice is None:
+            return tuned
+        assert self.run_id is not None
+        metrics = {}
+        if choice.rows:
+            metrics = {
+                f"threshold_{choice.objective}": choice.score,
+                f"threshold_{choice.objective}_at_0.5": choice.default_score,
+            }
+        ctx.registry.log(
+            self.run_id,
+            params={"decision_threshold": choice.threshold, "threshold_on": choice.objective},
+            metrics=metrics,
+        )
+        log.info(
+            "decision threshold",
+            extra={
+                "threshold": round(choice.threshold, 4),
+                "on": choice.objective,
+                "score": choice.score,
+                "score_at_0.5": choice.default_score,
+                "rows": choice.rows,
+            },
+        )
+        candidate = replace(best.candidate, threshold=choice.threshold)
+        return replace(tuned, best=replace(best, candidate=candidate))
 
     def _shared_study(self) -> SharedStudy | None:
         """In shared mode, the bayes search's study on the shared store, for workers."""

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from champion.training.config import Contract
 from champion.training.gate import Backtest, PairedScores
-from champion.training.metrics import compute, model_outputs
+from champion.training.metrics import compute, model_outputs, positive_label
 from champion.training.pipeline import Candidate, build_pipeline
 from champion.training.tuning import classes_of, metric_names, splits
 
@@ -58,6 +58,9 @@ def paired_evaluation(
     names = metric_names(contract)
     classes = classes_of(contract, y)
     pipeline = build_pipeline(contract, challenger, seed=seed)
+    # Each side predicts with its own decision threshold (none: the most probable class).
+    cut_chal = challenger.threshold
+    cut_champ = champion_candidate.threshold if champion_candidate is not None else None
     # Every fresh row post-dates the champion's data, so the champion never scores its past;
     # within the fresh block rows are exchangeable, and shuffled repeated folds give the
     # paired test its power (expanding time folds would starve the early folds).
@@ -72,11 +75,19 @@ def paired_evaluation(
         # fold estimates more correlated, not less).
         ratios.append(len(test_f) / max(len(train_f), 1))
         X_test, y_test = X.iloc[test], y[test]
-        for model, out in (
-            (clone(pipeline).fit(X.iloc[train], y[train]), out_chal),
-            (champion, out_champ),
+        for model, out, cut in (
+            (clone(pipeline).fit(X.iloc[train], y[train]), out_chal, cut_chal),
+            (champion, out_champ, cut_champ),
         ):
-            scores = _scores(model, X_test, y_test, names=names, classes=classes, contract=contract)
+            scores = _scores(
+                model,
+                X_test,
+                y_test,
+                names=names,
+                classes=classes,
+                contract=contract,
+                threshold=cut,
+            )
             for n in names:
                 out[n].append(scores[n])
     backtest = None
@@ -92,8 +103,16 @@ def paired_evaluation(
             champ_model = build_pipeline(contract, champion_candidate, seed=seed)
             champ_model.fit(X.iloc[older], y[older])
         chal_score, champ_score = (
-            _scores(m, X_held, y_held, names=[primary], classes=classes, contract=contract)[primary]
-            for m in (chal_model, champ_model)
+            _scores(
+                m,
+                X_held,
+                y_held,
+                names=[primary],
+                classes=classes,
+                contract=contract,
+                threshold=cut,
+            )[primary]
+            for m, cut in ((chal_model, cut_chal), (champ_model, cut_champ))
         )
         backtest = Backtest(
             primary,
@@ -138,8 +157,10 @@ def _scores(
     names: list[str],
     classes: list[Any] | None,
     contract: Contract,
+    threshold: float | None = None,
 ) -> dict[str, float]:
-    pred, proba = model_outputs(model, X)
+    positive = positive_label(classes, contract.metrics.positive_class) if classes else None
+    pred, proba = model_outputs(model, X, threshold=threshold, positive=positive)
     if proba is not None and classes is not None:
         proba = widen_proba(proba, list(model.classes_), classes)
     return compute(

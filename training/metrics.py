@@ -25,11 +25,30 @@ def oriented(metric: str, value: float) -> float:
     return value if METRICS[metric][1] else -value
 
 
-def model_outputs(model: Any, X: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions and, for classifiers, class probabilities."""
-    pred = np.asarray(model.predict(X))
+def model_outputs(
+    model: Any, X: Any, *, threshold: float | None = None, positive: Any = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions and, for classifiers, class probabilities.
+
+    With a `threshold` (binary classifier), the prediction is `positive` (default: the last
+    class) where its probability is at least the threshold, the other class elsewhere.
+    """
     proba = np.asarray(model.predict_proba(X)) if hasattr(model, "predict_proba") else None
+    if threshold is not None and proba is not None and proba.shape[1] == 2:
+        classes = list(model.classes_)
+        pos = classes[-1] if positive is None else positive
+        return apply_threshold(proba, classes, pos, threshold), proba
+    pred = np.asarray(model.predict(X))
     return pred, proba
+
+
+def apply_threshold(
+    proba: np.ndarray, classes: Sequence[Any], positive: Any, threshold: float
+) -> np.ndarray:
+    """A binary model's predicted classes: `positive` where its probability >= threshold."""
+    labels = np.asarray(list(classes))
+    at = list(classes).index(positive)
+    return np.where(proba[:, at] >= threshold, labels[at], labels[1 - at])
 
 
 def positive_label(classes: Sequence[Any] | None, declared: Any = None) -> Any:

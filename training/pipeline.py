@@ -23,31 +23,51 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from champion.training.config import Contract
+from champion.training.encoding import boolean_codes, ordinal_codes
 
 MISSING_CATEGORY = "__missing__"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One point of the search space: an estimator family, its parameters, and PCA components."""
+    """One point of the search space: an estimator family, its parameters, and PCA components.
+
+    `threshold` (binary classification) is decided after the search (`training.threshold`):
+    the positive class is predicted where its probability is at least this; None: the most
+    probable class.
+    """
 
     family: str
     params: Mapping[str, Any] = field(default_factory=dict)
     components: int = 0
+    threshold: float | None = None
 
     def to_json(self) -> str:
-        body = {"family": self.family, "params": dict(self.params), "components": self.components}
+        body: dict[str, Any] = {
+            "family": self.family,
+            "params": dict(self.params),
+            "components": self.components,
+        }
+        if self.threshold is not None:
+            body["threshold"] = self.threshold
         return json.dumps(body, sort_keys=True, default=_jsonable)
 
     @classmethod
     def from_json(cls, text: str) -> Candidate:
         raw = json.loads(text)
-        return cls(raw["family"], dict(raw.get("params", {})), int(raw.get("components", 0)))
+        threshold = raw.get("threshold")
+        return cls(
+            raw["family"],
+            dict(raw.get("params", {})),
+            int(raw.get("components", 0)),
+            None if threshold is None else float(threshold),
+        )
 
     def label(self) -> str:
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
         pca = f", pca={self.components}" if self.components else ""
-        return f"{self.family}({params}{pca})"
+        cut = f", threshold={self.threshold:.3g}" if self.threshold is not None else ""
+        return f"{self.family}({params}{pca}{cut})"
 
 
 def _jsonable(value: Any) -> Any:
@@ -84,11 +104,12 @@ def build_pipeline(contract: Contract, candidate: Candidate, *, seed: int) -> Pi
     declared = [n for n in contract.categorical if contract.features[n].values is not None]
     learned = [n for n in contract.categorical if contract.features[n].values is None]
     transformers: list[tuple[str, Any, list[str]]] = []
-    if contract.numeric:
+    # Ordinal (position) and boolean (1/0) features arrive as numbers: `prepare_features`.
+    if contract.encoded_numeric:
         numeric = Pipeline(
             [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
         )
-        transformers.append(("numeric", numeric, contract.numeric))
+        transformers.append(("numeric", numeric, contract.encoded_numeric))
     # Missing values become their own level; declared domains keep the encoded width stable
     # across retrains, and unknown levels encode as all zeros instead of failing.
     for name, cols, categories in (
@@ -124,10 +145,18 @@ def build_pipeline(contract: Contract, candidate: Candidate, *, seed: int) -> Pi
 
 
 def prepare_features(frame: pd.DataFrame, contract: Contract) -> pd.DataFrame:
-    """Select the contract's features in order with the dtypes the pipeline was fitted on."""
+    """Select the contract's features in order with the dtypes the pipeline was fitted on.
+
+    Ordinal values become their position in the declared `values` and booleans 1/0; an
+    unknown ordinal value or a non-boolean is missing (imputed), as a bad number is.
+    """
     out = pd.DataFrame(index=frame.index)
     for name in contract.numeric:
         out[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    for name in contract.ordinal:
+        out[name] = ordinal_codes(frame[name], contract.features[name].values or ())[0]
+    for name in contract.boolean:
+        out[name] = boolean_codes(frame[name])[0]
     for name in contract.categorical:
         col = frame[name].astype("object")
         out[name] = col.where(col.notna(), np.nan)

@@ -220,10 +220,20 @@ def cross_validate(
     return {n: tuple(r[n] for r in results) for n in names}
 
 
+# Searched by every classification family that keeps its default space: imbalance handled
+# by reweighting the classes, or not.
+CLASS_WEIGHT = Choice(choices=(None, "balanced"))
+
+
 def spaces_for(contract: Contract) -> dict[str, dict[str, Param]]:
-    spaces = {
-        f: dict(contract.search.space.get(f, DEFAULT_SPACES.get(f, {}))) for f in contract.families
-    }
+    """Each searched family's space: the contract's own, else the shipped default."""
+    spaces: dict[str, dict[str, Param]] = {}
+    for family in contract.families:
+        declared = contract.search.space.get(family)
+        space = dict(declared if declared is not None else DEFAULT_SPACES.get(family, {}))
+        if declared is None and contract.task == "classification":
+            space["class_weight"] = CLASS_WEIGHT
+        spaces[family] = space
     return spaces
 
 

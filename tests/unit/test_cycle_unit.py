@@ -439,3 +439,28 @@ def test_a_held_registry_lease_fails_the_cycle_before_intake(tmp_path):
     assert result.verdict is Verdict.FAILED and "registry" in result.reason
     assert world.batches.intakes == 0 and world.registry.runs == {}
     assert world.leases.holder(CYCLE) is None
+
+
+def test_a_threshold_metric_registers_the_tuned_threshold_with_the_version(tmp_path):
+    """With f1 primary, the cycle tunes the threshold out of fold and registers it with the
+    candidate (what serving applies); the run records it and the f1 it gave."""
+    raw = small_raw_contract(families=["logistic"], max_trials=2)
+    raw["metrics"] |= {"primary": "f1", "guardrails": {}}
+    raw["gate"]["floor"] = 0.0
+    world = World(make_contract(tmp_path, raw), _batches("b1", "b2"))
+    result = run_cycle(world.ctx)
+
+    registered = Candidate.from_json(world.version(result).tags[TAG_CANDIDATE])
+    assert registered.threshold is not None and 0.0 < registered.threshold < 1.0
+    run = world.run(result)
+    assert float(run.params["decision_threshold"]) == registered.threshold
+    assert run.params["threshold_on"] == "f1"
+    assert run.metrics["threshold_f1"] >= run.metrics["threshold_f1_at_0.5"]
+    assert f"threshold={registered.threshold:.3g}" in world.registry.descriptions[result.version]
+
+
+def test_a_threshold_free_metric_registers_no_threshold(tmp_path):
+    world = World(_contract(tmp_path), _batches("b1", "b2"))
+    result = run_cycle(world.ctx)
+    assert Candidate.from_json(world.version(result).tags[TAG_CANDIDATE]).threshold is None
+    assert "decision_threshold" not in world.run(result).params

@@ -548,3 +548,25 @@ def test_positive_class_missing_from_the_training_data_is_a_config_error(
     folds = splits(contract, y, seed=contract.search.seed)
     with pytest.raises(ConfigError, match=r"metrics\.positive_class: 7 is not one of"):
         tuning.cross_validate(contract, Candidate("logistic", {"C": 1.0}), X, y, folds, seed=1)
+
+
+def test_default_classification_spaces_search_class_weights(tmp_path, frame):
+    """A classification family left to its default space searches class_weight (none or
+    balanced), and a candidate with either fits; declared spaces and regression are as given."""
+    raw = small_raw_contract()
+    del raw["search"]["space"]["logistic"]
+    contract = make_contract(tmp_path, raw)
+    spaces = tuning.spaces_for(contract)
+    assert spaces["logistic"]["class_weight"] == tuning.CLASS_WEIGHT
+    assert "class_weight" not in spaces["hist_gradient_boosting"]  # declared in the contract
+    X, y = _xy(frame, contract)
+    for weight in tuning.CLASS_WEIGHT.choices:
+        candidate = Candidate("logistic", {"C": 1.0, "class_weight": weight})
+        build_pipeline(contract, candidate, seed=0).fit(X, y)
+
+
+def test_none_in_toml_choices_is_no_value(tmp_path):
+    raw = small_raw_contract()
+    raw["search"]["space"]["logistic"]["class_weight"] = {"choices": ["none", "balanced"]}
+    contract = make_contract(tmp_path, raw)
+    assert contract.search.space["logistic"]["class_weight"].choices == (None, "balanced")
