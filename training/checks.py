@@ -88,6 +88,19 @@ def batch_schema(contract: Contract) -> pa.DataFrameSchema:
             )
         ],
     )
+    if contract.weight is not None:
+        columns[contract.weight] = pa.Column(
+            float,
+            nullable=False,
+            coerce=True,
+            checks=[
+                pa.Check(
+                    lambda s: bool(np.isfinite(s).all() and (s >= 0).all()),
+                    element_wise=False,
+                    error="weights must be finite numbers >= 0",
+                )
+            ],
+        )
     if contract.timestamp is not None:
         columns[contract.timestamp] = pa.Column(
             pd.DatetimeTZDtype(tz="UTC"), nullable=False, coerce=True
@@ -315,6 +328,8 @@ def validate_batch(
         keep = [*contract.features, contract.target]
         if contract.timestamp:
             keep.append(contract.timestamp)
+        if contract.weight:
+            keep.append(contract.weight)
         frame = frame[keep].assign(**{contract.target: target})
         duplicated = frame.duplicated()
         dropped = int(duplicated.sum())

@@ -237,6 +237,9 @@ class Contract(_Strict):
     classes: tuple[StrictInt, ...] | tuple[StrictStr, ...] | None = None
     timestamp: str | None = None
     features: dict[str, Feature] = Field(min_length=1)
+    # A column of non-negative row weights for fitting (scores stay unweighted); batches must
+    # carry it, requests need not (/predict drops it).
+    weight: str | None = None
     # Columns that are not features (an ID, free text) which batches and requests may carry:
     # the API accepts and drops them, as it does the target and timestamp columns.
     ignore: tuple[str, ...] = ()
@@ -323,6 +326,10 @@ class Contract(_Strict):
             if len(self.classes) < 2:
                 raise ValueError("classes: declare at least two classes")
         taken = {*self.features, self.target} | ({self.timestamp} if self.timestamp else set())
+        if self.weight is not None and self.weight in taken | set(self.ignore):
+            raise ValueError(
+                f"weight: {self.weight!r} is also a feature, the target, the timestamp or ignored"
+            )
         clash = sorted(set(self.ignore) & taken)
         if clash:
             raise ValueError(f"ignore: {clash} also declared as a feature, target or timestamp")
@@ -370,8 +377,8 @@ class Contract(_Strict):
 
     @property
     def droppable(self) -> frozenset[str]:
-        """Request keys accepted and dropped: `ignore`, the target and the timestamp."""
-        extra = {self.target, *self.ignore}
+        """Request keys accepted and dropped: `ignore`, the target, timestamp and weight."""
+        extra = {self.target, *self.ignore} | ({self.weight} if self.weight else set())
         return frozenset(extra | ({self.timestamp} if self.timestamp else set()))
 
     @property

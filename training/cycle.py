@@ -52,7 +52,13 @@ from champion.training.evaluation import paired_evaluation, widen_proba
 from champion.training.gate import Decision, PairedScores, decide, decide_first
 from champion.training.lease import CYCLE, REGISTRY
 from champion.training.metrics import compute, model_outputs, oriented, positive_label
-from champion.training.pipeline import Candidate, build_pipeline, prepare_features
+from champion.training.pipeline import (
+    Candidate,
+    build_pipeline,
+    fit_rows,
+    prepare_features,
+    sample_weights,
+)
 from champion.training.plots import write_evaluation_plots
 from champion.training.ports import BatchStore, Clock, Leases, LedgerStore, ModelRegistry
 from champion.training.process import actor
@@ -178,12 +184,16 @@ def _champion_batches(ctx: Context, ref: ModelRef) -> set[str]:
 
 
 def _holdout_outputs(
-    ctx: Context, candidate: Candidate, X: pd.DataFrame, y: np.ndarray
+    ctx: Context,
+    candidate: Candidate,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Any]:
     """Fit on all but the last CV fold and predict it: honest rows for plots and importance."""
     train, test = splits(ctx.contract, y, seed=ctx.contract.search.seed)[-1]
     model = clone(build_pipeline(ctx.contract, candidate, seed=ctx.contract.search.seed))
-    model.fit(X.iloc[train], y[train])
+    fit_rows(model, X, y, train, weights)
     pred, proba = model_outputs(model, X.iloc[test], **_decision(ctx.contract, candidate, y))
     return test, pred, proba, model
 
@@ -253,7 +263,8 @@ def _artifacts(
     classes = classes_of(contract, y)
     candidate = tuned.best.candidate
     decision = _decision(contract, candidate, y)
-    test, pred, proba, holdout_model = _holdout_outputs(ctx, candidate, X, y)
+    weights = sample_weights(data.frame, contract)
+    test, pred, proba, holdout_model = _holdout_outputs(ctx, candidate, X, y, weights)
     importances = _importances(contract, holdout_model, X.iloc[test], y[test], classes, decision)
     sample = data.frame.tail(PROFILE_ROWS)
     Xs = X.loc[sample.index]
@@ -428,6 +439,7 @@ class _Window:
     champion: LoadedModel | None
     champion_ref: ModelRef | None
     comparable: bool  # the champion takes the inputs the contract declares
+    weights: np.ndarray | None = None  # the contract's `weight` column: what fits weigh by
 
 
 class _Cycle:
@@ -485,8 +497,10 @@ class _Cycle:
         contract = self.ctx.contract
         X = prepare_features(data.frame, contract)
         y = data.frame[contract.target].to_numpy()
+        weights = sample_weights(data.frame, contract)
         if ref is None:
-            return _Window(data, X, y, np.ones(data.rows, dtype=bool), None, None, False)
+            every = np.ones(data.rows, dtype=bool)
+            return _Window(data, X, y, every, None, None, False, weights)
         with tempfile.TemporaryDirectory(prefix="champion-model-") as tmp:
             champion = self.ctx.registry.load(ref, cache_dir=Path(tmp))
         comparable = list(champion.input_names) == list(contract.features)
@@ -498,7 +512,7 @@ class _Cycle:
                 Verdict.SKIPPED,
                 f"The champion v{ref.version} was already trained on every row in the window.",
             )
-        return _Window(data, X, y, fresh, champion, ref, comparable)
+        return _Window(data, X, y, fresh, champion, ref, comparable, weights)
 
     def open_run(self, w: _Window) -> None:
         assert self.fp is not None
@@ -534,6 +548,7 @@ class _Cycle:
             on_trial=_trial_logger(ctx, self.run_id),
             progress=ctx.progress,
             shared=self._shared_study(),
+            weights=w.weights,
         )
         best = tuned.best
         guardrails = {k: float(np.nanmean(v)) for k, v in best.guardrail_scores.items()}
@@ -558,7 +573,9 @@ class _Cycle:
         ctx.checkpoint("threshold")
         best = tuned.best
         fresh = w.fresh if w.champion is not None and w.comparable else None
-        choice = tune_threshold(ctx.contract, best.candidate, w.X, w.y, fresh=fresh)
+        choice = tune_threshold(
+            ctx.contract, best.candidate, w.X, w.y, fresh=fresh, weights=w.weights
+        )
         if choice is None:
             return tuned
         assert self.run_id is not None
@@ -624,6 +641,7 @@ class _Cycle:
                 champion=w.champion.pipeline,
                 # The backtest refits the champion's recipe without its held-out older rows.
                 champion_candidate=Candidate.from_json(recipe) if recipe else None,
+                weights=w.weights,
             )
             assert self.run_id is not None
             _log_gate(self.ctx, self.run_id, paired)
@@ -644,7 +662,12 @@ class _Cycle:
         """Fit on the whole window, compile for serving, register the version and its files."""
         ctx, contract, best = self.ctx, self.ctx.contract, tuned.best
         assert self.run_id is not None and self.fp is not None
-        final = build_pipeline(contract, best.candidate, seed=contract.search.seed).fit(w.X, w.y)
+        final = fit_rows(
+            build_pipeline(contract, best.candidate, seed=contract.search.seed),
+            w.X,
+            w.y,
+            weights=w.weights,
+        )
         ctx.checkpoint("compile")
         holdout = splits(contract, w.y, seed=contract.search.seed)[-1][1]
         compiled = compile_pipeline(final, contract, w.X.iloc[holdout], seed=contract.search.seed)

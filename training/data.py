@@ -462,7 +462,7 @@ def load_window(contract: Contract, manifest: Manifest) -> TrainingData:
 def fingerprint(data: TrainingData, contract: Contract) -> dict[str, Any]:
     """A content hash plus rows, time range and batch ids: enough to tell two datasets apart."""
     frame = data.frame
-    cols = [*contract.features, contract.target]
+    cols = [*contract.features, contract.target, *([contract.weight] if contract.weight else [])]
     hashed = pd.util.hash_pandas_object(frame[cols], index=False).to_numpy()
     digest = hashlib.sha256(np.ascontiguousarray(hashed).tobytes()).hexdigest()
     result: dict[str, Any] = {

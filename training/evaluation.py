@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from champion.training.config import Contract
 from champion.training.gate import Backtest, PairedScores
 from champion.training.metrics import compute, model_outputs, positive_label
-from champion.training.pipeline import Candidate, build_pipeline
+from champion.training.pipeline import Candidate, build_pipeline, fit_rows
 from champion.training.tuning import classes_of, metric_names, splits
 
 # Fewer held-out older rows than this say too little: the backtest is then left out.
@@ -37,6 +37,7 @@ def paired_evaluation(
     challenger: Candidate,
     champion: Any,
     champion_candidate: Candidate | None = None,
+    weights: np.ndarray | None = None,
 ) -> PairedScores:
     """Score both models on validation folds drawn only from rows the champion never saw.
 
@@ -76,7 +77,7 @@ def paired_evaluation(
         ratios.append(len(test_f) / max(len(train_f), 1))
         X_test, y_test = X.iloc[test], y[test]
         for model, out, cut in (
-            (clone(pipeline).fit(X.iloc[train], y[train]), out_chal, cut_chal),
+            (fit_rows(clone(pipeline), X, y, train, weights), out_chal, cut_chal),
             (champion, out_champ, cut_champ),
         ):
             scores = _scores(
@@ -96,12 +97,12 @@ def paired_evaluation(
         primary = contract.metrics.primary
         rest = np.setdiff1d(np.arange(len(y)), held)
         X_held, y_held = X.iloc[held], y[held]
-        chal_model = clone(pipeline).fit(X.iloc[rest], y[rest])
+        chal_model = fit_rows(clone(pipeline), X, y, rest, weights)
         champ_model = champion
         if champion_candidate is not None:
             older = np.setdiff1d(old_idx, held)
             champ_model = build_pipeline(contract, champion_candidate, seed=seed)
-            champ_model.fit(X.iloc[older], y[older])
+            fit_rows(champ_model, X, y, older, weights)
         chal_score, champ_score = (
             _scores(
                 m,

@@ -144,6 +144,28 @@ def build_pipeline(contract: Contract, candidate: Candidate, *, seed: int) -> Pi
     )
 
 
+def sample_weights(frame: pd.DataFrame, contract: Contract) -> np.ndarray | None:
+    """The contract's `weight` column as float64 (None without one): what fits weigh rows by."""
+    if contract.weight is None:
+        return None
+    return pd.to_numeric(frame[contract.weight], errors="raise").to_numpy(dtype="float64")
+
+
+def fit_rows(
+    pipeline: Any,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    rows: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> Any:
+    """Fit `pipeline` on `rows` (every row when None), weighing them by `weights` if given."""
+    if rows is not None:
+        X, y = X.iloc[rows], y[rows]
+        weights = None if weights is None else weights[rows]
+    params = {} if weights is None else {"model__sample_weight": weights}
+    return pipeline.fit(X, y, **params)
+
+
 def prepare_features(frame: pd.DataFrame, contract: Contract) -> pd.DataFrame:
     """Select the contract's features in order with the dtypes the pipeline was fitted on.
 

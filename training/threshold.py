@@ -148,6 +148,7 @@ def tune_threshold(
     y: np.ndarray,
     *,
     fresh: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> ThresholdChoice | None:
     """The threshold for `candidate` (a fixed one, a tuned one, or None: most probable class).
 
@@ -167,5 +168,6 @@ def tune_threshold(
     Xr, yr = X.iloc[rows], y[rows]
     folds = splits(contract, yr, seed=contract.search.seed, shuffled=True)
     pipeline = build_pipeline(contract, candidate, seed=contract.search.seed)
-    proba = cross_val_predict(pipeline, Xr, yr, cv=folds, method="predict_proba")
+    params = None if weights is None else {"model__sample_weight": weights[rows]}
+    proba = cross_val_predict(pipeline, Xr, yr, cv=folds, method="predict_proba", params=params)
     return choose(yr, proba, classes, contract=contract, objective_name=name)

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from champion.training.config import Contract
 from champion.training.data import TrainingData, fingerprint
-from champion.training.pipeline import prepare_features
+from champion.training.pipeline import prepare_features, sample_weights
 from champion.training.ports import BatchStore
 from champion.training.process import actor
 from champion.training.shared_tuning import (
@@ -94,6 +94,7 @@ def run_worker(
         return WorkerRun(shared.name, owner, None)
     data = _window(shared, contract, batches.window())
     X = prepare_features(data.frame, contract)
+    weights = sample_weights(data.frame, contract)
     y = data.frame[contract.target].to_numpy()
     log.info(
         "joined tuning study",
@@ -123,5 +124,7 @@ def run_worker(
         )
 
     with threadpool_limits(limits=threads):
-        result = tune_worker(X, y, contract=contract, shared=shared, owner=owner, on_trial=progress)
+        result = tune_worker(
+            X, y, contract=contract, shared=shared, owner=owner, on_trial=progress, weights=weights
+        )
     return WorkerRun(shared.name, owner, result)

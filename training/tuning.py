@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from champion.training.config import Choice, Contract, MetricsSection, Param, Range
 from champion.training.metrics import compute, model_outputs, oriented, positive_label
-from champion.training.pipeline import Candidate, build_pipeline
+from champion.training.pipeline import Candidate, build_pipeline, fit_rows
 from champion.training.shared_tuning import (
     CLAIM_ATTR,
     DUPLICATE_ATTR,
@@ -182,9 +182,10 @@ def _fit_score(
     names: list[str],
     classes: list[Any] | None,
     spec: MetricsSection | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, float]:
     train, test = split
-    model = clone(pipeline).fit(X.iloc[train], y[train])
+    model = fit_rows(clone(pipeline), X, y, train, weights)
     pred, proba = model_outputs(model, X.iloc[test])
     if proba is not None and classes is not None and list(model.classes_) != classes:
         # A fold missing a class: widen the probabilities to the full class list.
@@ -204,18 +205,20 @@ def cross_validate(
     *,
     seed: int,
     n_jobs: int = 1,
+    weights: np.ndarray | None = None,
 ) -> dict[str, tuple[float, ...]]:
-    """Per-fold values of the primary and guardrail metrics for one candidate."""
+    """Per-fold values of the primary and guardrail metrics for one candidate (fits weigh
+    rows by `weights`; the scores do not)."""
     pipeline = build_pipeline(contract, candidate, seed=seed)
     names = metric_names(contract)
     classes = classes_of(contract, y)
     spec = contract.metrics
     positive_label(classes, spec.positive_class)  # a wrong positive class fails here, once
-    jobs = (delayed(_fit_score)(pipeline, X, y, s, names, classes, spec) for s in folds)
+    jobs = (delayed(_fit_score)(pipeline, X, y, s, names, classes, spec, weights) for s in folds)
     results = (
         Parallel(n_jobs=n_jobs)(jobs)
         if n_jobs > 1
-        else [_fit_score(pipeline, X, y, s, names, classes, spec) for s in folds]
+        else [_fit_score(pipeline, X, y, s, names, classes, spec, weights) for s in folds]
     )
     return {n: tuple(r[n] for r in results) for n in names}
 
@@ -484,9 +487,11 @@ class _Search:
         owner: str = "cycle",
         source: str = "search",
         sampler_seed: int | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         self.X = X
         self.y = y
+        self.weights = weights
         self.contract = contract
         self.config = contract.search
         self.seed = self.config.seed
@@ -779,7 +784,14 @@ class _Search:
         batches = [self.folds] if trial is None else list(_chunks(self.folds, n_jobs))
         for batch in batches:
             part = cross_validate(
-                self.contract, candidate, self.X, self.y, batch, seed=self.seed, n_jobs=n_jobs
+                self.contract,
+                candidate,
+                self.X,
+                self.y,
+                batch,
+                seed=self.seed,
+                n_jobs=n_jobs,
+                weights=self.weights,
             )
             for n in self.names:
                 scores[n].extend(part[n])
@@ -828,6 +840,7 @@ def tune(
     clock: Callable[[], float] = time.monotonic,
     shared: SharedStudy | None = None,
     grace: float = CLAIM_GRACE,
+    weights: np.ndarray | None = None,
 ) -> TuneResult:
     """Search the contract's space within its trial and time budget; the baseline goes first.
 
@@ -840,7 +853,13 @@ def tune(
     """
     deferred = shared is not None  # a shared study's trials are known once it has ended
     search = _Search(
-        X, y, contract, on_trial=None if deferred else on_trial, clock=clock, shared=shared
+        X,
+        y,
+        contract,
+        on_trial=None if deferred else on_trial,
+        clock=clock,
+        shared=shared,
+        weights=weights,
     )
     with tqdm(
         total=contract.search.max_trials,
@@ -872,6 +891,7 @@ def tune_worker(
     owner: str,
     on_trial: Callable[[TrialResult], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    weights: np.ndarray | None = None,
 ) -> WorkerResult:
     """Join a cycle's shared study: claim, score and store trials until its budget is spent,
     its deadline passes or the cycle closes it. X and y must be the cycle's (the caller
@@ -886,6 +906,7 @@ def tune_worker(
         owner=owner,
         source=f"worker:{owner}",
         sampler_seed=participant_seed(shared.spec.seed, owner),
+        weights=weights,
     )
     try:
         with tqdm(disable=True) as bar:

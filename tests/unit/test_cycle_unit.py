@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -21,7 +22,7 @@ from champion.training.config import Contract
 from champion.training.cycle import Context, CycleResult, reconcile, run_cycle
 from champion.training.demo.simulate import agrawal_frame
 from champion.training.lease import CYCLE, REGISTRY
-from champion.training.pipeline import Candidate, build_pipeline, prepare_features
+from champion.training.pipeline import Candidate, build_pipeline, fit_rows, prepare_features
 from champion.training.records import Event, LedgerEntry, Verdict
 from tests.fakes import FakeBatches, FakeClock, FakeLeases, FakeLedger, FakeRegistry, FakeRun
 from tests.unit.conftest import make_contract, small_raw_contract
@@ -464,3 +465,33 @@ def test_a_threshold_free_metric_registers_no_threshold(tmp_path):
     result = run_cycle(world.ctx)
     assert Candidate.from_json(world.version(result).tags[TAG_CANDIDATE]).threshold is None
     assert "decision_threshold" not in world.run(result).params
+
+
+def test_a_weight_column_weighs_the_registered_fit(tmp_path):
+    """With `weight` declared, the registered model is the weighted fit of the window."""
+    raw = small_raw_contract(families=["logistic"], max_trials=1)
+    raw["weight"] = "w"
+    contract = make_contract(tmp_path, raw)
+    batches = FakeBatches()
+    for i in range(2):
+        frame = _batch(i + 1, day=i)
+        frame["w"] = np.where(frame["salary"] > 75_000, 3.0, 0.5)
+        batches.add(frame, f"b{i + 1}")
+    world = World(contract, batches)
+    result = run_cycle(world.ctx)
+
+    assert result.version is not None, result.reason
+    registered = world.registry.models[result.version].pipeline
+    candidate = Candidate.from_json(world.version(result).tags[TAG_CANDIDATE])
+    window = batches.window().frame
+    X, y = prepare_features(window, contract), window["approved"].to_numpy()
+    weighted = fit_rows(
+        build_pipeline(contract, candidate, seed=contract.search.seed),
+        X,
+        y,
+        weights=window["w"].to_numpy(),
+    )
+    plain = build_pipeline(contract, candidate, seed=contract.search.seed).fit(X, y)
+    coef = registered.named_steps["model"].coef_
+    np.testing.assert_allclose(coef, weighted.named_steps["model"].coef_)
+    assert not np.allclose(coef, plain.named_steps["model"].coef_)

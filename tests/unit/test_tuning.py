@@ -234,6 +234,7 @@ def _declining_folds(
         *,
         seed: int,
         n_jobs: int = 1,
+        weights: np.ndarray | None = None,
     ) -> dict[str, tuple[float, ...]]:
         if calls is not None:
             calls.append((len(folds), n_jobs))
