@@ -22,7 +22,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
 
 from champion.training.config import Contract
 
@@ -126,10 +126,38 @@ class _Categorical:
 
 
 @dataclass(frozen=True)
+class _Target:
+    """TargetEncoder's fitted means: per feature, level -> its `outputs` values (one per class
+    for a multiclass target, else one); an unknown level gets the overall target mean."""
+
+    names: tuple[str, ...]
+    fill: str
+    table: tuple[dict[str, tuple[float, ...]], ...]
+    default: tuple[float, ...]
+
+    @cached_property
+    def width(self) -> int:
+        return len(self.names) * len(self.default)
+
+    def encode_row(self, columns: Columns, out: list[float]) -> None:
+        for name, table in zip(self.names, self.table, strict=True):
+            value = columns[name][0]
+            out.extend(table.get(self.fill if value is None else value, self.default))
+
+    def encode(self, columns: Columns, n: int, out: np.ndarray) -> None:
+        k = len(self.default)
+        for f, (name, table) in enumerate(zip(self.names, self.table, strict=True)):
+            values = columns[name]
+            out[:, f * k : (f + 1) * k] = [
+                table.get(self.fill if v is None else v, self.default) for v in values[:n]
+            ]
+
+
+@dataclass(frozen=True)
 class Encoder:
     """The fitted encoding steps of a pipeline, replayed on request columns."""
 
-    blocks: tuple[_Numeric | _Categorical, ...]
+    blocks: tuple[_Numeric | _Categorical | _Target, ...]
     pca_components_t: np.ndarray | None
     pca_offset: np.ndarray | None
 
@@ -163,7 +191,7 @@ class Encoder:
         features, reduce = pipeline.steps[0][1], pipeline.steps[1][1]
         if not isinstance(features, ColumnTransformer):
             raise NotCompilable(f"unexpected encoding step {type(features).__name__}")
-        blocks: list[_Numeric | _Categorical] = []
+        blocks: list[_Numeric | _Categorical | _Target] = []
         for name, transformer, cols in features.transformers_:
             if transformer == "drop" or (isinstance(cols, list | tuple) and len(cols) == 0):
                 continue
@@ -182,7 +210,7 @@ class Encoder:
         return cls(tuple(blocks), pca_t, pca_offset)
 
 
-def _block(name: str, transformer: Pipeline, cols: list[str]) -> _Numeric | _Categorical:
+def _block(name: str, transformer: Pipeline, cols: list[str]) -> _Numeric | _Categorical | _Target:
     steps = [s for _, s in transformer.steps]
     imputer = steps[0] if steps and isinstance(steps[0], SimpleImputer) else None
     if imputer is None or imputer.add_indicator or len(imputer.statistics_) != len(cols):
@@ -209,9 +237,27 @@ def _block(name: str, transformer: Pipeline, cols: list[str]) -> _Numeric | _Cat
         return _Categorical(
             tuple(cols), imputer.fill_value, index, tuple(len(c) for c in encoder.categories_)
         )
+    if len(rest) == 1 and isinstance(rest[0], TargetEncoder):
+        if imputer.strategy != "constant" or not isinstance(imputer.fill_value, str):
+            raise NotCompilable(f"transformer {name!r}: expected a constant text fill")
+        return _target_block(tuple(cols), imputer.fill_value, rest[0])
     raise NotCompilable(
         f"transformer {name!r}: unexpected steps {[type(s).__name__ for s in rest]}"
     )
+
+
+def _target_block(cols: tuple[str, ...], fill: str, encoder: TargetEncoder) -> _Target:
+    """TargetEncoder.transform as a lookup: for multiclass, feature i's class-j means are
+    `encodings_[i * n_classes + j]` and its output columns are feature-major."""
+    k = len(encoder.classes_) if encoder.target_type_ == "multiclass" else 1
+    default = tuple(float(v) for v in np.atleast_1d(np.asarray(encoder.target_mean_, float)))
+    if len(default) != k:
+        raise NotCompilable("target encoder: unexpected target mean shape")
+    table = []
+    for i, cats in enumerate(encoder.categories_):
+        columns = [np.asarray(encoder.encodings_[i * k + j], dtype=np.float64) for j in range(k)]
+        table.append({str(c): tuple(float(col[p]) for col in columns) for p, c in enumerate(cats)})
+    return _Target(cols, fill, tuple(table), default)
 
 
 def frame_columns(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, list[Any]]:

@@ -91,6 +91,10 @@ class Feature(_Strict):
     # encoded as 1/0.
     type: Literal["numeric", "categorical", "ordinal", "boolean"]
     values: tuple[str, ...] | None = None
+    # categorical only. onehot: a column per level. target: one column (one per class for a
+    # multiclass task) holding the level's cross-fitted mean target (scikit-learn's
+    # TargetEncoder), for high-cardinality features (IDs of shops, postcodes).
+    encoding: Literal["onehot", "target"] = "onehot"
     nullable: bool = True
     description: str = ""
 
@@ -98,6 +102,8 @@ class Feature(_Strict):
     def _values_only_for_categorical(self) -> Feature:
         if self.values is not None and self.type not in ("categorical", "ordinal"):
             raise ValueError("'values' is only allowed for categorical and ordinal features")
+        if self.encoding != "onehot" and self.type != "categorical":
+            raise ValueError("'encoding' is only allowed for categorical features")
         if self.type == "ordinal" and not self.values:
             raise ValueError("an ordinal feature lists its 'values', lowest first")
         if self.values is not None and len(set(self.values)) != len(self.values):

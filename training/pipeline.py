@@ -20,7 +20,7 @@ from sklearn.ensemble import (
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
 
 from champion.training.config import Contract
 from champion.training.encoding import boolean_codes, ordinal_codes
@@ -101,8 +101,10 @@ def _estimator(contract: Contract, candidate: Candidate, seed: int) -> Any:
 
 def build_pipeline(contract: Contract, candidate: Candidate, *, seed: int) -> Pipeline:
     """Build the unfitted pipeline for one candidate; seeds are fixed so fits are repeatable."""
-    declared = [n for n in contract.categorical if contract.features[n].values is not None]
-    learned = [n for n in contract.categorical if contract.features[n].values is None]
+    onehot = [n for n in contract.categorical if contract.features[n].encoding == "onehot"]
+    target = [n for n in contract.categorical if contract.features[n].encoding == "target"]
+    declared = [n for n in onehot if contract.features[n].values is not None]
+    learned = [n for n in onehot if contract.features[n].values is None]
     transformers: list[tuple[str, Any, list[str]]] = []
     # Ordinal (position) and boolean (1/0) features arrive as numbers: `prepare_features`.
     if contract.encoded_numeric:
@@ -129,6 +131,15 @@ def build_pipeline(contract: Contract, candidate: Candidate, *, seed: int) -> Pi
                 ]
             )
             transformers.append((name, encode, cols))
+    if target:
+        # Cross-fitted in fit (each row encoded by the other folds' means), all rows after.
+        encode = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),
+                ("target", TargetEncoder(random_state=seed)),
+            ]
+        )
+        transformers.append(("target", encode, target))
     features = ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
     reduce: Any = (
         PCA(n_components=candidate.components, random_state=seed)

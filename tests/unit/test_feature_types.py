@@ -202,3 +202,57 @@ def test_drift_profiles_grades_and_flags_by_their_values(contract):
     )
     assert set(profile["features"]["owner"]["frequencies"]) == {"True", "False"}
     assert set(profile["features"]["grade"]["frequencies"]) == set(GRADES)
+
+
+# -- high-cardinality categoricals: cross-fitted target encoding ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("classes", "family"),
+    [([0, 1], "hist_gradient_boosting"), ([0, 1], "logistic"), ([0, 1, 2], "logistic")],
+    ids=["binary-boosting", "binary-logistic", "multiclass-logistic"],
+)
+def test_target_encoded_levels_train_compile_and_serve_alike(tmp_path, classes, family):
+    """A 150-level categorical encoded by its cross-fitted mean target (one column, or one per
+    class) compiles, and the compiled lookup answers as scikit-learn does, unknown and
+    missing levels included."""
+    raw = small_raw_contract()
+    raw["classes"] = classes
+    raw["metrics"]["guardrails"] = {}
+    raw["features"]["shop"] = {"type": "categorical", "encoding": "target"}
+    contract = make_contract(tmp_path, raw)
+    frame = agrawal_frame(600, function=1, seed=8, label_noise=0.05)
+    rng = np.random.default_rng(8)
+    frame["shop"] = [f"s{i}" for i in rng.integers(0, 150, len(frame))]
+    if len(classes) == 3:
+        frame["approved"] = (frame["shop"].str[1:].astype(int) % 3).where(rng.random(600) < 0.7, 0)
+    X = prepare_features(frame, contract)
+    y = frame["approved"].to_numpy()
+    params = {"max_iter": 20} if family == "hist_gradient_boosting" else {}
+    pipeline = build_pipeline(contract, Candidate(family, params), seed=0).fit(X, y)
+    width = pipeline.named_steps["features"].transform(X.head(2)).shape[1]
+    onehot = sum(
+        len(contract.features[n].values or ()) for n in contract.categorical if n != "shop"
+    )
+    assert width == len(contract.numeric) + onehot + (3 if len(classes) == 3 else 1)
+    compiled = compile_pipeline(pipeline, contract, X.tail(150))
+    assert compiled.runtime == RUNTIME_ONNX, compiled.reason
+    assert compiled.onnx is not None
+    model = CompiledModel(Encoder.from_pipeline(pipeline), compiled.onnx, classes=classes)
+    rows = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+        for r in frame.head(40)[list(contract.features)].to_dict("records")
+    ]
+    rows[0]["shop"], rows[1]["shop"] = "never-seen", None
+    batch = validate_instances({"instances": rows}, contract=contract, max_rows=40)
+    want = pipeline.predict_proba(batch.frame)
+    np.testing.assert_allclose(model.run(batch.columns, batch.n), want, atol=1e-5)
+    one = validate_instances({"instances": rows[:1]}, contract=contract, max_rows=1)
+    np.testing.assert_allclose(model.run(one.columns, 1), want[:1], atol=1e-5)
+
+
+def test_encoding_applies_to_categorical_features_only(tmp_path):
+    raw = small_raw_contract()
+    raw["features"]["salary"]["encoding"] = "target"
+    with pytest.raises(ConfigError, match="'encoding' is only allowed for categorical"):
+        make_contract(tmp_path, raw)
