@@ -282,6 +282,7 @@ class CompiledModel:
         *,
         classes: Sequence[Any] | None,
         threads: int = 1,
+        inverse: str | None = None,
     ) -> None:
         import onnxruntime as ort  # serving-only dependency; imported when a model loads
 
@@ -303,13 +304,33 @@ class CompiledModel:
             raise NotCompilable("the ONNX classifier has no 'probabilities' output")
         self.output = "probabilities" if self.classes is not None else outputs[0]
         self.encoder = encoder
+        if inverse not in (None, "expm1"):
+            raise NotCompilable(f"unknown target inverse {inverse!r}")
+        self.inverse = inverse
 
     def run(self, columns: Columns, n: int) -> np.ndarray:
         """Probabilities (n, classes) for a classifier, predictions (n,) for a regressor."""
         x = self.encoder.encode(columns, n).astype(self.dtype, copy=False)
         out = self.session.run([self.output], {self.input_name: x})[0]
         out = np.asarray(out, dtype=np.float64)
-        return out if self.classes is not None else out.reshape(-1)
+        if self.classes is not None:
+            return out
+        out = out.reshape(-1)
+        return np.expm1(out) if self.inverse == "expm1" else out
+
+
+def converted_model(pipeline: Any) -> tuple[Any, str | None]:
+    """The estimator the ONNX file holds, and the inverse serving applies to its output: a
+    log1p target transform (`TransformedTargetRegressor`) compiles its regressor, the
+    predictions then go through expm1 as scikit-learn's inverse_func does."""
+    from sklearn.compose import TransformedTargetRegressor
+
+    model = pipeline.steps[-1][1]
+    if not isinstance(model, TransformedTargetRegressor):
+        return model, None
+    if model.func is not np.log1p or model.inverse_func is not np.expm1:
+        raise NotCompilable("a target transform other than log1p is not compiled")
+    return model.regressor_, "expm1"
 
 
 def reference_outputs(pipeline: Any, frame: pd.DataFrame, *, classification: bool) -> np.ndarray:

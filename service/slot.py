@@ -24,6 +24,7 @@ from champion.service.runtime import (
     RUNTIME_SKLEARN,
     CompiledModel,
     Encoder,
+    converted_model,
     frame_columns,
     parity,
     parity_frame,
@@ -307,7 +308,11 @@ class ModelSlot:
             data = read_onnx(local_dir, expected_sha256=tags.get(TAG_ONNX_SHA256))
             classes = pipeline.classes_ if self.contract.task == "classification" else None
             compiled = CompiledModel(
-                Encoder.from_pipeline(pipeline), data, classes=classes, threads=self.threads
+                Encoder.from_pipeline(pipeline),
+                data,
+                classes=classes,
+                threads=self.threads,
+                inverse=converted_model(pipeline)[1],
             )
             names = list(self.contract.features)
             # The held-out rows registered with it; versions from before them: the example.

@@ -17,6 +17,7 @@ from champion.service.runtime import (
     CompiledModel,
     Encoder,
     NotCompilable,
+    converted_model,
     frame_columns,
     parity,
     parity_frame,
@@ -145,11 +146,14 @@ def compile_pipeline(
             raise NotCompilable("the NumPy encoding differs from the pipeline's")
     except Exception as exc:  # NotCompilable, or a pipeline that fails on the parity rows
         return Compilation(RUNTIME_SKLEARN, str(exc), seconds=time.monotonic() - started)
-    model = pipeline.steps[-1][1]
+    try:
+        model, inverse = converted_model(pipeline)
+    except NotCompilable as exc:
+        return Compilation(RUNTIME_SKLEARN, str(exc), seconds=time.monotonic() - started)
     for dtype in _input_types(model):
         try:
             onnx = _convert(model, encoded.shape[1], dtype)
-            compiled = CompiledModel(encoder, onnx, classes=classes)
+            compiled = CompiledModel(encoder, onnx, classes=classes, inverse=inverse)
             diff = parity(compiled, pipeline, rows, names)
         except NotCompilable as exc:
             reasons.append(f"{np.dtype(dtype).name}: {exc}")

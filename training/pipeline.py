@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.decomposition import PCA
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
@@ -82,8 +82,23 @@ def _short(value: Any) -> str:
 
 def _estimator(contract: Contract, candidate: Candidate, seed: int) -> Any:
     params = dict(candidate.params)
+    # A pipeline option searched like a parameter (a regression family's space may list
+    # it): "log1p" fits log(1 + y) and predicts exp(.) - 1, for skewed positive targets.
+    transform = params.pop("target_transform", None)
+    model = _family(contract, candidate.family, params, seed)
+    if transform in (None, "none"):
+        return model
+    if transform != "log1p" or contract.task != "regression":
+        raise ValueError(f"target_transform {transform!r}: regression takes 'none' or 'log1p'")
+    # check_inverse off: expm1 inverts log1p exactly; the check only costs a refit sample.
+    return TransformedTargetRegressor(
+        regressor=model, func=np.log1p, inverse_func=np.expm1, check_inverse=False
+    )
+
+
+def _family(contract: Contract, family: str, params: dict[str, Any], seed: int) -> Any:
     classification = contract.task == "classification"
-    match candidate.family:
+    match family:
         case "logistic":
             return LogisticRegression(max_iter=2000, random_state=seed, **params)
         case "linear":
@@ -96,7 +111,7 @@ def _estimator(contract: Contract, candidate: Candidate, seed: int) -> Any:
                 HistGradientBoostingClassifier if classification else HistGradientBoostingRegressor
             )
             return hgb(random_state=seed, **params)
-    raise ValueError(f"unknown estimator family {candidate.family!r}")
+    raise ValueError(f"unknown estimator family {family!r}")
 
 
 def build_pipeline(contract: Contract, candidate: Candidate, *, seed: int) -> Pipeline:
