@@ -583,7 +583,8 @@ def test_openapi_describes_the_request_from_the_contract(client, served_project)
     row = request["properties"]["instances"]
     assert row["maxItems"] == MAX_ROWS
     props = row["items"]["properties"]
-    assert list(props) == list(served_project.contract.features)
+    contract = served_project.contract
+    assert list(props) == [*contract.features, *sorted(contract.droppable)]
     salary = props[NOT_NULL]
     assert salary["type"] == "number" and salary["title"] == "Yearly salary"
     assert salary["maximum"] == -salary["minimum"] == pytest.approx(3.4028235e38)
