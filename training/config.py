@@ -355,31 +355,35 @@ class Contract(_Strict):
             raise ValueError("cv.scheme: 'stratified' applies to classification only")
         return self
 
+    def of_type(self, *types: str) -> list[str]:
+        """The features of the given types, in the contract's order."""
+        return [n for n, f in self.features.items() if f.type in types]
+
     @property
     def numeric(self) -> list[str]:
-        return [n for n, f in self.features.items() if f.type == "numeric"]
+        return self.of_type("numeric")
 
     @property
     def categorical(self) -> list[str]:
-        return [n for n, f in self.features.items() if f.type == "categorical"]
+        return self.of_type("categorical")
 
     @property
     def ordinal(self) -> list[str]:
-        return [n for n, f in self.features.items() if f.type == "ordinal"]
+        return self.of_type("ordinal")
 
     @property
     def boolean(self) -> list[str]:
-        return [n for n, f in self.features.items() if f.type == "boolean"]
+        return self.of_type("boolean")
 
     @property
     def encoded_numeric(self) -> list[str]:
         """Features the model reads as numbers: numeric, ordinal (position) and boolean (1/0)."""
-        return [n for n, f in self.features.items() if f.type != "categorical"]
+        return self.of_type("numeric", "ordinal", "boolean")
 
     @property
     def profiled_categorical(self) -> list[str]:
         """Features drift compares by their values' frequencies (ordinal and boolean too)."""
-        return [n for n, f in self.features.items() if f.type != "numeric"]
+        return self.of_type("categorical", "ordinal", "boolean")
 
     @property
     def droppable(self) -> frozenset[str]:
