@@ -279,7 +279,7 @@ def _check_row(
 
 
 def _fast_columns(
-    rows: list[Any], specs: list[_Spec]
+    rows: list[Any], specs: list[_Spec], known: frozenset[str]
 ) -> tuple[dict[str, list[Any]], dict[str, int]] | None:
     """Columns and unseen counts of rows that are clean as a whole, column by column with
     builtins (about half the time of the row-by-row checks on a 1,000-row body); None when
@@ -289,9 +289,11 @@ def _fast_columns(
     except (KeyError, TypeError):  # a missing feature, or an instance that is not an object
         return None
     width = len(specs)
-    if any(type(row) is not dict or len(row) != width for row in rows):
-        # Extra keys: the slow path drops the droppable ones and names the rest.
-        return None  # an unexpected key (all the contract's keys are there)
+    # Every feature is there; more keys than features: fast only if all are droppable.
+    if any(
+        type(row) is not dict or (len(row) != width and not known.issuperset(row)) for row in rows
+    ):
+        return None  # an unexpected key, for the row checks to name
     unseen: dict[str, int] = {}
     for name, numeric, nullable, allowed, codes in specs:
         column = columns[name]
@@ -330,16 +332,16 @@ def _fast_columns(
 def validate_instances(payload: Any, *, contract: Contract, max_rows: int) -> Batch:
     """Check `{"instances": [...]}` against the contract and build the input frame.
 
-    Keys the contract drops (`ignore` columns, the target, the timestamp) are accepted and
-    left out of the features; the captured rows keep them as sent.
+    Keys the contract drops (`ignore` columns, the target, timestamp and weight) are accepted
+    and left out of the features; the captured rows keep them as sent.
     """
     rows = _instances(payload, max_rows=max_rows)
     names = list(contract.features)
     specs = _specs(contract)
-    fast = _fast_columns(rows, specs)
+    known = frozenset(names) | contract.droppable
+    fast = _fast_columns(rows, specs, known)
     if fast is not None:
         return Batch(fast[0], frozenset(contract.encoded_numeric), len(rows), fast[1], rows)
-    known = frozenset(names) | contract.droppable
     problems: list[Problem] = []
     columns: dict[str, list[Any]] = {n: [] for n in names}
     unseen: dict[str, int] = {}

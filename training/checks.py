@@ -281,13 +281,13 @@ def _booleans(raw: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, list
     reasons = []
     out = raw.copy()
     for name in present:
-        _, bad = boolean_codes(raw[name])
+        coded, bad = boolean_codes(raw[name])
         if bad.any():
             reasons.append(
                 f"column '{name}': {int(bad.sum())} values are not booleans (true/false or "
                 f"1/0, any case), e.g. {_show(distinct(raw[name][bad]))}"
             )
-        out[name] = as_booleans(raw[name])  # a bad value as missing: one reason, not two
+        out[name] = as_booleans(coded)  # a bad value as missing: one reason, not two
     return out, reasons
 
 

@@ -194,15 +194,10 @@ def _holdout_outputs(
     train, test = splits(ctx.contract, y, seed=ctx.contract.search.seed)[-1]
     model = clone(build_pipeline(ctx.contract, candidate, seed=ctx.contract.search.seed))
     fit_rows(model, X, y, train, weights)
-    pred, proba = model_outputs(model, X.iloc[test], **_decision(ctx.contract, candidate, y))
+    pred, proba = model_outputs(
+        model, X.iloc[test], threshold=candidate.threshold, spec=ctx.contract.metrics
+    )
     return test, pred, proba, model
-
-
-def _decision(contract: Contract, candidate: Candidate, y: np.ndarray) -> dict[str, Any]:
-    """`model_outputs` arguments that apply the candidate's decision threshold."""
-    classes = classes_of(contract, y)
-    positive = positive_label(classes, contract.metrics.positive_class) if classes else None
-    return {"threshold": candidate.threshold, "positive": positive}
 
 
 def _importances(
@@ -211,7 +206,7 @@ def _importances(
     X: pd.DataFrame,
     y: np.ndarray,
     classes: list[Any] | None,
-    decision: dict[str, Any],
+    threshold: float | None,
 ) -> dict[str, float]:
     """Permutation importance on held-out rows, scored by the primary metric.
 
@@ -222,7 +217,7 @@ def _importances(
     primary = contract.metrics.primary
 
     def scoring(estimator: Any, X_: pd.DataFrame, y_: np.ndarray) -> float:
-        pred, proba = model_outputs(estimator, X_, **decision)
+        pred, proba = model_outputs(estimator, X_, threshold=threshold, spec=contract.metrics)
         if proba is not None and classes is not None:
             proba = widen_proba(proba, list(estimator.classes_), classes)
         value = compute(
@@ -257,18 +252,18 @@ def _artifacts(
     tuned: TuneResult,
     final: Any,
     fp: dict[str, Any],
+    weights: np.ndarray | None,
 ) -> None:
     """Plots, reference profile, fingerprint and fold scores of a registered version."""
     contract = ctx.contract
     classes = classes_of(contract, y)
     candidate = tuned.best.candidate
-    decision = _decision(contract, candidate, y)
-    weights = sample_weights(data.frame, contract)
+    cut = candidate.threshold
     test, pred, proba, holdout_model = _holdout_outputs(ctx, candidate, X, y, weights)
-    importances = _importances(contract, holdout_model, X.iloc[test], y[test], classes, decision)
+    importances = _importances(contract, holdout_model, X.iloc[test], y[test], classes, cut)
     sample = data.frame.tail(PROFILE_ROWS)
     Xs = X.loc[sample.index]
-    out_pred, out_proba = model_outputs(final, Xs, **decision)
+    out_pred, out_proba = model_outputs(final, Xs, threshold=cut, spec=contract.metrics)
     profile = build_profile(
         sample,
         numeric=contract.numeric,
@@ -698,7 +693,15 @@ class _Cycle:
             },
         )
         _artifacts(
-            ctx, self.run_id, data=w.data, X=w.X, y=w.y, tuned=tuned, final=final, fp=self.fp
+            ctx,
+            self.run_id,
+            data=w.data,
+            X=w.X,
+            y=w.y,
+            tuned=tuned,
+            final=final,
+            fp=self.fp,
+            weights=w.weights,
         )
         return ref
 

@@ -43,9 +43,8 @@ def boolean_codes(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return values.astype("float64"), bad
 
 
-def as_booleans(series: pd.Series) -> pd.Series:
-    """The column as pandas' nullable booleans (call after `boolean_codes` found no bad one)."""
-    coded, _ = boolean_codes(series)
+def as_booleans(coded: pd.Series) -> pd.Series:
+    """`boolean_codes`' 1.0 / 0.0 / NaN as pandas' nullable booleans (NaN: missing)."""
     return coded.map({1.0: True, 0.0: False}).astype("boolean")
 
 

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from champion.training.config import Contract
 from champion.training.gate import Backtest, PairedScores
-from champion.training.metrics import compute, model_outputs, positive_label
+from champion.training.metrics import compute, model_outputs
 from champion.training.pipeline import Candidate, build_pipeline, fit_rows
 from champion.training.tuning import classes_of, metric_names, splits
 
@@ -160,8 +160,7 @@ def _scores(
     contract: Contract,
     threshold: float | None = None,
 ) -> dict[str, float]:
-    positive = positive_label(classes, contract.metrics.positive_class) if classes else None
-    pred, proba = model_outputs(model, X, threshold=threshold, positive=positive)
+    pred, proba = model_outputs(model, X, threshold=threshold, spec=contract.metrics)
     if proba is not None and classes is not None:
         proba = widen_proba(proba, list(model.classes_), classes)
     return compute(

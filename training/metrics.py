@@ -26,18 +26,18 @@ def oriented(metric: str, value: float) -> float:
 
 
 def model_outputs(
-    model: Any, X: Any, *, threshold: float | None = None, positive: Any = None
+    model: Any, X: Any, *, threshold: float | None = None, spec: MetricsSection | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions and, for classifiers, class probabilities.
 
-    With a `threshold` (binary classifier), the prediction is `positive` (default: the last
-    class) where its probability is at least the threshold, the other class elsewhere.
+    With a `threshold` (binary classifier), the prediction is the positive class (`spec`'s,
+    else the last) where its probability is at least the threshold, the other one elsewhere.
     """
     proba = np.asarray(model.predict_proba(X)) if hasattr(model, "predict_proba") else None
     if threshold is not None and proba is not None and proba.shape[1] == 2:
         classes = list(model.classes_)
-        pos = classes[-1] if positive is None else positive
-        return apply_threshold(proba, classes, pos, threshold), proba
+        positive = positive_label(classes, spec.positive_class if spec else None)
+        return apply_threshold(proba, classes, positive, threshold), proba
     pred = np.asarray(model.predict(X))
     return pred, proba
 

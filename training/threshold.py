@@ -23,7 +23,7 @@ from champion.training.config import Contract
 from champion.training.errors import ConfigError
 from champion.training.metrics import apply_threshold, compute, oriented, positive_label
 from champion.training.pipeline import Candidate, build_pipeline
-from champion.training.tuning import splits
+from champion.training.tuning import classes_of, splits
 
 # Metrics a threshold changes and whose optimum is not degenerate. Precision alone is best at
 # a threshold that predicts almost nothing positive, recall alone at one that predicts
@@ -155,8 +155,8 @@ def tune_threshold(
     Tuned on out-of-fold probabilities (`cross_val_predict`, the contract's folds shuffled
     once) of the rows `tuning_rows` picks.
     """
-    classes = sorted(np.unique(y).tolist())
-    if contract.task != "classification" or len(classes) != 2:
+    classes = classes_of(contract, y)
+    if classes is None or len(classes) != 2:
         return None
     fixed = contract.decision.threshold
     if not isinstance(fixed, str):
